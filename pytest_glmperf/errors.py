@@ -1,0 +1,34 @@
+"""Exceptions raised by pytest-glmperf.
+
+The whole tree::
+
+    GlmperfError
+    ├── ConfigError        bad option, threshold, profile or level list (names the key to fix)
+    ├── ServerStartError   the server under test could not be brought up
+    │   └── ServerNotReady readiness was not reached before the deadline
+    └── MeasurementInvalid the client itself distorted the measurement
+
+Per-request HTTP failures are never raised: they are recorded on the RequestRecord.
+"""
+
+from __future__ import annotations
+
+
+class GlmperfError(Exception):
+    """Root of every error this plugin raises on purpose."""
+
+
+class ConfigError(GlmperfError):
+    """A setting is wrong; the message names the setting and what would be accepted."""
+
+
+class ServerStartError(GlmperfError):
+    """The server could not be started; the message carries the reason and a log tail."""
+
+
+class ServerNotReady(ServerStartError):
+    """The server did not become ready (GET /health_generate == 200) in time."""
+
+
+class MeasurementInvalid(GlmperfError):
+    """The client was the bottleneck, so the numbers describe the client, not the server."""

@@ -1,0 +1,224 @@
+"""pytest glue: options, parametrization by profile and level, fixtures, report hooks.
+
+Everything else lives in ``GlmperfRun``; each hook here is a few lines forwarding to it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from .client import StreamingClient
+from .errors import GlmperfError
+from .profiles import load_registry
+from .report import render_terminal
+from .results import LevelResult
+from .run import Agent, GlmperfRun, GlmperfServer, Target
+from .settings import OPTIONS, Settings, resolve
+from .thresholds import Thresholds
+
+RUN_KEY = pytest.StashKey[GlmperfRun]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+PROGRESS_EVERY_S = 5.0
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("glmperf", "LLM-serving performance (pytest-glmperf)")
+    for option in OPTIONS:
+        default = option.default if not isinstance(option.default, tuple) else ",".join(map(str, option.default))
+        text = f"{option.help}. Default: {default}"
+        if option.flag:
+            group.addoption(option.cli, action="store_true", default=None, dest=f"glmperf_{option.key}", help=text)
+        else:
+            group.addoption(option.cli, default=None, dest=f"glmperf_{option.key}", metavar=option.metavar, help=text)
+        parser.addini(f"glmperf_{option.key}", text, default=None)
+    group.addoption("--image", action="append", default=[], dest="glmperf_image", metavar="REF",
+                    help="image for compose profiles; repeat to compare images side by side")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    cli = {o.key: config.getoption(f"glmperf_{o.key}") for o in OPTIONS}
+    ini = {o.key: config.getini(f"glmperf_{o.key}") for o in OPTIONS}
+    try:
+        settings = resolve(cli, ini, images=tuple(config.getoption("glmperf_image") or ()))
+        config.stash[SETTINGS_KEY] = settings
+        if "profile" in settings.given or _registry_path(config, settings).is_file():
+            _session_run(config)  # validate profiles now: an unknown one is a usage error
+    except GlmperfError as exc:
+        raise pytest.UsageError(f"glmperf: {exc}") from None
+
+
+def _registry_path(config: pytest.Config, settings: Settings) -> Path:
+    path = Path(settings.get("profiles_file"))
+    return path if path.is_absolute() else config.rootpath / path
+
+
+def _session_run(config: pytest.Config) -> GlmperfRun:
+    """The session's GlmperfRun, created on first need."""
+    if RUN_KEY not in config.stash:
+        settings = config.stash[SETTINGS_KEY]
+        registry = load_registry(_registry_path(config, settings))
+        config.stash[RUN_KEY] = GlmperfRun(settings, registry, config.rootpath, progress=_progress_sink(config))
+    return config.stash[RUN_KEY]
+
+
+def _progress_sink(config: pytest.Config) -> Callable[[str], None]:
+    """Progress lines to the terminal, at most one per label every few seconds."""
+    last: dict[str, float] = {}
+
+    def write(text: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        label = text.split(":", 1)[0]
+        now = time.monotonic()
+        if reporter is None or now - last.get(label, 0.0) < PROGRESS_EVERY_S:
+            return
+        last[label] = now
+        reporter.write_line(text)
+    return write
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    if RUN_KEY not in config.stash:
+        return None
+    run = config.stash[RUN_KEY]
+    levels = ",".join(str(n) for n in next(iter(run.run_settings.values())).levels)
+    return f"glmperf: targets={','.join(t.key for t in run.targets)} levels={levels} report-dir={run.report_dir}"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "glmperf_target" not in metafunc.fixturenames:
+        return
+    try:
+        run = _session_run(metafunc.config)
+    except GlmperfError as exc:
+        raise pytest.UsageError(f"glmperf: {exc}") from None
+    metafunc.parametrize("glmperf_target", run.targets, ids=[t.key for t in run.targets],
+                         indirect=True, scope="session")
+    if "glmperf_level" in metafunc.fixturenames:
+        levels = sorted({n for s in run.run_settings.values() for n in s.levels})
+        metafunc.parametrize("glmperf_level", levels, ids=[f"c{n}" for n in levels], indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Drop (profile, level) pairs that the profile's own level list does not include."""
+    if RUN_KEY not in config.stash:
+        return
+    run = config.stash[RUN_KEY]
+    keep, drop = [], []
+    for item in items:
+        params = getattr(item, "callspec", None)
+        target = params.params.get("glmperf_target") if params else None
+        level = params.params.get("glmperf_level") if params else None
+        planned = target is None or level is None or level in run.run_settings[target.key].levels
+        (keep if planned else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+    """Attach the server's log tail to a failed glmperf test."""
+    report = yield
+    server = getattr(item, "funcargs", {}).get("glmperf_server")
+    if report.failed and isinstance(server, GlmperfServer):
+        tail = server.handle.log_tail(200)
+        if tail:
+            report.sections.append(("glmperf server log (last 200 lines)", tail))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if RUN_KEY not in config.stash or not config.stash[RUN_KEY].report.targets:
+        return
+    run = config.stash[RUN_KEY]
+    terminalreporter.section("glmperf")
+    render_terminal(run.report.as_dict(), terminalreporter.write_line)
+    for key, target in run.report.targets.items():
+        cap = target["capacity"]
+        if cap["levels"]:
+            terminalreporter.write_line(f"glmperf verdict: {key} usable up to concurrency {cap['max_usable']}"
+                                        f" ({cap.get('max_usable_aggregate_tok_s') or 0:.1f} tok/s)")
+    terminalreporter.write_line(f"glmperf report: {run.report_dir / 'report.md'}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if RUN_KEY in session.config.stash:
+        session.config.stash[RUN_KEY].finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED)
+
+
+# -- fixtures: the plugin's public API ---------------------------------------------------
+@pytest.fixture(scope="session")
+def glmperf_run(request: pytest.FixtureRequest) -> GlmperfRun:
+    """The session's run: settings, targets, report."""
+    return _session_run(request.config)
+
+
+@pytest.fixture(scope="session")
+def glmperf_target(request: pytest.FixtureRequest, glmperf_run: GlmperfRun) -> Target:
+    """The profile (and image) under test; parametrized over --profile and --image."""
+    return getattr(request, "param", glmperf_run.targets[0])
+
+
+@pytest.fixture(scope="session")
+def glmperf_server(glmperf_run: GlmperfRun, glmperf_target: Target) -> Iterator[GlmperfServer]:
+    """The live server of one target: started once, stopped when the next target starts."""
+    server = glmperf_run.open_server(glmperf_target)
+    try:
+        yield server
+    finally:
+        glmperf_run.close_server(server)
+
+
+@pytest.fixture
+def glmperf_level(request: pytest.FixtureRequest) -> int:
+    """A concurrency level from --concurrency-levels."""
+    return int(request.param)
+
+
+@pytest.fixture
+def glmperf_thresholds(glmperf_server: GlmperfServer) -> Thresholds:
+    """The usability bar in force for this server's profile (override in a conftest to change)."""
+    return glmperf_server.thresholds
+
+
+@pytest_asyncio.fixture
+async def glmperf_client(glmperf_server: GlmperfServer) -> AsyncIterator[StreamingClient]:
+    """A warmed streaming client bound to the server, for ``async def`` tests."""
+    async with glmperf_server.client(concurrency=16) as client:
+        yield client
+
+
+@pytest.fixture
+def glmperf_capacity(glmperf_server: GlmperfServer, glmperf_level: int, record_property: Any) -> LevelResult:
+    """Run the capacity workload at this level; the result carries the verdict."""
+    return _recorded(glmperf_server.run_capacity(glmperf_level), record_property)
+
+
+@pytest.fixture
+def glmperf_mixed(glmperf_server: GlmperfServer, record_property: Any) -> LevelResult:
+    """Run the mixed coding-agent workload; the verdict is on its decode streams."""
+    return _recorded(glmperf_server.run_mixed(), record_property)
+
+
+@pytest.fixture
+def glmperf_scenario(glmperf_server: GlmperfServer, record_property: Any
+                     ) -> Callable[..., Awaitable[LevelResult]]:
+    """Run your own agent coroutine at a concurrency level: ``await glmperf_scenario(fn, concurrency=4,
+    duration_s=60)``; then ``result.assert_usable()``."""
+    async def run(agent: Callable[[Agent], Awaitable[None]], *, concurrency: int, duration_s: float,
+                  name: str = "scenario") -> LevelResult:
+        result = await glmperf_server.scenario(agent, concurrency=concurrency, duration_s=duration_s, name=name)
+        return _recorded(result, record_property)
+    return run
+
+
+def _recorded(result: LevelResult, record_property: Callable[[str, Any], None]) -> LevelResult:
+    for name, value in result.properties():
+        record_property(name, value)
+    return result

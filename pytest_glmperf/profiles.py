@@ -1,0 +1,111 @@
+"""Server profiles: which server to bring up and how, read from a YAML registry.
+
+A profile is data only. Starting a server from it is `server.py`'s job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+PROFILE_KINDS = ("simulated", "compose")
+DEFAULT_REGISTRY = Path("compose") / "profiles.yaml"
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """One named server configuration.
+
+    ``server_args`` are SGLang launch flags (the simulator parses the subset it models);
+    ``options`` are plugin option defaults that apply while this profile runs.
+    """
+
+    name: str
+    kind: str
+    description: str = ""
+    require_concurrency: int | None = None
+    server_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    compose_file: Path | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_simulated(self) -> bool:
+        return self.kind == "simulated"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "require_concurrency": self.require_concurrency,
+            "server_args": list(self.server_args),
+            "compose_file": str(self.compose_file) if self.compose_file else None,
+            "options": dict(self.options),
+        }
+
+
+@dataclass(frozen=True)
+class ProfileRegistry:
+    """All profiles declared in one registry file."""
+
+    path: Path
+    profiles: Mapping[str, ServerProfile]
+
+    def get(self, name: str) -> ServerProfile:
+        try:
+            return self.profiles[name]
+        except KeyError:
+            known = ", ".join(sorted(self.profiles))
+            raise ConfigError(
+                f"unknown profile {name!r} (--profile); known profiles in {self.path}: {known}"
+            ) from None
+
+    def select(self, names: Iterable[str]) -> list[ServerProfile]:
+        return [self.get(name) for name in names]
+
+
+def load_registry(path: Path) -> ProfileRegistry:
+    """Read and validate a profile registry; every error names the file and the profile."""
+    if not path.is_file():
+        raise ConfigError(f"profile registry not found: {path} (set --profiles-file)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"profile registry {path} is not valid YAML: {exc}") from None
+    entries = raw.get("profiles") if isinstance(raw, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise ConfigError(f"profile registry {path} needs a non-empty 'profiles:' mapping")
+    profiles = {name: _parse_profile(path, name, spec) for name, spec in entries.items()}
+    return ProfileRegistry(path=path, profiles=profiles)
+
+
+def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
+    where = f"profile {name!r} in {path}"
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where} must be a mapping")
+    kind = spec.get("kind")
+    if kind not in PROFILE_KINDS:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(PROFILE_KINDS)}, not {kind!r}")
+    compose_file = spec.get("compose_file")
+    if kind == "compose" and not compose_file:
+        raise ConfigError(f"{where}: a compose profile needs 'compose_file'")
+    require = spec.get("require_concurrency")
+    if require is not None and (not isinstance(require, int) or require < 1):
+        raise ConfigError(f"{where}: require_concurrency must be a positive integer")
+    return ServerProfile(
+        name=name,
+        kind=kind,
+        description=str(spec.get("description", "")).strip(),
+        require_concurrency=require,
+        server_args=tuple(str(arg) for arg in spec.get("server_args", ())),
+        env={str(k): str(v) for k, v in (spec.get("env") or {}).items()},
+        compose_file=(path.parent / compose_file) if compose_file else None,
+        options=dict(spec.get("options") or {}),
+    )

@@ -1,0 +1,194 @@
+"""The run report: one JSON document, rendered to Markdown and terminal tables.
+
+``RunReport`` is plain data, rewritten to disk after every level (``report.json`` and
+``report.md``, each replaced atomically), so an interrupted run still leaves a readable,
+partial report. Renderers are pure functions of the JSON, so any saved report re-renders.
+Schema: docs/report-schema.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+SCHEMA_VERSION = 1
+Sink = Callable[[str], None]
+
+LEVEL_COLUMNS = [
+    ("concurrency", "c", "{:d}"),
+    ("status", "verdict", "{}"),
+    ("requests", "requests", "{:d}"),
+    ("failure_rate", "failed", "{:.1%}"),
+    ("tok_s_p50", "tok/s P50", "{:.2f}"),
+    ("ttft_p50_s", "TTFT P50 s", "{:.2f}"),
+    ("ttft_p95_s", "TTFT P95 s", "{:.2f}"),
+    ("gap_p50_s", "gap P50 s", "{:.2f}"),
+    ("gap_p95_s", "gap P95 s", "{:.2f}"),
+    ("aggregate_tok_s", "agg tok/s", "{:.2f}"),
+]
+MIXED_ROWS = [
+    ("client_tok_s", "client out tok/s", "{:.2f}"),
+    ("server_gen_throughput_mean", "server gen_throughput mean", "{:.2f}"),
+    ("queue_mean", "queue mean", "{:.2f}"),
+    ("queue_p95", "queue P95", "{:.2f}"),
+    ("ttft_p50_s", "TTFT P50 s", "{:.2f}"),
+    ("ttft_p95_s", "TTFT P95 s", "{:.2f}"),
+    ("gap_p50_s", "max chunk gap P50 s", "{:.2f}"),
+    ("gap_p95_s", "max chunk gap P95 s", "{:.2f}"),
+]
+CACHE_ROWS = [
+    ("cached_device_tokens", "cached on device"),
+    ("cached_host_tokens", "cached on host"),
+    ("evicted_tokens", "evicted"),
+    ("load_back_tokens", "loaded back"),
+    ("host_used_after_tokens", "host used after"),
+]
+
+
+@dataclass
+class RunReport:
+    """Everything a run measured, keyed by target (profile, or profile@image)."""
+
+    metadata: dict[str, Any] = field(default_factory=dict)
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    status: str = "running"
+
+    @classmethod
+    def start(cls, settings: dict[str, Any]) -> RunReport:
+        return cls(metadata={
+            "schema_version": SCHEMA_VERSION,
+            "tool": "pytest-glmperf",
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "settings": settings,
+        })
+
+    def target(self, key: str) -> dict[str, Any]:
+        return self.targets.setdefault(key, {"capacity": {"levels": [], "max_usable": None}, "mixed": None})
+
+    def record_level(self, key: str, level: dict[str, Any]) -> None:
+        """Add or replace one capacity level, then recompute max_usable."""
+        capacity = self.target(key)["capacity"]
+        levels = [lv for lv in capacity["levels"] if lv["concurrency"] != level["concurrency"]]
+        levels.append(level)
+        levels.sort(key=lambda lv: lv["concurrency"])
+        capacity["levels"] = levels
+        usable = [lv for lv in levels if lv.get("usable")]
+        best = max(usable, key=lambda lv: lv["concurrency"]) if usable else None
+        capacity["max_usable"] = best["concurrency"] if best else None
+        capacity["max_usable_aggregate_tok_s"] = best["aggregate_tok_s"] if best else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.metadata, "status": self.status, "targets": self.targets}
+
+    def write(self, directory: Path) -> None:
+        """Write report.json and report.md, each replaced atomically."""
+        directory.mkdir(parents=True, exist_ok=True)
+        data = self.as_dict()
+        _atomic_write(directory / "report.json", json.dumps(data, indent=2, default=str))
+        _atomic_write(directory / "report.md", render_markdown(data))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    if value is None:
+        return "–"
+    try:
+        return pattern.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def level_table(levels: list[dict[str, Any]], fmt: str = "github") -> str:
+    rows = [[_fmt(lv.get(key), pattern) for key, _, pattern in LEVEL_COLUMNS] for lv in levels]
+    return tabulate(rows, headers=[title for _, title, _ in LEVEL_COLUMNS], tablefmt=fmt, disable_numparse=True)
+
+
+def side_by_side(targets: dict[str, dict[str, Any]], fmt: str = "github") -> list[str]:
+    """The field report's comparison tables: mixed metrics, cache deltas, capacity per level."""
+    names = list(targets)
+    tables = []
+    mixed = {n: targets[n].get("mixed") or {} for n in names}
+    if any(mixed.values()):
+        rows = [[title, *(_fmt(mixed[n].get(key), p) for n in names)] for key, title, p in MIXED_ROWS]
+        tables.append(tabulate(rows, headers=["mixed workload", *names], tablefmt=fmt, disable_numparse=True))
+        rows = [[title, *(_fmt((mixed[n].get("cache") or {}).get(key), "{:,.0f}") for n in names)]
+                for key, title in CACHE_ROWS]
+        tables.append(tabulate(rows, headers=["cache counter delta", *names], tablefmt=fmt, disable_numparse=True))
+    levels = sorted({lv["concurrency"] for n in names for lv in targets[n]["capacity"]["levels"]})
+    if levels:
+        def cell(name: str, c: int) -> str:
+            level = next((lv for lv in targets[name]["capacity"]["levels"] if lv["concurrency"] == c), None)
+            if not level:
+                return "–"
+            mark = "usable" if level.get("usable") else "NOT usable"
+            return f"{mark}, {_fmt(level.get('aggregate_tok_s'), '{:.1f}')} tok/s"
+        rows = [[c, *(cell(n, c) for n in names)] for c in levels]
+        rows.append(["max usable", *(_fmt(targets[n]["capacity"].get("max_usable"), "{}") for n in names)])
+        tables.append(tabulate(rows, headers=["concurrency", *names], tablefmt=fmt, disable_numparse=True))
+    return tables
+
+
+def render_markdown(data: dict[str, Any]) -> str:
+    out = ["# pytest-glmperf report", "",
+           f"status: **{data.get('status')}** · started {data.get('started_at')} · host {data.get('host')}", ""]
+    for name, target in data.get("targets", {}).items():
+        out += [f"## {name}", ""]
+        provenance = target.get("provenance") or {}
+        if provenance:
+            out += [f"server: {provenance.get('kind', '?')} · version {provenance.get('version', '?')}"
+                    f" · image {provenance.get('image', '–')}", ""]
+        capacity = target["capacity"]
+        if capacity["levels"]:
+            out += ["### Capacity", "", level_table(capacity["levels"]), "",
+                    f"max usable concurrency: **{_fmt(capacity.get('max_usable'), '{}')}**"
+                    f" ({_fmt(capacity.get('max_usable_aggregate_tok_s'), '{:.2f}')} tok/s aggregate)", ""]
+            for lv in capacity["levels"]:
+                if lv.get("explain") and not lv.get("usable"):
+                    out.append(f"- c={lv['concurrency']}: {lv['explain']}")
+                for note in lv.get("notes", []):
+                    out.append(f"- c={lv['concurrency']} (low confidence) {note}")
+            out.append("")
+        mixed = target.get("mixed")
+        if mixed:
+            rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
+            rows += [[title, _fmt((mixed.get("cache") or {}).get(key), "{:,.0f}")] for key, title in CACHE_ROWS]
+            out += ["### Mixed coding-agent workload", "",
+                    tabulate(rows, headers=["metric", "value"], tablefmt="github", disable_numparse=True), "",
+                    f"decode streams: {mixed.get('explain', '–')}", ""]
+    if len(data.get("targets", {})) > 1:
+        out += ["## Side by side", ""]
+        for table in side_by_side(data["targets"]):
+            out += [table, ""]
+    return "\n".join(out)
+
+
+def render_terminal(data: dict[str, Any], write: Sink) -> None:
+    """Per-level table per target, then side-by-side tables when there are several."""
+    for name, target in data.get("targets", {}).items():
+        capacity = target["capacity"]
+        if capacity["levels"]:
+            write(f"glmperf {name}: capacity (max usable: {_fmt(capacity.get('max_usable'), '{}')})")
+            write(level_table(capacity["levels"], fmt="simple"))
+        mixed = target.get("mixed")
+        if mixed:
+            write(f"glmperf {name}: mixed workload ({mixed.get('explain', '–')})")
+            rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
+            write(tabulate(rows, tablefmt="simple", disable_numparse=True))
+    if len(data.get("targets", {})) > 1:
+        for table in side_by_side(data["targets"], fmt="simple"):
+            write(table)

@@ -1,0 +1,78 @@
+"""Verdict-bearing results: what a test asserts on.
+
+``LevelResult.assert_usable()`` is the one place that turns statistics and thresholds into a
+pytest outcome: pass, a failure naming every broken threshold, or an xfail for a level above
+the required concurrency ("beyond required capacity").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from .records import RequestRecord
+from .stats import LevelStats, StreamStats
+from .thresholds import Thresholds, Verdict
+
+
+@dataclass
+class LevelResult:
+    """One concurrency level (or a user scenario) judged against the bar."""
+
+    name: str
+    concurrency: int
+    stats: StreamStats
+    verdict: Verdict
+    require_concurrency: int | None = None
+    records: list[RequestRecord] = field(default_factory=list, repr=False)
+    interrupted: bool = False
+
+    @classmethod
+    def judge(cls, name: str, concurrency: int, stats: StreamStats, thresholds: Thresholds,
+              require_concurrency: int | None = None, records: list[RequestRecord] | None = None) -> LevelResult:
+        return cls(name, concurrency, stats, thresholds.judge(stats.as_dict()), require_concurrency,
+                   records or [])
+
+    @property
+    def required(self) -> bool:
+        return self.require_concurrency is None or self.concurrency <= self.require_concurrency
+
+    @property
+    def status(self) -> str:
+        if self.interrupted:
+            return "interrupted"
+        if self.verdict.usable:
+            return "pass"
+        return "fail" if self.required else "xfail"
+
+    def failure_message(self) -> str:
+        lines = [f"{self.name} at concurrency {self.concurrency} is not usable:"]
+        lines += [f"  {check.message()}" for check in self.verdict.broken]
+        return "\n".join(lines)
+
+    def assert_usable(self) -> None:
+        """Fail naming each broken threshold; xfail above the required concurrency."""
+        if self.verdict.usable:
+            return
+        if not self.required:
+            pytest.xfail(f"beyond required capacity (c={self.concurrency} > "
+                         f"{self.require_concurrency}): {self.verdict.explain()}")
+        pytest.fail(self.failure_message(), pytrace=False)
+
+    def properties(self) -> list[tuple[str, Any]]:
+        """Measured values for JUnit <properties> (record_property)."""
+        data = self.stats.as_dict()
+        keys = ["requests", "failure_rate", "tok_s_p50", "decode_tok_s_p50", "ttft_p50_s", "ttft_p95_s",
+                "gap_p50_s", "gap_p95_s", "aggregate_tok_s"]
+        props = [(f"glmperf_{k}", data[k]) for k in keys if k in data and data[k] is not None]
+        return [*props, ("glmperf_usable", self.verdict.usable), ("glmperf_concurrency", self.concurrency)]
+
+    def as_report(self) -> dict[str, Any]:
+        """The report.json entry for this level."""
+        data = self.stats.as_dict()
+        if isinstance(self.stats, LevelStats):
+            data["concurrency"] = self.concurrency
+        return {**data, "concurrency": self.concurrency, "usable": self.verdict.usable, "status": self.status,
+                "explain": self.verdict.explain(), "required": self.required}

@@ -1,0 +1,308 @@
+"""The session: which servers to test, in what order, and where every result goes.
+
+``GlmperfRun`` is built once from ``Settings`` (never from pytest's config). For each target
+(a profile, or a profile on one image) it opens a ``GlmperfServer``: the live server plus
+what runs against it (capacity levels, the mixed workload, users' scenarios). Each finished
+request goes straight to records.jsonl; each finished level rewrites report.json/.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .client import StreamingClient
+from .clock import ModelClock
+from .contexts import ContextFactory, calibrate
+from .errors import ConfigError
+from .profiles import ProfileRegistry, ServerProfile
+from .records import RecordLog, RequestRecord
+from .report import RunReport
+from .results import LevelResult
+from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after
+from .server import ExternalServer, ServerHandle, SimulatedServer, fetch_server_info
+from .settings import RunSettings, Settings
+from .stats import LevelStats, MixedStats, StreamStats
+from .workloads import Load, run_capacity_level, run_mixed
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server configuration to test: a profile, optionally on a given image."""
+
+    profile: ServerProfile
+    image: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.profile.name if not self.image else f"{self.profile.name}@{self.image}"
+
+
+class GlmperfRun:
+    """Session-wide state; the pytest plugin only forwards to it."""
+
+    def __init__(self, settings: Settings, registry: ProfileRegistry, rootdir: Path,
+                 progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.rootdir = rootdir
+        self.progress = progress or (lambda text: None)
+        self.report_dir = rootdir / settings.report_dir if not settings.report_dir.is_absolute() \
+            else settings.report_dir
+        self.targets = self._plan_targets()
+        self.run_settings = {t.key: settings.for_profile(t.profile) for t in self.targets}
+        self.report = RunReport.start({k: v.as_dict() for k, v in self.run_settings.items()})
+        self._records: RecordLog | None = None
+        self._servers: dict[str, GlmperfServer] = {}
+
+    def _plan_targets(self) -> list[Target]:
+        profiles = self.registry.select(self.settings.profile_names)
+        images = self.settings.images
+        if images and not all(p.kind == "compose" for p in profiles):
+            raise ConfigError("--image/--images apply to compose profiles only")
+        if self.settings.get("base_url") and len(profiles) > 1:
+            raise ConfigError("--base-url tests one server: give a single --profile to label it")
+        return [Target(p, image) for p in profiles for image in (images or (None,))]
+
+    @property
+    def records(self) -> RecordLog:
+        if self._records is None:
+            self._records = RecordLog(self.report_dir / "records.jsonl")
+        return self._records
+
+    def check_base_url(self) -> None:
+        """With --base-url, fail before any test runs if nothing answers."""
+        url = self.settings.get("base_url")
+        if url:
+            ExternalServer(self.targets[0].profile, url, headers=self.auth_headers()).check_reachable()
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self.settings.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def open_server(self, target: Target) -> GlmperfServer:
+        """Bring the target's server up (or attach to --base-url) and wrap it."""
+        handle = self._start_handle(target)
+        server = GlmperfServer(self, target, handle)
+        self._servers[target.key] = server
+        entry = self.report.target(target.key)
+        entry["provenance"] = server.provenance()
+        self.write_report()
+        return server
+
+    def _start_handle(self, target: Target) -> ServerHandle:
+        url = self.settings.get("base_url")
+        run = self.run_settings[target.key]
+        if url:
+            return ExternalServer(target.profile, url, headers=self.auth_headers())
+        log_path = self.report_dir / target.key.replace("/", "_") / "server.log"
+        if target.profile.is_simulated:
+            self.progress(f"starting simulator for {target.key} (time scale {run.time_scale:g})")
+            return SimulatedServer(target.profile, time_scale=run.time_scale, log_path=log_path).start()
+        from .compose import ComposeServer
+
+        return ComposeServer(target.profile, report_dir=self.report_dir, image=target.image,
+                             startup_timeout_s=self.settings.get("startup_timeout"),
+                             keep_running=self.settings.get("keep_running"),
+                             reuse_running=self.settings.get("reuse_running"),
+                             progress=self.progress).start()
+
+    def close_server(self, server: GlmperfServer) -> None:
+        self._servers.pop(server.target.key, None)
+        server.handle.stop()
+
+    def write_report(self) -> None:
+        self.report.write(self.report_dir)
+
+    def finish(self, interrupted: bool) -> None:
+        """Final report; servers still up are stopped (pytest's teardown normally did it)."""
+        for server in list(self._servers.values()):
+            self.close_server(server)
+        self.report.status = "interrupted" if interrupted else "complete"
+        self.report.metadata["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.write_report()
+        if self._records:
+            self._records.close()
+
+
+class GlmperfServer:
+    """A live server under test and the workloads that run against it (public fixture value)."""
+
+    def __init__(self, run: GlmperfRun, target: Target, handle: ServerHandle) -> None:
+        self.run, self.target, self.handle = run, target, handle
+        self.settings: RunSettings = run.run_settings[target.key]
+        self.base_url = handle.base_url
+        self.server_info = fetch_server_info(self.base_url, run.auth_headers())
+        # A simulator says how fast its model time runs; a real server runs at 1.
+        self.time_scale = float(self.server_info.get("sim_time_scale") or 1.0)
+        self._contexts: ContextFactory | None = None
+
+    @property
+    def profile(self) -> ServerProfile:
+        return self.target.profile
+
+    @property
+    def thresholds(self) -> Any:
+        return self.settings.thresholds
+
+    def provenance(self) -> dict[str, Any]:
+        info = {k: v for k, v in self.server_info.items() if k != "internal_states"}
+        return {**self.handle.provenance(), "base_url": self.base_url, "version": info.get("version"),
+                "time_scale": self.time_scale, "server_args": info}
+
+    def client(self, concurrency: int) -> StreamingClient:
+        """A streaming client bound to this server (use as ``async with``)."""
+        return StreamingClient(self.base_url, concurrency=concurrency, time_scale=self.time_scale,
+                               api_key=self.run.settings.api_key,
+                               request_timeout_s=self.settings.request_timeout_s)
+
+    def metrics(self) -> MetricsSnapshot | None:
+        """One scrape of /metrics (None when the server has no metrics endpoint)."""
+        with httpx.Client(timeout=10.0, headers=self.run.auth_headers()) as http:
+            response = http.get(f"{self.base_url}/metrics")
+        return MetricsSnapshot.parse(response.text) if response.status_code == 200 else None
+
+    # -- workloads -----------------------------------------------------------------------
+    def run_capacity(self, concurrency: int) -> LevelResult:
+        return asyncio.run(self.capacity(concurrency))
+
+    def run_mixed(self) -> LevelResult:
+        return asyncio.run(self.mixed())
+
+    async def contexts(self, client: StreamingClient) -> ContextFactory:
+        """Calibrate characters per token once per server, then reuse."""
+        if self._contexts is None:
+            async def probe(messages: list[dict[str, str]]) -> int | None:
+                record = RequestRecord(request_id="calibration", scenario="calibration")
+                await client.stream(client.prepare(messages, max_tokens=1), record)
+                return record.prompt_tokens
+            self._contexts = ContextFactory(chars_per_token=await calibrate(probe))
+            self.run.report.target(self.target.key)["chars_per_token"] = self._contexts.chars_per_token
+        return self._contexts
+
+    async def flush_cache(self, client: StreamingClient) -> bool:
+        """POST /flush_cache, retried briefly: SGLang answers 400 until the server is idle."""
+        for _ in range(50):
+            if await client.flush_cache():
+                return True
+            await asyncio.sleep(0.1)
+        return False
+
+    async def capacity(self, concurrency: int) -> LevelResult:
+        """One capacity level: the workload, its statistics and the verdict."""
+        spec = self.settings.capacity
+        async with self.client(concurrency + 4) as client:
+            contexts = await self.contexts(client)
+            if self.settings.flush_cache:
+                await self.flush_cache(client)
+            load = self._load(client, contexts, "capacity", level=concurrency)
+            interrupted = True
+            try:
+                await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"))
+                interrupted = False
+            finally:
+                result = self._judge_level(concurrency, load, interrupted)
+        return result
+
+    def _judge_level(self, concurrency: int, load: Load, interrupted: bool) -> LevelResult:
+        stats = LevelStats.of_level(concurrency, load.run.records, load.run.start_ns)
+        result = LevelResult.judge(self.target.key, concurrency, stats, self.settings.thresholds,
+                                   self.settings.require_concurrency, load.run.records)
+        result.interrupted = interrupted
+        self.run.report.record_level(self.target.key, result.as_report())
+        self.run.write_report()
+        return result
+
+    async def mixed(self) -> LevelResult:
+        """The mixed coding-agent workload; the verdict is on its decode streams."""
+        spec = self.settings.mixed
+        async with self.client(spec.decode_workers + 8) as client:
+            contexts = await self.contexts(client)
+            if self.settings.flush_cache:
+                await self.flush_cache(client)
+            load = self._load(client, contexts, "mixed")
+            sampler = GaugeSampler(client.metrics_text, load.clock, spec.gauge_interval_s)
+            before = await self._snapshot(client)
+            sampler.start()
+            try:
+                await run_mixed(load, spec, self._progress("mixed"))
+            finally:
+                gauges = await sampler.stop()
+                after = await self._snapshot(client)
+                stats = MixedStats.of(load.run.records, load.run.start_ns, gauges, self._cache(before, after))
+                result = self._judge_mixed(stats, load.run.records)
+        return result
+
+    def _judge_mixed(self, stats: MixedStats, records: list[RequestRecord]) -> LevelResult:
+        decode = StreamStats(**stats.decode_streams)
+        result = LevelResult.judge(f"{self.target.key} mixed", self.settings.mixed.decode_workers, decode,
+                                   self.settings.thresholds, None, records)
+        entry = stats.as_dict()
+        entry["usable"], entry["explain"] = result.verdict.usable, result.verdict.explain()
+        self.run.report.target(self.target.key)["mixed"] = entry
+        self.run.write_report()
+        return result
+
+    @staticmethod
+    def _cache(before: MetricsSnapshot | None, after: MetricsSnapshot | None) -> dict[str, float | None]:
+        deltas = counter_deltas(before, after)
+        deltas["host_used_after_tokens"] = host_used_after(after)
+        return deltas
+
+    @staticmethod
+    async def _snapshot(client: StreamingClient) -> MetricsSnapshot | None:
+        text = await client.metrics_text()
+        return MetricsSnapshot.parse(text) if text else None
+
+    async def scenario(self, agent: Callable[[Agent], Awaitable[None]], *, concurrency: int,
+                       duration_s: float, name: str = "scenario") -> LevelResult:
+        """Run a user's agent coroutine in ``concurrency`` closed loops for ``duration_s``."""
+        async with self.client(concurrency + 2) as client:
+            contexts = await self.contexts(client)
+            load = self._load(client, contexts, name, level=concurrency)
+            deadline = load.clock.now() + duration_s
+
+            async def loop(index: int) -> None:
+                handle = Agent(index, load, deadline)
+                while load.clock.now() < deadline:
+                    await agent(handle)
+                    handle.turn += 1
+
+            await asyncio.gather(*(loop(i) for i in range(concurrency)))
+            stats = StreamStats.of(load.run.records)
+            return LevelResult.judge(f"{self.target.key} {name}", concurrency, stats, self.settings.thresholds,
+                                     records=load.run.records)
+
+    def _load(self, client: StreamingClient, contexts: ContextFactory, scenario: str,
+              level: int | None = None) -> Load:
+        return Load(client, contexts, ModelClock(self.time_scale), profile=self.target.key, scenario=scenario,
+                    on_record=self.run.records.append, temperature=self.settings.temperature, level=level)
+
+    def _progress(self, label: str) -> Progress:
+        return lambda text: self.run.progress(f"glmperf {self.target.key} {label}: {text}")
+
+
+class Agent:
+    """What a user's scenario coroutine gets: its index, turn, state, and a way to send."""
+
+    def __init__(self, index: int, load: Load, deadline: float) -> None:
+        self.index, self.turn = index, 0
+        self.state: dict[str, Any] = {}
+        self.contexts = load.factory
+        self._load, self._deadline = load, deadline
+
+    @property
+    def time_left_s(self) -> float:
+        return self._deadline - self._load.clock.now()
+
+    async def send(self, messages: list[dict[str, str]], *, max_tokens: int, kind: str = "agent") -> RequestRecord:
+        """Stream one request; its record joins the scenario's statistics and records.jsonl."""
+        return await self._load.send_messages(kind, messages, max_tokens)

@@ -1,0 +1,124 @@
+"""Reading SGLang's Prometheus ``/metrics``: point samples of gauges, deltas of counters.
+
+Parsing is prometheus_client's. Series are matched by metric name and summed over every
+label not asked for (new SGLang images add labels such as ``is_streaming``, ``pool`` or
+``tp_rank``; facts §1.6). Counters are read before and after a window and subtracted; a
+counter that went down means the server restarted, and the delta is reported as ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .clock import ModelClock
+from .stats import GaugeSeries
+
+GAUGES = ("gen_throughput", "num_queue_reqs", "num_running_reqs", "token_usage",
+          "hicache_host_used_tokens", "spec_accept_length")
+
+# report key -> (metric name without the "sglang:" prefix, label filter)
+CACHE_COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
+    "cached_device_tokens": ("cached_tokens_total", {"cache_source": "device"}),
+    "cached_host_tokens": ("cached_tokens_total", {"cache_source": "host"}),
+    "cached_total_tokens": ("cached_tokens_total", {}),
+    "evicted_tokens": ("evicted_tokens_total", {}),
+    "load_back_tokens": ("load_back_tokens_total", {}),
+    "prompt_tokens": ("prompt_tokens_total", {}),
+    "generation_tokens": ("generation_tokens_total", {}),
+    "requests": ("num_requests_total", {}),
+    "aborted_requests": ("num_aborted_requests_total", {}),
+    "retracted_requests": ("num_retracted_requests_total", {}),
+}
+
+Fetch = Callable[[], Awaitable[str | None]]
+
+
+@dataclass
+class MetricsSnapshot:
+    """Every sample of one scrape: {metric name: [(labels, value), ...]}."""
+
+    series: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> MetricsSnapshot:
+        series: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.name.removeprefix("sglang:")
+                series.setdefault(name, []).append((dict(sample.labels), float(sample.value)))
+        return cls(series)
+
+    def value(self, name: str, **labels: str) -> float | None:
+        """Sum of the samples of ``name`` whose labels include ``labels``; None if absent."""
+        matches = [v for lab, v in self.series.get(name, ()) if _contains(lab, labels)]
+        return sum(matches) if matches else None
+
+
+def counter_deltas(before: MetricsSnapshot | None, after: MetricsSnapshot | None,
+                   keys: Iterable[str] = CACHE_COUNTERS) -> dict[str, float | None]:
+    """Counter increases over a window, keyed like report.json's cache block."""
+    deltas: dict[str, float | None] = {}
+    for key in keys:
+        name, labels = CACHE_COUNTERS[key]
+        old = before.value(name, **labels) if before else None
+        new = after.value(name, **labels) if after else None
+        if new is None:
+            deltas[key] = None
+        elif old is None:
+            deltas[key] = new
+        else:
+            deltas[key] = new - old if new >= old else None
+    return deltas
+
+
+def host_used_after(snapshot: MetricsSnapshot | None) -> float | None:
+    return snapshot.value("hicache_host_used_tokens") if snapshot else None
+
+
+class GaugeSampler:
+    """Samples gauges every ``interval_s`` model seconds while a workload runs."""
+
+    def __init__(self, fetch: Fetch, clock: ModelClock, interval_s: float = 1.5,
+                 names: Iterable[str] = GAUGES, min_wall_interval_s: float = 0.1) -> None:
+        self.fetch, self.clock = fetch, clock
+        self.interval_s = interval_s
+        self.min_wall_interval_s = min_wall_interval_s
+        self.series = {name: GaugeSeries(name) for name in names}
+        self.errors = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> dict[str, GaugeSeries]:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return self.series
+
+    async def _loop(self) -> None:
+        wall_interval = max(self.clock.to_wall(self.interval_s), self.min_wall_interval_s)
+        while True:
+            await self.sample_once()
+            await asyncio.sleep(wall_interval)
+
+    async def sample_once(self) -> None:
+        at = self.clock.now()
+        text = await self.fetch()
+        if text is None:
+            self.errors += 1
+            return
+        snapshot = MetricsSnapshot.parse(text)
+        for name, series in self.series.items():
+            value = snapshot.value(name)
+            if value is not None and not math.isnan(value):
+                series.samples.append((at, value))
+
+
+def _contains(labels: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in wanted.items())

@@ -1,0 +1,194 @@
+"""Servers under test: the built-in simulator as a subprocess, or a server already running.
+
+Both expose the same small surface (``ServerHandle``): base URL, log tail, provenance, stop.
+Compose profiles live in ``compose.py``. A server is ready when ``GET /health_generate``
+answers 200 (SGLang answers 503 until its warm-up generation has run; facts §3).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from .errors import ConfigError, ServerNotReady, ServerStartError
+from .profiles import ServerProfile
+
+LOG_TAIL_LINES = 200
+
+
+class ServerHandle(Protocol):
+    """What the run needs from any server, whatever brought it up."""
+
+    profile: ServerProfile
+    base_url: str
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str: ...
+
+    def provenance(self) -> dict[str, Any]: ...
+
+    def stop(self) -> None: ...
+
+
+def wait_until_ready(base_url: str, timeout_s: float, *, alive: Callable[[], bool] = lambda: True,
+                     describe_death: Callable[[], str] = lambda: "",
+                     progress: Callable[[str], None] | None = None) -> float:
+    """Poll GET /health_generate until 200; return seconds waited.
+
+    Fails fast when ``alive()`` turns false (the server process or container exited).
+    """
+    start = time.monotonic()
+    last, next_note = "no answer yet", start + 10
+    with httpx.Client(timeout=5.0) as http:
+        while time.monotonic() - start < timeout_s:
+            if not alive():
+                raise ServerStartError(f"server exited during start-up ({last}).{describe_death()}")
+            try:
+                response = http.get(f"{base_url}/health_generate")
+                if response.status_code == 200:
+                    return time.monotonic() - start
+                last = f"/health_generate answered {response.status_code}"
+            except httpx.HTTPError as exc:
+                last = f"/health_generate: {type(exc).__name__}"
+            if progress and time.monotonic() >= next_note:
+                progress(f"waiting for {base_url} ({time.monotonic() - start:.0f} s, {last})")
+                next_note += 10
+            time.sleep(0.2)
+    raise ServerNotReady(f"{base_url} not ready after {timeout_s:g} s: {last}.{describe_death()}")
+
+
+def fetch_server_info(base_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """GET /server_info (or /get_server_info on old images); {} when neither answers."""
+    with httpx.Client(timeout=10.0, headers=headers) as http:
+        for path in ("/server_info", "/get_server_info"):
+            try:
+                response = http.get(base_url + path)
+            except httpx.HTTPError:
+                continue
+            if response.status_code == 200:
+                return response.json()
+    return {}
+
+
+class SimulatedServer:
+    """The built-in simulator in a child process on 127.0.0.1, on a free port."""
+
+    def __init__(self, profile: ServerProfile, *, time_scale: float, log_path: Path,
+                 startup_timeout_s: float = 60.0) -> None:
+        self.profile = profile
+        self.time_scale = time_scale
+        self.log_path = log_path
+        self.startup_timeout_s = startup_timeout_s
+        self.base_url = ""
+        self.startup_s: float | None = None
+        self._process: subprocess.Popen[str] | None = None
+        self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "pytest_glmperf.simulator", "--host", "127.0.0.1", "--port", "0",
+                "--time-scale", str(self.time_scale), *self.profile.server_args]
+
+    def start(self) -> SimulatedServer:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.profile.env, "PYTHONUNBUFFERED": "1"}
+        began = time.monotonic()
+        self._process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                         text=True, env=env, start_new_session=True)
+        port = self._read_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        threading.Thread(target=self._pump_log, daemon=True, name="glmperf-sim-log").start()
+        wait_until_ready(self.base_url, self.startup_timeout_s, alive=self.alive,
+                         describe_death=self._death_note)
+        self.startup_s = time.monotonic() - began
+        return self
+
+    def _read_port(self) -> int:
+        """The simulator's first stdout line says where it listens."""
+        assert self._process and self._process.stdout
+        deadline = time.monotonic() + self.startup_timeout_s
+        with self.log_path.open("w", encoding="utf-8") as log:
+            for line in self._process.stdout:
+                log.write(line)
+                self._tail.append(line.rstrip("\n"))
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    event = None
+                if isinstance(event, dict) and event.get("event") == "listening":
+                    return int(event["port"])
+                if time.monotonic() > deadline:
+                    break
+        raise ServerStartError(f"simulator for profile {self.profile.name!r} did not start.{self._death_note()}")
+
+    def _pump_log(self) -> None:
+        assert self._process and self._process.stdout
+        with self.log_path.open("a", encoding="utf-8") as log:
+            for line in self._process.stdout:
+                log.write(line)
+                log.flush()
+                self._tail.append(line.rstrip("\n"))
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _death_note(self) -> str:
+        code = self._process.poll() if self._process else None
+        status = "" if code is None else f" exit code {code};"
+        return f"{status} last log lines:\n{self.log_tail(40)}"
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    def provenance(self) -> dict[str, Any]:
+        return {"kind": "simulated", "command": self.command(), "startup_s": self.startup_s,
+                "time_scale": self.time_scale}
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; idempotent."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+class ExternalServer:
+    """A server someone else runs (``--base-url``): checked for readiness, never started or stopped."""
+
+    def __init__(self, profile: ServerProfile, base_url: str, *, headers: dict[str, str] | None = None) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--base-url must start with http:// or https://, got {base_url!r}")
+        self.profile = profile
+        self.base_url = base_url.rstrip("/")
+        self.headers = headers
+
+    def check_reachable(self, timeout_s: float = 10.0) -> None:
+        """Say so before any test runs when nothing answers at the URL."""
+        try:
+            with httpx.Client(timeout=timeout_s, headers=self.headers) as http:
+                http.get(f"{self.base_url}/health_generate")
+        except httpx.HTTPError as exc:
+            raise ServerStartError(f"--base-url {self.base_url} is unreachable: {type(exc).__name__}: {exc}") from None
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return ""
+
+    def provenance(self) -> dict[str, Any]:
+        return {"kind": "external", "base_url": self.base_url}
+
+    def stop(self) -> None:
+        """Not ours to stop."""

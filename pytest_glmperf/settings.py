@@ -1,0 +1,232 @@
+"""Options: declared once, read once, validated into frozen settings.
+
+Every option has three spellings: the command line flag (``--level-duration``), the ini key
+(``glmperf_level_duration`` in ``[tool.pytest.ini_options]`` or pytest.ini) and the profile
+YAML key (``level_duration`` under a profile's ``options:``). Precedence, highest first:
+command line, ini, the ``--quick`` preset, the profile's options, the built-in default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .profiles import DEFAULT_REGISTRY, ServerProfile
+from .thresholds import Thresholds, parse_threshold
+from .workloads import CapacitySpec, MixedSpec
+
+
+def parse_levels(key: str, value: Any) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4); sorted, unique, positive, or a ConfigError naming the key."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        levels = sorted({int(str(item).strip()) for item in items if str(item).strip()})
+    except ValueError:
+        raise ConfigError(f"{key} must be a comma-separated list of integers, got {value!r}") from None
+    if not levels or levels[0] < 1:
+        raise ConfigError(f"{key} needs at least one level and all levels >= 1, got {value!r}")
+    return tuple(levels)
+
+
+def _number(kind: type, minimum: float, strict: bool) -> Callable[[str, Any], Any]:
+    def parse(key: str, value: Any) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+        if number < minimum or (strict and number == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise ConfigError(f"{key} must be {bound}, got {value!r}")
+        return number
+    return parse
+
+
+def _text(key: str, value: Any) -> str:
+    return str(value)
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    if not names:
+        raise ConfigError(f"{key} needs at least one name")
+    return names
+
+
+def _flag(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+positive_int = _number(int, 0, strict=True)
+positive_float = _number(float, 0, strict=True)
+non_negative_float = _number(float, 0, strict=False)
+
+
+@dataclass(frozen=True)
+class Option:
+    key: str
+    parse: Callable[[str, Any], Any]
+    default: Any
+    help: str
+    quick: Any = None
+    flag: bool = False
+    metavar: str | None = None
+
+    @property
+    def cli(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("profile", _names, ("sim-hicache",), "server profile(s), comma-separated; several run one after another", metavar="NAME[,NAME...]"),
+    Option("profiles_file", _text, str(DEFAULT_REGISTRY), "profile registry YAML (relative to the rootdir)", metavar="PATH"),
+    Option("base_url", _text, None, "test an already running server at URL (no lifecycle)", metavar="URL"),
+    Option("concurrency_levels", parse_levels, (1, 2, 4, 8, 12), "capacity levels", quick=(1, 2, 4), metavar="N,N,..."),
+    Option("level_duration", positive_float, 240.0, "seconds of load per capacity level", quick=60.0, metavar="S"),
+    Option("contexts", positive_int, 8, "repository contexts of the capacity workload", quick=4, metavar="N"),
+    Option("context_tokens", positive_int, 100_000, "tokens per context (both workloads)", quick=20_000, metavar="N"),
+    Option("max_output_tokens", positive_int, 1024, "output tokens per capacity request", quick=256, metavar="N"),
+    Option("spike_interval", non_negative_float, 25.0, "seconds between long-prefill spikes in a capacity level (0: none)", quick=15.0, metavar="S"),
+    Option("spike_output_tokens", positive_int, 64, "output tokens of a prefill spike", metavar="N"),
+    Option("mixed_duration", positive_float, 600.0, "seconds of the mixed workload's load window", quick=90.0, metavar="S"),
+    Option("mixed_contexts", positive_int, 4, "repository contexts of the mixed workload", quick=3, metavar="N"),
+    Option("decode_workers", positive_int, 3, "decode workers of the mixed workload", metavar="N"),
+    Option("mixed_max_output_tokens", positive_int, 2048, "output tokens per mixed decode request", quick=512, metavar="N"),
+    Option("mixed_spike_interval", non_negative_float, 30.0, "seconds between mixed prefill spikes (0: none)", quick=20.0, metavar="S"),
+    Option("revisit_interval", non_negative_float, 45.0, "seconds between revisits of an old context (0: none)", quick=30.0, metavar="S"),
+    Option("max_failure_rate", parse_threshold, 0.05, "usable: failed requests fraction at most", metavar="F"),
+    Option("min_tok_s_p50", parse_threshold, 4.0, "usable: per-request output tok/s P50 at least", metavar="X"),
+    Option("max_ttft_p95", parse_threshold, 180.0, "usable: TTFT P95 seconds at most", metavar="S"),
+    Option("max_gap_p95", parse_threshold, 8.0, "usable: per-request max chunk gap P95 seconds at most", metavar="S"),
+    Option("require_concurrency", positive_int, None, "level that must be usable (default: the profile's); higher levels xfail", metavar="N"),
+    Option("time_scale", positive_float, 10.0, "simulator only: model time runs K times faster than wall time", metavar="K"),
+    Option("request_timeout", positive_float, 1800.0, "seconds before a request counts as failed (model time)", metavar="S"),
+    Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
+    Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
+    Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run", metavar="BOOL"),
+    Option("quick", _flag, False, "small preset: levels 1,2,4, 60 s levels, 20k-token contexts (under 90 s on the simulator)", flag=True),
+    Option("images", _names, None, "run the suite on each image in turn (compose profiles)", metavar="REF[,REF...]"),
+    Option("startup_timeout", positive_float, 1800.0, "seconds to wait for GET /health_generate == 200", metavar="S"),
+    Option("keep_running", _flag, False, "leave compose servers up at the end", flag=True),
+    Option("reuse_running", _flag, False, "use an already healthy server of the profile", flag=True),
+)
+BY_KEY = {option.key: option for option in OPTIONS}
+GLOBAL_KEYS = {"profile", "profiles_file", "base_url", "report_dir", "quick", "images",
+               "startup_timeout", "keep_running", "reuse_running"}
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one profile's run needs, resolved and validated."""
+
+    profile: ServerProfile
+    levels: tuple[int, ...]
+    capacity: CapacitySpec
+    mixed: MixedSpec
+    thresholds: Thresholds
+    require_concurrency: int
+    time_scale: float
+    request_timeout_s: float
+    temperature: float
+    flush_cache: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "profile": self.profile.name,
+            "levels": list(self.levels),
+            "capacity": self.capacity.as_dict(),
+            "mixed": self.mixed.as_dict(),
+            "thresholds": self.thresholds.as_dict(),
+            "require_concurrency": self.require_concurrency,
+            "time_scale": self.time_scale,
+            "request_timeout_s": self.request_timeout_s,
+            "temperature": self.temperature,
+        }
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Options as given (command line and ini), before any profile is applied."""
+
+    given: Mapping[str, Any] = field(default_factory=dict)
+    images: tuple[str, ...] = ()
+    api_key: str | None = None
+
+    def get(self, key: str) -> Any:
+        if key in self.given:
+            return self.given[key]
+        option = BY_KEY[key]
+        if self.given.get("quick") and option.quick is not None:
+            return option.quick
+        return option.default
+
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        return self.get("profile")
+
+    @property
+    def report_dir(self) -> Path:
+        return Path(self.get("report_dir"))
+
+    def for_profile(self, profile: ServerProfile) -> RunSettings:
+        """Apply the profile's own option defaults under whatever the user set."""
+        unknown = set(profile.options) - set(BY_KEY)
+        if unknown:
+            raise ConfigError(f"profile {profile.name!r}: unknown option {sorted(unknown)[0]!r}")
+
+        def value(key: str) -> Any:
+            option = BY_KEY[key]
+            if key in self.given or (self.given.get("quick") and option.quick is not None):
+                return self.get(key)
+            if key in profile.options:
+                return option.parse(key, profile.options[key])
+            return option.default
+
+        require = value("require_concurrency") or profile.require_concurrency
+        levels = value("concurrency_levels")
+        return RunSettings(
+            profile=profile,
+            levels=levels,
+            capacity=CapacitySpec(
+                contexts=value("contexts"), context_tokens=value("context_tokens"),
+                max_output_tokens=value("max_output_tokens"),
+                level_duration_s=value("level_duration"), spike_interval_s=value("spike_interval"),
+                spike_output_tokens=value("spike_output_tokens")),
+            mixed=MixedSpec(
+                contexts=value("mixed_contexts"), context_tokens=value("context_tokens"),
+                decode_workers=value("decode_workers"),
+                max_output_tokens=value("mixed_max_output_tokens"),
+                duration_s=value("mixed_duration"), spike_interval_s=value("mixed_spike_interval"),
+                spike_output_tokens=value("spike_output_tokens"),
+                revisit_interval_s=value("revisit_interval")),
+            thresholds=Thresholds(**{k: value(k) for k in Thresholds().as_dict()}),
+            require_concurrency=require or max(levels),
+            time_scale=value("time_scale"),
+            request_timeout_s=value("request_timeout"),
+            temperature=value("temperature"),
+            flush_cache=value("flush_cache"),
+        )
+
+
+def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any],
+            images: tuple[str, ...] = ()) -> Settings:
+    """Parse what the user gave (None means "not given") into Settings; errors name the key."""
+    given: dict[str, Any] = {}
+    for source in (ini, cli):  # command line last, so it wins
+        for key, raw in source.items():
+            if raw is None or raw == "" or (raw is False and BY_KEY[key].flag):
+                continue
+            given[key] = BY_KEY[key].parse(key, raw)
+    all_images = tuple(images) + tuple(given.pop("images", ()) or ())
+    return Settings(given=given, images=all_images, api_key=os.environ.get("GLMPERF_API_KEY"))

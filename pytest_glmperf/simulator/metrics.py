@@ -1,0 +1,284 @@
+"""Prometheus ``/metrics`` of the simulator, with SGLang's metric names and labels.
+
+Why a custom collector instead of prometheus_client's Counter/Gauge objects: the engine
+already keeps cumulative counters and gauges (``EngineCounters``, ``EngineGauges``), so the
+collector reads them at scrape time; nothing is double-booked. The output mimics SGLang's
+multiprocess mode (see sglang-facts.md section 1): no ``_created`` samples, float values,
+counters named ``*_total``, label sets per collector:
+
+* scheduler gauges: ``engine_type, model_name, moe_ep_rank, pp_rank, tp_rank``;
+* tokenizer counters and latency histograms: ``engine_type, model_name``;
+* radix cache counters: ``cache_type`` only.
+
+All latencies are in *model* seconds (the simulated GPU server's clock), like every figure
+the plugin reports. The simulator's own health is exported as ``glmperf_sim_*`` series.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from .types import EngineCounters, EngineGauges
+
+# SGLang's default buckets (observability/metrics_collector.py, TokenizerMetricsCollector).
+TTFT_BUCKETS = (0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400)
+ITL_BUCKETS = (
+    0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060,
+    0.080, 0.100, 0.200, 0.400, 0.600, 0.800, 1.000, 2.000, 4.000, 6.000, 8.000,
+)
+E2E_BUCKETS = (
+    0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200,
+    1800, 2400,
+)
+
+
+class Histogram:
+    """A cumulative-on-render histogram that also takes weighted observations.
+
+    Why not prometheus_client.Histogram: SGLang's inter-token latency adds
+    ``interval / n`` to one bucket with weight ``n`` and ``interval`` to the sum, so that
+    ``_sum / _count`` is the mean per-token ITL even for multi-token (speculative) chunks.
+    """
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self.counts = [0.0] * (len(self.bounds) + 1)  # last slot: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float, weight: float = 1.0, sum_add: float | None = None) -> None:
+        """Add *weight* observations of *value*; the sum grows by *sum_add* (default value*weight)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += weight
+        self.total += value * weight if sum_add is None else sum_add
+
+    def buckets(self) -> list[tuple[str, float]]:
+        """Cumulative (le, count) pairs ending with +Inf, as prometheus_client wants them."""
+        out: list[tuple[str, float]] = []
+        running = 0.0
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            running += count
+            out.append((_le(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+def _le(bound: float) -> str:
+    """Bucket label as prometheus_client writes it (floatToGoString)."""
+    text = repr(float(bound))
+    return text
+
+
+class LatencyHistograms:
+    """SGLang's tokenizer-side latency histograms, fed by the pacing driver in model seconds."""
+
+    def __init__(self) -> None:
+        self.ttft = Histogram(TTFT_BUCKETS)
+        self.itl = Histogram(ITL_BUCKETS)
+        self.e2e = Histogram(E2E_BUCKETS)
+
+    def observe_ttft(self, seconds: float) -> None:
+        """Arrival at the server to the first output of a request."""
+        self.ttft.observe(seconds)
+
+    def observe_itl(self, interval: float, num_tokens: int) -> None:
+        """One output step of *num_tokens* tokens, *interval* after the previous one."""
+        n = max(1, num_tokens)
+        self.itl.observe(interval / n, weight=n, sum_add=interval)
+
+    def observe_e2e(self, seconds: float) -> None:
+        """Arrival to the last output of a finished request."""
+        self.e2e.observe(seconds)
+
+
+@dataclass
+class SimHealth:
+    """The simulator's own timing health, exported so a lagging loop is never silent."""
+
+    time_scale: float = 1.0
+    lag_s: float = 0.0       # model seconds the last step was delivered late
+    lag_max_s: float = 0.0   # worst lag since start
+    late_steps: int = 0      # steps delivered later than the lag warning threshold
+
+
+@dataclass
+class MetricSources:
+    """What the collector reads at scrape time."""
+
+    model_name: str
+    tp_size: int
+    hierarchical: bool
+    page_size: int
+    context_len: int
+    counters: Callable[[], EngineCounters]
+    gauges: Callable[[], EngineGauges]
+    latency: LatencyHistograms
+    health: SimHealth
+
+
+_SCHED = ("engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank")
+_TOK = ("engine_type", "model_name")
+
+
+class SGLangCollector:
+    """Renders engine state as SGLang's metric families (a prometheus_client collector)."""
+
+    def __init__(self, src: MetricSources) -> None:
+        self.src = src
+        self._sched = ["unified", src.model_name, "0", "0", "0"]
+        self._tok = ["unified", src.model_name]
+        self._cache_type = "UnifiedRadixCache" if src.hierarchical else "RadixCache"
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by prometheus_client on every scrape."""
+        yield from self._scheduler_gauges(self.src.gauges())
+        yield from self._counters(self.src.counters())
+        yield from self._histograms()
+        yield from self._sim_health()
+
+    def _gauge(self, name: str, doc: str, value: float, labels: tuple[str, ...] = _SCHED,
+               values: list[str] | None = None) -> GaugeMetricFamily:
+        fam = GaugeMetricFamily(name, doc, labels=list(labels))
+        fam.add_metric(self._sched if values is None else values, float(value))
+        return fam
+
+    def _counter(self, name: str, doc: str, value: float, labels: tuple[str, ...] = _TOK,
+                 values: list[str] | None = None) -> CounterMetricFamily:
+        fam = CounterMetricFamily(name, doc, labels=list(labels))
+        fam.add_metric(self._tok if values is None else values, float(value))
+        return fam
+
+    def _scheduler_gauges(self, g: EngineGauges) -> Iterator[Metric]:
+        src = self.src
+        yield self._gauge("sglang:num_running_reqs", "The number of running requests.",
+                          g.num_running_reqs)
+        yield self._gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.",
+                          g.num_queue_reqs)
+        yield self._gauge("sglang:num_grammar_queue_reqs",
+                          "The number of requests in the grammar waiting queue.", 0)
+        yield self._gauge("sglang:gen_throughput", "The generation throughput (token/s).",
+                          g.gen_throughput)
+        yield self._gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", g.cache_hit_rate)
+        yield self._gauge("sglang:token_usage", "The token usage.", g.token_usage)
+        yield self._gauge("sglang:full_token_usage", "The token usage of the full KV pool.",
+                          g.token_usage)
+        yield self._gauge("sglang:num_used_tokens", "The number of used tokens.",
+                          g.num_used_tokens)
+        yield self._gauge("sglang:max_total_num_tokens", "Maximum total number of tokens.",
+                          g.max_total_num_tokens)
+        yield self._gauge("sglang:page_size", "The page size.", src.page_size)
+        yield self._gauge("sglang:context_len", "The context length.", src.context_len)
+        yield self._gauge("sglang:spec_accept_length", "The average acceptance length.",
+                          g.spec_accept_length)
+        if src.hierarchical:
+            yield self._gauge("sglang:hicache_host_used_tokens",
+                              "The number of used tokens in the HiCache host pool.",
+                              g.hicache_host_used_tokens)
+            yield self._gauge("sglang:hicache_host_total_tokens",
+                              "The total number of tokens in the HiCache host pool.",
+                              g.hicache_host_total_tokens)
+        # No multiprocess_mode in SGLang for this one, so it carries a pid label.
+        yield self._gauge("sglang:num_retracted_reqs", "The number of retracted requests.", 0,
+                          labels=(*_SCHED, "pid"), values=[*self._sched, str(os.getpid())])
+
+    def _counters(self, c: EngineCounters) -> Iterator[Metric]:
+        yield self._counter("sglang:prompt_tokens", "Number of prefill tokens processed.",
+                            c.prompt_tokens)
+        yield self._counter("sglang:generation_tokens", "Number of generation tokens processed.",
+                            c.generation_tokens)
+        cached = CounterMetricFamily("sglang:cached_tokens", "Number of cached prompt tokens.",
+                                     labels=["cache_source", *_TOK])
+        cached.add_metric(["device", *self._tok], float(c.cached_tokens_device))
+        cached.add_metric(["host", *self._tok], float(c.cached_tokens_host))
+        yield cached
+        yield self._counter("sglang:num_requests", "Number of requests processed.", c.requests)
+        yield self._counter("sglang:num_aborted_requests", "Number of requests aborted.",
+                            c.aborted_requests)
+        yield self._counter("sglang:spec_verify_calls", "Number of speculative verify calls.",
+                            c.spec_verify_calls)
+        yield self._counter("sglang:num_retracted_requests", "Total number of retracted requests.",
+                            c.retracted_requests, labels=_SCHED, values=self._sched)
+        realtime = CounterMetricFamily("sglang:realtime_tokens",
+                                       "Total number of tokens processed (by mode).",
+                                       labels=[*_SCHED, "mode"])
+        realtime.add_metric([*self._sched, "prefill_compute"], float(c.prefill_compute_tokens))
+        realtime.add_metric([*self._sched, "prefill_cache"], float(c.prefill_cache_tokens))
+        realtime.add_metric([*self._sched, "decode"], float(c.generation_tokens))
+        yield realtime
+        yield from self._radix_counters(c)
+
+    def _radix_counters(self, c: EngineCounters) -> Iterator[Metric]:
+        # Every TP rank's scheduler process owns a replica of the radix tree and increments
+        # these two counters itself; SGLang's prometheus multiprocess mode then *sums* the
+        # per-process files. So the exported value is tp_size x the logical token count
+        # (the field report's "loaded back" is exactly 8 x its host hits at tp 8).
+        ranks = max(1, self.src.tp_size)
+        cache_type = [self._cache_type]
+        yield self._counter("sglang:evicted_tokens", "Number of evicted tokens.",
+                            c.evicted_tokens * ranks, labels=("cache_type",), values=cache_type)
+        if self.src.hierarchical:
+            yield self._counter("sglang:load_back_tokens",
+                                "Number of tokens loaded back from host to device.",
+                                c.load_back_tokens * ranks, labels=("cache_type",),
+                                values=cache_type)
+
+    def _histograms(self) -> Iterator[Metric]:
+        lat = self.src.latency
+        for name, doc, hist in (
+            ("sglang:time_to_first_token_seconds",
+             "Histogram of time to first token in seconds.", lat.ttft),
+            ("sglang:inter_token_latency_seconds",
+             "Histogram of inter-token latency in seconds.", lat.itl),
+            ("sglang:e2e_request_latency_seconds",
+             "Histogram of End-to-end request latency in seconds", lat.e2e),
+        ):
+            fam = HistogramMetricFamily(name, doc, labels=list(_TOK))
+            fam.add_metric(self._tok, hist.buckets(), hist.total)
+            yield fam
+
+    def _sim_health(self) -> Iterator[Metric]:
+        h = self.src.health
+        lag = GaugeMetricFamily(
+            "glmperf_sim_lag_seconds",
+            "Model seconds the simulator's pacing loop delivered a step late "
+            "(stat=current: last step, stat=max: worst since start).",
+            labels=["stat"],
+        )
+        lag.add_metric(["current"], h.lag_s)
+        lag.add_metric(["max"], h.lag_max_s)
+        yield lag
+        late = CounterMetricFamily("glmperf_sim_late_steps",
+                                   "Steps delivered later than the lag warning threshold.")
+        late.add_metric([], float(h.late_steps))
+        yield late
+        scale = GaugeMetricFamily("glmperf_sim_time_scale",
+                                  "Model seconds per wall second of the simulator.")
+        scale.add_metric([], h.time_scale)
+        yield scale
+
+
+def build_registry(src: MetricSources) -> CollectorRegistry:
+    """A registry holding only the SGLang-shaped collector (no process/platform metrics)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SGLangCollector(src))  # type: ignore[arg-type]
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The Prometheus text exposition (0.0.4) of *registry*."""
+    return generate_latest(registry)
+
+
+def labels_of(sample: Any) -> dict[str, str]:
+    """Labels of a parsed sample (small helper for tests and scrapers)."""
+    return dict(sample.labels)

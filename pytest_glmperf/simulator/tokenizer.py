@@ -1,0 +1,209 @@
+"""A deterministic toy tokenizer, GLM-style chat template and output text for the simulator.
+
+Why a toy: the simulator needs token *counts* and prefix identity (for the radix cache), not
+GLM's real vocabulary. A compiled regex splits text into code-like pieces (identifiers cut
+into <= 7-letter pieces with an optional leading space, short digit runs, indentation runs,
+newlines, pairs of punctuation), which gives about 3.5 characters per token on source code,
+close to what real BPE tokenizers give on code. It is a pure function of the text, so equal
+text always gives equal tokens, and a shared text prefix gives shared leading pages.
+
+Page keys identify prompt prefixes page by page (``page_size`` tokens per page) for the
+engine's prefix cache: key *i* is a hash chained over every page up to and including page *i*.
+We hash the page's *text* rather than a list of token ids: tokenization is a pure function of
+the text, so the two are equivalent, and hashing one bytes slice per page is much faster.
+
+Long prompts (coding-agent contexts reach 400 KB) are tokenized piecewise by
+:func:`tokenize_async`, yielding to the event loop between pieces so other streams' chunks
+are not held back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from itertools import accumulate
+from typing import Any
+
+# Special markers of the GLM chat template count as one token each, like real special tokens.
+_SPECIAL = r"\[gMASK\]|<sop>|<\|[a-z_]+\|>|</?think>|</?tool_call>"
+# A token never contains "\n" except the newline token itself; pieces split right after a
+# newline therefore tokenize exactly like the whole text (tokenize_async relies on this).
+TOKEN_RE = re.compile(
+    _SPECIAL + r"| ?[A-Za-z]{1,7}|\d{1,3}|_| {2,8}|\t{1,4}|\n|[^\sA-Za-z0-9_]{1,2}|\s|.",
+    re.S,
+)
+_PIECE_CHARS = 16_384   # text per tokenizer slice in tokenize_async (about 1 ms of regex)
+_KEY_BYTES = 8
+
+
+def count_tokens(text: str) -> int:
+    """Number of tokens in *text*."""
+    return len(TOKEN_RE.findall(text))
+
+
+@dataclass
+class Tokenized:
+    """A tokenized prompt: its token count and the chained key of each full page."""
+
+    num_tokens: int
+    page_keys: list[int] = field(default_factory=list)
+
+
+def _page_keys(text: str, token_lengths: Iterable[int], page_size: int) -> list[int]:
+    """Chained hash of each full page of tokens (the partial last page has no key)."""
+    ends = list(accumulate(token_lengths))
+    keys: list[int] = []
+    prev = b""
+    start = 0
+    for i in range(page_size - 1, len(ends), page_size):
+        end = ends[i]
+        digest = hashlib.blake2b(
+            prev + text[start:end].encode("utf-8", "surrogatepass"), digest_size=_KEY_BYTES
+        ).digest()
+        keys.append(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+        prev = digest
+        start = end
+    return keys
+
+
+def tokenize(text: str, page_size: int = 64) -> Tokenized:
+    """Tokenize *text* in one go (fine for short prompts; blocks for ~30 ms per 400 KB)."""
+    tokens = TOKEN_RE.findall(text)
+    return Tokenized(len(tokens), _page_keys(text, map(len, tokens), page_size))
+
+
+def _split_points(text: str, piece: int) -> list[int]:
+    """Offsets just after a newline, about *piece* characters apart, ending at len(text)."""
+    points: list[int] = []
+    pos = 0
+    while pos + piece < len(text):
+        cut = text.find("\n", pos + piece)
+        if cut < 0:
+            break
+        pos = cut + 1
+        points.append(pos)
+    points.append(len(text))
+    return points
+
+
+async def tokenize_async(text: str, page_size: int = 64) -> Tokenized:
+    """Tokenize like :func:`tokenize`, yielding to the event loop between ~16 KB slices.
+
+    Why: one regex pass over a 400 KB prompt holds the interpreter for tens of
+    milliseconds; at time scale 10 that would show up as a fake stall of several hundred
+    model milliseconds in every other stream.
+    """
+    if len(text) <= _PIECE_CHARS:
+        return tokenize(text, page_size)
+    lengths: list[int] = []
+    start = 0
+    for end in _split_points(text, _PIECE_CHARS):
+        lengths.extend(map(len, TOKEN_RE.findall(text, start, end)))
+        start = end
+        await asyncio.sleep(0)
+    keys = _page_keys(text, lengths, page_size)
+    return Tokenized(len(lengths), keys)
+
+
+# -- chat template ------------------------------------------------------------------------------
+
+def _content_text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of an OpenAI content list."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            elif isinstance(part, str):
+                parts.append(part)
+        return "".join(parts)
+    return str(content)
+
+
+def _tool_calls_text(calls: Any) -> str:
+    """Assistant tool calls rendered the way GLM's template lays them out."""
+    out = []
+    for call in calls or []:
+        fn = call.get("function", {}) if isinstance(call, dict) else {}
+        out.append(f"<tool_call>{fn.get('name', '')}\n{fn.get('arguments', '')}</tool_call>")
+    return "".join(out)
+
+
+def apply_chat_template(
+    messages: list[dict[str, Any]],
+    tools: list[Any] | None = None,
+    enable_thinking: bool = True,
+) -> str:
+    """Render OpenAI chat messages into a GLM-4.5/5-style prompt.
+
+    The layout (``[gMASK]<sop><|system|>\\n...<|user|>\\n...<|assistant|>\\n``) keeps every
+    earlier turn byte-identical when a conversation grows, so a coding agent's growing
+    context shares its prefix pages with the previous request, as with the real template.
+    """
+    out = ["[gMASK]<sop>"]
+    if tools:
+        out.append("<|system|>\n# Tools\n")
+        out.append(json.dumps(tools, separators=(",", ":"), sort_keys=True))
+    for msg in messages:
+        role = str(msg.get("role", "user"))
+        marker = {"developer": "system", "tool": "observation"}.get(role, role)
+        out.append(f"<|{marker}|>\n")
+        if role == "assistant":
+            reasoning = msg.get("reasoning_content")
+            if reasoning:
+                out.append(f"<think>{reasoning}</think>")
+            out.append(_content_text(msg.get("content")))
+            out.append(_tool_calls_text(msg.get("tool_calls")))
+        else:
+            out.append(_content_text(msg.get("content")))
+    out.append("<|assistant|>\n")
+    if not enable_thinking:
+        out.append("<think></think>\n")
+    return "".join(out)
+
+
+# -- generated output ---------------------------------------------------------------------------
+
+_OUT_WORDS = ["def", "return", "self", "value", "result", "items", "config", "request", "reply", "data", "index", "count", "buffer", "handler", "context", "update", "token", "stream", "parse", "format", "cache", "page", "prefix", "batch", "queue", "state", "node", "path", "file", "line", "error", "check", "build", "merge", "split", "apply"]
+_OUT_PUNCT = ["(", ")", ":", ",", ".", "=", "\n", "    "]
+
+
+def _output_pieces() -> list[str]:
+    """A fixed cycle of one-token text pieces that reads like code."""
+    pieces: list[str] = []
+    for i, word in enumerate(_OUT_WORDS):
+        pieces.append(" " + word)
+        pieces.append(_OUT_PUNCT[i % len(_OUT_PUNCT)])
+        if i % 5 == 4:
+            pieces.extend(["\n", "    "])
+    return pieces
+
+
+OUTPUT_PIECES: tuple[str, ...] = tuple(_output_pieces())
+# The same pieces, already escaped for a JSON string body: chunk serialization is then a
+# plain join on the hot path (thousands of chunks per second).
+OUTPUT_PIECES_JSON: tuple[str, ...] = tuple(json.dumps(p)[1:-1] for p in OUTPUT_PIECES)
+_CYCLE = len(OUTPUT_PIECES)
+_DOUBLED_JSON = OUTPUT_PIECES_JSON * 2
+
+
+def output_text(start: int, num_tokens: int, json_escaped: bool = False) -> str:
+    """Deterministic text of tokens ``start .. start+num_tokens-1`` of a generated answer."""
+    pieces = _DOUBLED_JSON if json_escaped else OUTPUT_PIECES * 2
+    out: list[str] = []
+    pos = start % _CYCLE
+    left = num_tokens
+    while left > 0:
+        take = min(left, _CYCLE)
+        out.append("".join(pieces[pos:pos + take]))
+        left -= take
+        pos = (pos + take) % _CYCLE
+    return "".join(out)

@@ -1,0 +1,221 @@
+"""Statistics over request records: per capacity level, and for the mixed workload.
+
+Percentiles use linear interpolation between closest ranks (numpy's default "linear"
+method, Hyndman & Fan type 7). An empty sample gives ``None``. A percentile over fewer
+samples than it needs to mean anything (20 for a P95, 2 for a P50) is flagged low-confidence.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .records import RequestRecord
+
+MIN_SAMPLES = {50: 2, 95: 20, 99: 100}
+
+
+def percentile(values: Iterable[float | None], pct: float) -> float | None:
+    """Type-7 percentile of the non-None values, or None when there are none."""
+    data = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not data:
+        return None
+    rank = (len(data) - 1) * pct / 100.0
+    low = math.floor(rank)
+    high = min(low + 1, len(data) - 1)
+    return data[low] + (data[high] - data[low]) * (rank - low)
+
+
+def mean(values: Iterable[float | None]) -> float | None:
+    data = [v for v in values if v is not None]
+    return sum(data) / len(data) if data else None
+
+
+def low_confidence(name: str, pct: int, samples: int) -> str | None:
+    """A note when a percentile rests on too few samples, else None."""
+    needed = MIN_SAMPLES.get(pct, 2)
+    if samples < needed:
+        return f"{name}: P{pct} from {samples} requests (needs >= {needed})"
+    return None
+
+
+def span_s(records: Sequence[RequestRecord], start_ns: int) -> float | None:
+    """Model seconds from start_ns to the last record's close."""
+    ends = [r.done_ns for r in records if r.done_ns is not None]
+    if not ends:
+        return None
+    scale = records[0].time_scale
+    return (max(ends) - start_ns) / 1e9 * scale
+
+
+@dataclass
+class StreamStats:
+    """Latency figures over a set of requests (only successful ones carry timings)."""
+
+    requests: int = 0
+    failures: int = 0
+    failure_rate: float | None = None
+    tok_s_p50: float | None = None
+    decode_tok_s_p50: float | None = None
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
+    gap_p50_s: float | None = None
+    gap_p95_s: float | None = None
+    gap_max_s: float | None = None
+    completion_tokens: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, records: Sequence[RequestRecord]) -> StreamStats:
+        ok = [r for r in records if r.ok]
+        failures = len(records) - len(ok)
+        gaps = [r.max_gap_s for r in ok]
+        ttfts = [r.ttft_s for r in ok]
+        stats = cls(
+            requests=len(records),
+            failures=failures,
+            failure_rate=failures / len(records) if records else None,
+            tok_s_p50=percentile((r.output_tok_s for r in ok), 50),
+            decode_tok_s_p50=percentile((r.decode_tok_s for r in ok), 50),
+            ttft_p50_s=percentile(ttfts, 50),
+            ttft_p95_s=percentile(ttfts, 95),
+            gap_p50_s=percentile(gaps, 50),
+            gap_p95_s=percentile(gaps, 95),
+            gap_max_s=max((g for g in gaps if g is not None), default=None),
+            completion_tokens=sum(r.output_tokens for r in ok),
+        )
+        stats.notes = [
+            note
+            for note in (
+                low_confidence("ttft", 95, sum(t is not None for t in ttfts)),
+                low_confidence("max chunk gap", 95, sum(g is not None for g in gaps)),
+                low_confidence("tok/s", 50, len(ok)),
+            )
+            if note
+        ]
+        return stats
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class LevelStats(StreamStats):
+    """One capacity level: the agents' streams judged, with the whole level's load beside them.
+
+    Failure rate counts every request of the level (agents and prefill spikes); the latency
+    percentiles are over the agents' requests, the streams a user sits behind.
+    """
+
+    concurrency: int = 0
+    duration_s: float | None = None
+    aggregate_tok_s: float | None = None
+    spike_requests: int = 0
+    spike_ttft_p50_s: float | None = None
+
+    @classmethod
+    def of_level(
+        cls, concurrency: int, records: Sequence[RequestRecord], start_ns: int
+    ) -> LevelStats:
+        agents = [r for r in records if r.kind != "spike"]
+        spikes = [r for r in records if r.kind == "spike"]
+        base = StreamStats.of(agents)
+        failures = sum(not r.ok for r in records)
+        duration = span_s(records, start_ns)
+        tokens = sum(r.output_tokens for r in records if r.ok)
+        stats = cls(**base.as_dict())
+        stats.requests = len(records)
+        stats.failures = failures
+        stats.failure_rate = failures / len(records) if records else None
+        stats.completion_tokens = tokens
+        stats.concurrency = concurrency
+        stats.duration_s = duration
+        stats.aggregate_tok_s = tokens / duration if duration else None
+        stats.spike_requests = len(spikes)
+        stats.spike_ttft_p50_s = percentile((r.ttft_s for r in spikes if r.ok), 50)
+        return stats
+
+
+@dataclass
+class GaugeSeries:
+    """Server gauge samples taken during a run: (model seconds since start, value)."""
+
+    name: str
+    samples: list[tuple[float, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | None]:
+        values = [v for _, v in self.samples]
+        return {
+            "mean": mean(values),
+            "p95": percentile(values, 95),
+            "min": min(values, default=None),
+            "max": max(values, default=None),
+            "samples": len(values),
+        }
+
+
+@dataclass
+class MixedStats:
+    """The mixed coding-agent workload, with the field report's table as fields."""
+
+    client_tok_s: float | None = None
+    server_gen_throughput_mean: float | None = None
+    queue_mean: float | None = None
+    queue_p95: float | None = None
+    running_mean: float | None = None
+    token_usage_mean: float | None = None
+    ttft_p50_s: float | None = None
+    ttft_p95_s: float | None = None
+    gap_p50_s: float | None = None
+    gap_p95_s: float | None = None
+    duration_s: float | None = None
+    requests: int = 0
+    failures: int = 0
+    completion_tokens: int = 0
+    cache: dict[str, float | None] = field(default_factory=dict)
+    by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decode_streams: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(
+        cls,
+        records: Sequence[RequestRecord],
+        start_ns: int,
+        gauges: dict[str, GaugeSeries],
+        cache_deltas: dict[str, float | None],
+    ) -> MixedStats:
+        everything = StreamStats.of(records)
+        duration = span_s(records, start_ns)
+        kinds = sorted({r.kind for r in records})
+        decode = [r for r in records if r.kind in DECODE_KINDS]
+        gauge = {name: series.summary() for name, series in gauges.items()}
+        return cls(
+            client_tok_s=everything.completion_tokens / duration if duration else None,
+            server_gen_throughput_mean=gauge.get("gen_throughput", {}).get("mean"),
+            queue_mean=gauge.get("num_queue_reqs", {}).get("mean"),
+            queue_p95=gauge.get("num_queue_reqs", {}).get("p95"),
+            running_mean=gauge.get("num_running_reqs", {}).get("mean"),
+            token_usage_mean=gauge.get("token_usage", {}).get("mean"),
+            ttft_p50_s=everything.ttft_p50_s,
+            ttft_p95_s=everything.ttft_p95_s,
+            gap_p50_s=everything.gap_p50_s,
+            gap_p95_s=everything.gap_p95_s,
+            duration_s=duration,
+            requests=everything.requests,
+            failures=everything.failures,
+            completion_tokens=everything.completion_tokens,
+            cache=dict(cache_deltas),
+            by_kind={k: StreamStats.of([r for r in records if r.kind == k]).as_dict() for k in kinds},
+            decode_streams=StreamStats.of(decode).as_dict(),
+            notes=everything.notes,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The mixed workload's "decode streams": the agents' long generations (not the prefill spikes).
+DECODE_KINDS = frozenset({"decode", "revisit"})

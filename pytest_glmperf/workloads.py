@@ -1,0 +1,245 @@
+"""The field report's two coding-agent workloads, driven in model time.
+
+* capacity: per concurrency level N, N closed-loop agents (agent i works on context i mod
+  ``contexts``) plus one fresh long-prefill request every ``spike_interval_s``.
+* mixed: ``decode_workers`` agents streaming long answers over a few repository contexts,
+  a fresh ~100k-token prefill spike every ``spike_interval_s`` and a revisit of the least
+  recently used context every ``revisit_interval_s``.
+
+Both stop sending at the end of their window and let in-flight requests finish (drain).
+Each record is handed to ``on_record`` the moment it completes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any, Protocol
+
+from .clock import ModelClock
+from .contexts import ContextFactory
+from .errors import ConfigError
+from .records import RequestRecord
+
+
+class StreamClient(Protocol):
+    """What a workload needs from a client (pytest_glmperf.client.StreamingClient is one)."""
+
+    def prepare(self, messages: list[dict[str, str]], *, max_tokens: int, temperature: float = 0.0,
+                extra_body: dict[str, Any] | None = None) -> Any: ...
+
+    async def stream(self, prepared: Any, record: RequestRecord) -> RequestRecord: ...
+
+
+@dataclass(frozen=True)
+class CapacitySpec:
+    """Workload 2 of the field report (defaults are the brief's)."""
+
+    contexts: int = 8
+    context_tokens: int = 100_000
+    max_output_tokens: int = 1024
+    level_duration_s: float = 240.0
+    spike_interval_s: float = 25.0
+    spike_output_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        _positive(self, "contexts", "context_tokens", "max_output_tokens", "level_duration_s",
+                  "spike_output_tokens")
+        _non_negative(self, "spike_interval_s")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MixedSpec:
+    """Workload 1 of the field report (defaults are the brief's)."""
+
+    contexts: int = 4
+    context_tokens: int = 100_000
+    decode_workers: int = 3
+    max_output_tokens: int = 2048
+    duration_s: float = 600.0
+    spike_interval_s: float = 30.0
+    spike_output_tokens: int = 64
+    revisit_interval_s: float = 45.0
+    gauge_interval_s: float = 1.5
+
+    def __post_init__(self) -> None:
+        _positive(self, "contexts", "context_tokens", "decode_workers", "max_output_tokens",
+                  "duration_s", "spike_output_tokens", "gauge_interval_s")
+        _non_negative(self, "spike_interval_s", "revisit_interval_s")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class WorkloadRun:
+    """What one workload window produced: its records and when it started (wall ns)."""
+
+    start_ns: int
+    records: list[RequestRecord] = field(default_factory=list)
+    end_ns: int | None = None
+
+
+Progress = Callable[[str], None]
+
+
+class Load:
+    """Shared machinery: build prompts, send one request, hand its record on."""
+
+    def __init__(self, client: StreamClient, factory: ContextFactory, clock: ModelClock, *,
+                 profile: str, scenario: str, on_record: Callable[[RequestRecord], None],
+                 temperature: float = 0.0, extra_body: dict[str, Any] | None = None,
+                 level: int | None = None) -> None:
+        self.client, self.factory, self.clock = client, factory, clock
+        self.profile, self.scenario, self.level = profile, scenario, level
+        self.on_record, self.temperature, self.extra_body = on_record, temperature, extra_body
+        self.run = WorkloadRun(start_ns=time.perf_counter_ns())
+        self._ids = itertools.count()
+        self._context_text = lru_cache(maxsize=64)(factory.text)
+        self.in_flight: set[asyncio.Task[RequestRecord]] = set()
+
+    async def send(self, kind: str, context_key: str, context_tokens: int, max_tokens: int,
+                   context_id: int | None = None) -> RequestRecord:
+        """Send one request over a context, with a task suffix unique to this request."""
+        text = self._context_text(context_key, context_tokens)
+        task = f"{kind} request {len(self.run.records) + len(self.in_flight)}: continue the work."
+        return await self.send_messages(kind, self.factory.messages(text, task), max_tokens, context_id)
+
+    async def send_messages(self, kind: str, messages: list[dict[str, str]], max_tokens: int,
+                            context_id: int | None = None) -> RequestRecord:
+        """Stream one request; its record is kept and handed on even if the stream is cancelled."""
+        prepared = self.client.prepare(messages, max_tokens=max_tokens,
+                                       temperature=self.temperature, extra_body=self.extra_body)
+        record = RequestRecord(
+            request_id=f"{self.profile}-{self.scenario}-{self.level or 0}-{kind}-{next(self._ids)}",
+            scenario=self.scenario, kind=kind, profile=self.profile, level=self.level,
+            context_id=context_id, time_scale=self.clock.time_scale, max_tokens=max_tokens,
+        )
+        try:
+            await self.client.stream(prepared, record)
+        finally:
+            self.run.records.append(record)
+            self.on_record(record)
+        return record
+
+    def spawn(self, coro: Awaitable[RequestRecord]) -> None:
+        """Fire a request that must not block its scheduler (spikes, revisits)."""
+        task = asyncio.ensure_future(coro)
+        self.in_flight.add(task)
+        task.add_done_callback(self.in_flight.discard)
+
+    async def drain(self) -> None:
+        """Let every request already sent finish; nothing in flight is abandoned."""
+        while self.in_flight:
+            await asyncio.gather(*list(self.in_flight), return_exceptions=True)
+        self.run.end_ns = time.perf_counter_ns()
+
+    def summary(self, window_s: float) -> str:
+        done = len(self.run.records)
+        failed = sum(not r.ok for r in self.run.records)
+        elapsed = min(self.clock.now(), window_s)
+        return f"{elapsed:6.0f}/{window_s:.0f} s  requests done {done}  failed {failed}"
+
+
+async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
+                             progress: Progress | None = None) -> WorkloadRun:
+    """N closed-loop agents for one level window, plus periodic long-prefill spikes."""
+    deadline = load.clock.now() + spec.level_duration_s
+
+    async def agent(i: int) -> None:
+        context = i % spec.contexts
+        while load.clock.now() < deadline:
+            await load.send("agent", f"repo-{context}", spec.context_tokens,
+                            spec.max_output_tokens, context_id=context)
+
+    async def spikes() -> None:
+        for n in itertools.count(1):
+            at = n * spec.spike_interval_s
+            if not spec.spike_interval_s or at >= spec.level_duration_s:
+                return
+            await load.clock.sleep_until(deadline - spec.level_duration_s + at)
+            load.spawn(load.send("spike", f"spike-c{concurrency}-{n}", spec.context_tokens,
+                                 spec.spike_output_tokens))
+
+    for i in range(concurrency):
+        load.spawn(agent(i))  # type: ignore[arg-type]
+    load.spawn(spikes())  # type: ignore[arg-type]
+    await _report_until_drained(load, spec.level_duration_s, progress)
+    return load.run
+
+
+async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = None) -> WorkloadRun:
+    """Decode workers, prefill spikes and revisits for one window, then drain."""
+    start = load.clock.now()
+    deadline = start + spec.duration_s
+    last_used = dict.fromkeys(range(spec.contexts), start)
+
+    async def send_over(kind: str, context: int) -> RequestRecord:
+        last_used[context] = load.clock.now()
+        return await load.send(kind, f"mixed-repo-{context}", spec.context_tokens,
+                               spec.max_output_tokens, context_id=context)
+
+    async def worker(i: int) -> None:
+        for turn in itertools.count():
+            if load.clock.now() >= deadline:
+                return
+            await send_over("decode", (i + turn) % spec.contexts)
+
+    async def every(interval: float, fire: Callable[[int], None]) -> None:
+        for n in itertools.count(1):
+            if not interval or n * interval >= spec.duration_s:
+                return
+            await load.clock.sleep_until(start + n * interval)
+            fire(n)
+
+    def spike(n: int) -> None:
+        load.spawn(load.send("spike", f"mixed-spike-{n}", spec.context_tokens,
+                             spec.spike_output_tokens))
+
+    def revisit(n: int) -> None:
+        oldest = min(last_used, key=last_used.__getitem__)
+        load.spawn(send_over("revisit", oldest))
+
+    for i in range(spec.decode_workers):
+        load.spawn(worker(i))  # type: ignore[arg-type]
+    load.spawn(every(spec.spike_interval_s, spike))  # type: ignore[arg-type]
+    load.spawn(every(spec.revisit_interval_s, revisit))  # type: ignore[arg-type]
+    await _report_until_drained(load, spec.duration_s, progress)
+    return load.run
+
+
+async def _report_until_drained(load: Load, window_s: float, progress: Progress | None) -> None:
+    """Drain the load while printing a progress line about once a wall second."""
+    drained = asyncio.ensure_future(load.drain())
+    try:
+        while not drained.done():
+            await asyncio.wait({drained}, timeout=1.0)
+            if progress:
+                progress(load.summary(window_s))
+    finally:
+        if not drained.done():
+            for task in list(load.in_flight):
+                task.cancel()
+            drained.cancel()
+            await asyncio.gather(drained, *load.in_flight, return_exceptions=True)
+
+
+def _positive(spec: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(spec, name)
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def _non_negative(spec: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(spec, name)
+        if not isinstance(value, (int, float)) or value < 0:
+            raise ConfigError(f"{name} must be zero or a positive number, got {value!r}")
