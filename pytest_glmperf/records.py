@@ -145,10 +145,11 @@ class RecordLog:
     Nothing measured is lost on Ctrl-C: every finished request is already on disk.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, fresh: bool = False) -> None:
+        """``fresh`` starts a new file (one run, one log); otherwise records are appended."""
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = path.open("a", encoding="utf-8")
+        self._file: TextIO = path.open("w" if fresh else "a", encoding="utf-8")
         self._lock = threading.Lock()
         self.count = 0
 

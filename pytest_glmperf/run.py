@@ -29,7 +29,7 @@ from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_aft
 from .server import ExternalServer, ServerHandle, SimulatedServer, fetch_server_info
 from .settings import RunSettings, Settings
 from .stats import LevelStats, MixedStats, StreamStats
-from .workloads import Load, run_capacity_level, run_mixed
+from .workloads import FAILURE_PAUSE_S, Load, run_capacity_level, run_mixed
 
 Progress = Callable[[str], None]
 
@@ -75,7 +75,7 @@ class GlmperfRun:
     @property
     def records(self) -> RecordLog:
         if self._records is None:
-            self._records = RecordLog(self.report_dir / "records.jsonl")
+            self._records = RecordLog(self.report_dir / "records.jsonl", fresh=True)
         return self._records
 
     def check_base_url(self) -> None:
@@ -123,9 +123,14 @@ class GlmperfRun:
         self.report.write(self.report_dir)
 
     def finish(self, interrupted: bool) -> None:
-        """Final report; servers still up are stopped (pytest's teardown normally did it)."""
+        """Final report; servers still up are stopped (pytest's teardown normally did it).
+
+        A session that measured nothing (no glmperf test ran) writes nothing.
+        """
         for server in list(self._servers.values()):
             self.close_server(server)
+        if not self.report.targets and self._records is None:
+            return
         self.report.status = "interrupted" if interrupted else "complete"
         self.report.metadata["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.write_report()
@@ -273,8 +278,11 @@ class GlmperfServer:
             async def loop(index: int) -> None:
                 handle = Agent(index, load, deadline)
                 while load.clock.now() < deadline:
+                    sent = len(load.run.records)
                     await agent(handle)
                     handle.turn += 1
+                    if any(not r.ok for r in load.run.records[sent:]):
+                        await load.clock.sleep(FAILURE_PAUSE_S)
 
             await asyncio.gather(*(loop(i) for i in range(concurrency)))
             stats = StreamStats.of(load.run.records)

@@ -134,6 +134,7 @@ def ensure_base_image(*, force: bool = False, progress: Progress | None = None) 
 
 def _source_files(root: Path) -> Iterable[Path]:
     yield root / "pyproject.toml"
+    yield root / "README.md"
     yield from sorted((root / "compose" / "sim-image").rglob("*"))
     for path in sorted((root / "pytest_glmperf").rglob("*")):
         if "__pycache__" in path.parts or path.suffix in {".pyc", ".pyo"}:
@@ -148,6 +149,17 @@ def source_hash(root: Path, base_id: str) -> str:
         if path.is_file():
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:24]
+
+
+def _source_copy(root: Path, dest: Path) -> Path:
+    """The files a wheel is built from, copied out of the checkout."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        if (root / name).is_file():
+            shutil.copy(root / name, dest / name)
+    shutil.copytree(root / "pytest_glmperf", dest / "pytest_glmperf",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    return dest
 
 
 def _python_tags(client, base: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
@@ -185,7 +197,8 @@ def ensure_sim_image(*, tag: str = SIM_IMAGE, force: bool = False, progress: Pro
         shutil.copy(root / "compose" / "sim-image" / "Dockerfile", context / "Dockerfile")
         wheels = context / "wheels"
         say(f"pip wheel {root} -> build context")
-        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(root), say=say)
+        source = _source_copy(root, Path(tmp) / "source")  # never build in the work tree
+        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source), say=say)
         ours = next(wheels.glob("pytest_glmperf-*.whl"))
         say(f"pip download runtime dependencies for python {py_version} {machine}")
         platforms = [f"manylinux{tag_}_{machine}" for tag_ in ("2014", "_2_17", "_2_28", "_2_31", "_2_34", "_2_35")]

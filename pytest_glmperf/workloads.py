@@ -7,7 +7,9 @@
   recently used context every ``revisit_interval_s``.
 
 Both stop sending at the end of their window and let in-flight requests finish (drain).
-Each record is handed to ``on_record`` the moment it completes.
+Each record is handed to ``on_record`` the moment it completes. An agent whose request
+failed pauses ``FAILURE_PAUSE_S`` before its next one, as a real agent would, instead of
+hammering a broken server in a tight loop.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class WorkloadRun:
 
 
 Progress = Callable[[str], None]
+FAILURE_PAUSE_S = 1.0
 
 
 class Load:
@@ -156,8 +159,10 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
     async def agent(i: int) -> None:
         context = i % spec.contexts
         while load.clock.now() < deadline:
-            await load.send("agent", f"repo-{context}", spec.context_tokens,
-                            spec.max_output_tokens, context_id=context)
+            record = await load.send("agent", f"repo-{context}", spec.context_tokens,
+                                     spec.max_output_tokens, context_id=context)
+            if not record.ok:
+                await load.clock.sleep(FAILURE_PAUSE_S)
 
     async def spikes() -> None:
         for n in itertools.count(1):
@@ -190,7 +195,9 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
         for turn in itertools.count():
             if load.clock.now() >= deadline:
                 return
-            await send_over("decode", (i + turn) % spec.contexts)
+            record = await send_over("decode", (i + turn) % spec.contexts)
+            if not record.ok:
+                await load.clock.sleep(FAILURE_PAUSE_S)
 
     async def every(interval: float, fire: Callable[[int], None]) -> None:
         for n in itertools.count(1):

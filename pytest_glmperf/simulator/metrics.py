@@ -20,7 +20,6 @@ import bisect
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -29,6 +28,7 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.utils import floatToGoString
 
 from .types import EngineCounters, EngineGauges
 
@@ -68,15 +68,9 @@ class Histogram:
         running = 0.0
         for bound, count in zip(self.bounds, self.counts, strict=False):
             running += count
-            out.append((_le(bound), running))
+            out.append((floatToGoString(bound), running))
         out.append(("+Inf", running + self.counts[-1]))
         return out
-
-
-def _le(bound: float) -> str:
-    """Bucket label as prometheus_client writes it (floatToGoString)."""
-    text = repr(float(bound))
-    return text
 
 
 class LatencyHistograms:
@@ -277,8 +271,3 @@ def build_registry(src: MetricSources) -> CollectorRegistry:
 def render(registry: CollectorRegistry) -> bytes:
     """The Prometheus text exposition (0.0.4) of *registry*."""
     return generate_latest(registry)
-
-
-def labels_of(sample: Any) -> dict[str, str]:
-    """Labels of a parsed sample (small helper for tests and scrapers)."""
-    return dict(sample.labels)

@@ -172,7 +172,12 @@ def apply_chat_template(
 
 # -- generated output ---------------------------------------------------------------------------
 
-_OUT_WORDS = ["def", "return", "self", "value", "result", "items", "config", "request", "reply", "data", "index", "count", "buffer", "handler", "context", "update", "token", "stream", "parse", "format", "cache", "page", "prefix", "batch", "queue", "state", "node", "path", "file", "line", "error", "check", "build", "merge", "split", "apply"]
+_OUT_WORDS = (
+    "def", "return", "self", "value", "result", "items", "config", "request", "reply", "data",
+    "index", "count", "buffer", "handler", "context", "update", "token", "stream", "parse",
+    "format", "cache", "page", "prefix", "batch", "queue", "state", "node", "path", "file",
+    "line", "error", "check", "build", "merge", "split", "apply",
+)
 _OUT_PUNCT = ["(", ")", ":", ",", ".", "=", "\n", "    "]
 
 

@@ -1,0 +1,437 @@
+"""Virtual-time replay of the field report's workloads straight against the engine model.
+
+No HTTP, no sleeping: requests are fed to ``Engine`` in model time, emissions are stamped
+with the end of the step that produced them, and the client-side figures are computed the
+way the plugin computes them (pytest_glmperf.stats percentiles). Use it to calibrate the
+cost model; the end-to-end HTTP bench comes later.
+
+    python bench/engine_replay.py                 # both profiles, both workloads
+    python bench/engine_replay.py --profile sim-hicache --workload mixed --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pytest_glmperf.simulator.config import EngineConfig, parse_server_args  # noqa: E402
+from pytest_glmperf.simulator.engine import Engine  # noqa: E402
+from pytest_glmperf.simulator.types import SimRequest  # noqa: E402
+from pytest_glmperf.stats import mean, percentile  # noqa: E402
+
+PAGE = 64
+SYSTEM_TOKENS = 20          # system prompt + chat template around the context
+SUFFIX_TOKENS = 20          # the per-request task line ("decode request 7: continue ...")
+
+# The brief's numbers (workloads-and-results.md), for the side-by-side tables.
+BRIEF_MIXED = {
+    "sim-hicache": {"client_tok_s": 119.28, "gen_throughput": 118.89, "queue_mean": 1.94,
+                    "queue_p95": 4.00, "ttft_p50": 23.51, "ttft_p95": 41.38,
+                    "gap_p50": 0.36, "gap_p95": 0.61},
+    "sim-mtp": {"client_tok_s": 168.96, "gen_throughput": 319.17, "queue_mean": 0.49,
+                "queue_p95": 2.00, "ttft_p50": 9.09, "ttft_p95": 31.78,
+                "gap_p50": 11.95, "gap_p95": 12.84},
+}
+BRIEF_CACHE = {  # logical tokens (the brief's evicted/loaded-back figures divided by TP 8)
+    "sim-hicache": {"cached_device": 3_456_640, "cached_host": 2_900_096,
+                    "evicted": 23_949_824 // 8, "load_back": 23_200_768 // 8,
+                    "host_used": 885_888},
+    "sim-mtp": {"cached_device": 4_812_160, "cached_host": 0, "evicted": 17_915_904 // 8,
+                "load_back": 0, "host_used": 0},
+}
+BRIEF_CAPACITY = {"sim-hicache": "usable up to 4 (110.39 tok/s there; 134.70 at 12)",
+                  "sim-mtp": "usable only at 1 (44.80 tok/s there)"}
+
+DEFAULT_PROFILES = {
+    "sim-hicache": ["--tp-size", "8", "--enable-metrics", "--enable-cache-report",
+                    "--enable-hierarchical-cache", "--hicache-size", "200",
+                    "--hicache-io-backend", "direct", "--hicache-mem-layout", "page_first",
+                    "--hicache-write-policy", "write_through", "--mem-fraction-static",
+                    "0.85", "--watchdog-timeout", "1800"],
+    "sim-mtp": ["--tp-size", "8", "--enable-metrics", "--enable-cache-report",
+                "--speculative-algorithm", "EAGLE", "--speculative-num-steps", "3",
+                "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"],
+}
+
+
+def profile_args(name: str) -> list[str]:
+    """Server args of a simulated profile: compose/profiles.yaml if readable, else built-in."""
+    try:
+        from pytest_glmperf.profiles import load_registry
+        return list(load_registry(ROOT / "compose" / "profiles.yaml").get(name).server_args)
+    except Exception:
+        return list(DEFAULT_PROFILES[name])
+
+
+@dataclass
+class Rec:
+    """One request as the client saw it (model seconds)."""
+
+    kind: str
+    send: float
+    max_tokens: int
+    first: float | None = None
+    chunks: list[float] = field(default_factory=list)
+    done: float | None = None
+    tokens: int = 0
+    cached: int = 0
+
+    @property
+    def ttft(self) -> float | None:
+        return None if self.first is None else self.first - self.send
+
+    @property
+    def max_gap(self) -> float | None:
+        gaps = [b - a for a, b in itertools.pairwise(self.chunks)]
+        return max(gaps) if gaps else None
+
+    @property
+    def tok_s(self) -> float | None:
+        if self.done is None or self.done <= self.send:
+            return None
+        return self.tokens / (self.done - self.send)
+
+
+class Replay:
+    """Feeds timed requests to an Engine and records what a streaming client would see."""
+
+    def __init__(self, engine: Engine, gauge_interval: float = 1.5) -> None:
+        self.engine = engine
+        self.events: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count()
+        self._ctx_ids: dict[str, int] = {}
+        self.live: dict[str, tuple[Rec, Callable[[Rec], None] | None]] = {}
+        self.records: list[Rec] = []
+        self.gauge_interval = gauge_interval
+        self.next_sample: float | None = None
+        self.samples: dict[str, list[float]] = {"gen_throughput": [], "num_queue_reqs": [],
+                                                "num_running_reqs": []}
+        self.steps = 0
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def at(self, t: float, fire: Callable[[], None]) -> None:
+        heapq.heappush(self.events, (t, next(self._seq), fire))
+
+    def send(self, kind: str, context: str, context_tokens: int, max_tokens: int,
+             on_done: Callable[[Rec], None] | None = None) -> Rec:
+        """Send now (engine time): prompt = system + context + a unique task suffix."""
+        n = next(self._ids)
+        rid = f"{kind}-{n}"
+        ctx = self._ctx_ids.setdefault(context, len(self._ctx_ids))
+        shared = SYSTEM_TOKENS + context_tokens
+        prompt = shared + SUFFIX_TOKENS
+        keys = [hash((ctx, i)) for i in range(shared // PAGE)]
+        keys += [hash((-1 - n, i)) for i in range(len(keys), prompt // PAGE)]
+        rec = Rec(kind=kind, send=self.engine.now, max_tokens=max_tokens)
+        self.engine.add_request(SimRequest(rid=rid, prompt_tokens=prompt,
+                                           max_new_tokens=max_tokens, page_keys=keys,
+                                           arrival_s=self.engine.now))
+        self.live[rid] = (rec, on_done)
+        self.records.append(rec)
+        return rec
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Process events and engine steps in model-time order until both run out."""
+        engine = self.engine
+        while True:
+            while self.events and self.events[0][0] <= engine.now:
+                heapq.heappop(self.events)[2]()
+            if engine.has_work():
+                self._step()
+            elif self.events:
+                t = self.events[0][0]
+                self._sample_until(t)
+                engine.advance_to(t)
+            else:
+                return
+
+    def _step(self) -> None:
+        result = self.engine.step()
+        self.steps += 1
+        self._sample_until(result.end_s)
+        for em in result.emissions:
+            rec, on_done = self.live[em.rid]
+            rec.chunks.append(result.end_s)
+            rec.tokens += em.tokens
+            if em.first:
+                rec.first, rec.cached = result.end_s, em.cached_tokens
+            if em.finished:
+                rec.done = result.end_s
+                del self.live[em.rid]
+                if on_done is not None:
+                    on_done(rec)
+
+    def _sample_until(self, t: float) -> None:
+        """Gauge scrapes every gauge_interval seconds (values as of the last step)."""
+        if self.next_sample is None:
+            return
+        g = self.engine.gauges
+        while self.next_sample <= t:
+            self.samples["gen_throughput"].append(g.gen_throughput)
+            self.samples["num_queue_reqs"].append(g.num_queue_reqs)
+            self.samples["num_running_reqs"].append(g.num_running_reqs)
+            self.next_sample += self.gauge_interval
+
+    def start_sampling(self, t: float) -> None:
+        self.next_sample = t
+
+    def stop_sampling(self) -> None:
+        self.next_sample = None
+
+
+# ---- workloads -------------------------------------------------------------------------
+
+def run_mixed(config: EngineConfig, *, seed: int = 0, duration: float = 600.0,
+              contexts: int = 4, workers: int = 3, context_tokens: int = 100_000,
+              max_tokens: int = 2048, spike_every: float = 30.0, spike_tokens: int = 64,
+              revisit_every: float = 45.0) -> dict[str, Any]:
+    """Workload 1 as pytest_glmperf.workloads.run_mixed drives it."""
+    engine = Engine(config, seed=seed)
+    replay = Replay(engine)
+    last_used = dict.fromkeys(range(contexts), 0.0)
+    start = engine.now
+
+    def send_over(kind: str, ctx: int, on_done: Callable[[Rec], None] | None) -> None:
+        last_used[ctx] = engine.now
+        replay.send(kind, f"mixed-repo-{ctx}", context_tokens, max_tokens, on_done)
+
+    def worker(i: int) -> Callable[[Rec | None], None]:
+        turn = itertools.count()
+
+        def next_request(_: Rec | None = None) -> None:
+            if engine.now < start + duration:
+                send_over("decode", (i + next(turn)) % contexts, next_request)
+        return next_request
+
+    for i in range(workers):
+        replay.at(start, worker(i))
+    for n in itertools.count(1):
+        if n * spike_every >= duration:
+            break
+        replay.at(start + n * spike_every, lambda n=n: replay.send(
+            "spike", f"mixed-spike-{n}", context_tokens, spike_tokens))
+    for n in itertools.count(1):
+        if n * revisit_every >= duration:
+            break
+        replay.at(start + n * revisit_every, lambda: send_over(
+            "revisit", min(last_used, key=last_used.__getitem__), None))
+    replay.start_sampling(start)
+    t0 = time.perf_counter()
+    replay.run()
+    wall = time.perf_counter() - t0
+    return _mixed_summary(replay, engine, start, wall)
+
+
+def _mixed_summary(replay: Replay, engine: Engine, start: float, wall: float) -> dict[str, Any]:
+    recs = [r for r in replay.records if r.done is not None]
+    end = max(r.done for r in recs)
+    c = engine.counters
+    samples = replay.samples
+    return {
+        "client_tok_s": sum(r.tokens for r in recs) / (end - start),
+        "gen_throughput": mean(samples["gen_throughput"]),
+        "queue_mean": mean(samples["num_queue_reqs"]),
+        "queue_p95": percentile(samples["num_queue_reqs"], 95),
+        "running_mean": mean(samples["num_running_reqs"]),
+        "ttft_p50": percentile((r.ttft for r in recs), 50),
+        "ttft_p95": percentile((r.ttft for r in recs), 95),
+        "gap_p50": percentile((r.max_gap for r in recs), 50),
+        "gap_p95": percentile((r.max_gap for r in recs), 95),
+        "duration": end - start,
+        "requests": len(recs),
+        "completion_tokens": sum(r.tokens for r in recs),
+        "by_kind": {k: {"n": len(v), "ttft_p50": percentile((r.ttft for r in v), 50),
+                        "gap_p50": percentile((r.max_gap for r in v), 50)}
+                    for k in ("decode", "spike", "revisit")
+                    if (v := [r for r in recs if r.kind == k])},
+        "cache": {"cached_device": c.cached_tokens_device, "cached_host": c.cached_tokens_host,
+                  "evicted": c.evicted_tokens, "load_back": c.load_back_tokens,
+                  "host_used": engine.cache.host_used_tokens},
+        "pool_tokens": engine.config.device_pool_tokens,
+        "steps": replay.steps,
+        "wall_s": wall,
+        "retracted": c.retracted_requests,
+    }
+
+
+def run_capacity(config: EngineConfig, *, seed: int = 0, levels: tuple[int, ...] = (1, 2, 4, 8, 12),
+                 level_duration: float = 240.0, contexts: int = 8,
+                 context_tokens: int = 100_000, max_tokens: int = 1024,
+                 spike_every: float = 25.0, spike_tokens: int = 64) -> list[dict[str, Any]]:
+    """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes."""
+    engine = Engine(config, seed=seed)
+    out = []
+    for level in levels:
+        replay = Replay(engine)
+        start = engine.now
+        deadline = start + level_duration
+
+        def agent(i: int, replay: Replay = replay, deadline: float = deadline,
+                  ) -> Callable[[Rec | None], None]:
+            def next_request(_: Rec | None = None) -> None:
+                if engine.now < deadline:
+                    replay.send("agent", f"repo-{i % contexts}", context_tokens, max_tokens,
+                                next_request)
+            return next_request
+
+        for i in range(level):
+            replay.at(start, agent(i))
+        for n in itertools.count(1):
+            if n * spike_every >= level_duration:
+                break
+            replay.at(start + n * spike_every, lambda n=n, replay=replay, level=level:
+                      replay.send("spike", f"spike-c{level}-{n}", context_tokens, spike_tokens))
+        t0 = time.perf_counter()
+        replay.run()
+        out.append(_level_summary(level, replay, start, time.perf_counter() - t0))
+    return out
+
+
+def _level_summary(level: int, replay: Replay, start: float, wall: float) -> dict[str, Any]:
+    recs = [r for r in replay.records if r.done is not None]
+    agents = [r for r in recs if r.kind != "spike"]
+    end = max(r.done for r in recs)
+    stats = {
+        "level": level,
+        "requests": len(recs),
+        "failure_rate": 0.0,
+        "tok_s_p50": percentile((r.tok_s for r in agents), 50),
+        "ttft_p95": percentile((r.ttft for r in agents), 95),
+        "gap_p95": percentile((r.max_gap for r in agents), 95),
+        "aggregate_tok_s": sum(r.tokens for r in recs) / (end - start),
+        "duration": end - start,
+        "steps": replay.steps,
+        "wall_s": wall,
+    }
+    broken = []
+    if stats["tok_s_p50"] is None or stats["tok_s_p50"] < 4:
+        broken.append("tok/s P50 < 4")
+    if stats["ttft_p95"] is None or stats["ttft_p95"] > 180:
+        broken.append("TTFT P95 > 180 s")
+    if stats["gap_p95"] is None or stats["gap_p95"] > 8:
+        broken.append("gap P95 > 8 s")
+    stats["usable"] = not broken
+    stats["broken"] = broken
+    return stats
+
+
+# ---- printing ----------------------------------------------------------------------------
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}"
+
+
+def mixed_table(results: dict[str, dict[str, Any]]) -> str:
+    cols = [("client_tok_s", "client out tok/s"), ("gen_throughput", "gen_throughput mean"),
+            ("queue_mean", "queue mean"), ("queue_p95", "queue P95"),
+            ("ttft_p50", "TTFT P50 (s)"), ("ttft_p95", "TTFT P95 (s)"),
+            ("gap_p50", "max gap P50 (s)"), ("gap_p95", "max gap P95 (s)")]
+    lines = ["| profile | source | " + " | ".join(h for _, h in cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for name, res in results.items():
+        brief = BRIEF_MIXED.get(name, {})
+        lines.append(f"| {name} | brief | " + " | ".join(_fmt(brief.get(k)) for k, _ in cols)
+                     + " |")
+        lines.append(f"| {name} | engine_replay | "
+                     + " | ".join(_fmt(res.get(k)) for k, _ in cols) + " |")
+        ratio = [(res[k] / brief[k] - 1) * 100 if brief.get(k) and res.get(k) is not None
+                 else None for k, _ in cols]
+        lines.append(f"| {name} | deviation | " + " | ".join(
+            "-" if r is None else f"{r:+.0f} %" for r in ratio) + " |")
+    return "\n".join(lines)
+
+
+def cache_table(results: dict[str, dict[str, Any]]) -> str:
+    keys = ["cached_device", "cached_host", "evicted", "load_back", "host_used"]
+    lines = ["| counter (logical tokens) | " + " | ".join(
+        f"{n} brief | {n} replay" for n in results) + " |",
+        "|---|" + "---:|" * (2 * len(results))]
+    for key in keys:
+        row = [f"{_fmt(BRIEF_CACHE.get(n, {}).get(key))} | {_fmt(res['cache'][key])}"
+               for n, res in results.items()]
+        lines.append(f"| {key} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def capacity_table(name: str, levels: list[dict[str, Any]]) -> str:
+    lines = [f"{name}: brief says {BRIEF_CAPACITY.get(name, '?')}",
+             "| level | requests | tok/s P50 | TTFT P95 (s) | max gap P95 (s) | aggregate tok/s "
+             "| verdict |", "|---:|---:|---:|---:|---:|---:|---|"]
+    for lv in levels:
+        verdict = "usable" if lv["usable"] else "unusable: " + ", ".join(lv["broken"])
+        lines.append(f"| {lv['level']} | {lv['requests']} | {_fmt(lv['tok_s_p50'])} | "
+                     f"{_fmt(lv['ttft_p95'])} | {_fmt(lv['gap_p95'])} | "
+                     f"{_fmt(lv['aggregate_tok_s'])} | {verdict} |")
+    usable = [lv["level"] for lv in levels if lv["usable"]]
+    highest = 0
+    for lv in levels:
+        if not lv["usable"]:
+            break
+        highest = lv["level"]
+    lines.append(f"highest usable level: {highest or 'none'} (usable at {usable})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="append", choices=sorted(DEFAULT_PROFILES),
+                        help="simulated profile (repeatable; default both)")
+    parser.add_argument("--workload", choices=("mixed", "capacity", "both"), default="both")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sim-arg", action="append", default=[],
+                        help="extra server flag(s) appended to every profile, e.g. "
+                             "--sim-arg=--chunked-prefill-size=4096")
+    parser.add_argument("--json", type=Path, help="write all results here")
+    args = parser.parse_args(argv)
+    profiles = args.profile or ["sim-hicache", "sim-mtp"]
+    configs = {p: parse_server_args(profile_args(p) + args.sim_arg) for p in profiles}
+    out: dict[str, Any] = {}
+    if args.workload in ("mixed", "both"):
+        mixed = {p: run_mixed(cfg, seed=args.seed) for p, cfg in configs.items()}
+        out["mixed"] = mixed
+        print("## Mixed workload (600 s + drain)\n")
+        print(mixed_table(mixed))
+        print()
+        print(cache_table(mixed))
+        for p, res in mixed.items():
+            print(f"\n{p}: {res['requests']} requests, {res['duration']:.1f} s model time, "
+                  f"{res['steps']} steps in {res['wall_s']:.2f} s wall "
+                  f"(x{res['duration'] / res['wall_s']:.0f} real time), pool "
+                  f"{res['pool_tokens']:,} tokens, by kind {json.dumps(res['by_kind'])}")
+    if args.workload in ("capacity", "both"):
+        out["capacity"] = {}
+        print("\n## Capacity workload (levels 1, 2, 4, 8, 12 x 240 s)\n")
+        for p, cfg in configs.items():
+            levels = run_capacity(cfg, seed=args.seed)
+            out["capacity"][p] = levels
+            print(capacity_table(p, levels))
+            wall = sum(lv["wall_s"] for lv in levels)
+            model = sum(lv["duration"] for lv in levels)
+            print(f"{model:.0f} s model time in {wall:.2f} s wall (x{model / wall:.0f})\n")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

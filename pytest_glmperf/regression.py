@@ -1,0 +1,530 @@
+"""The regression gate: is this run worse than the baseline, or is that noise?
+
+Each metric has a direction (tok/s must not drop, TTFT P95 and gap P95 must not rise) and a
+relative tolerance. A single number per side cannot tell a regression from noise: a P95 from
+40 requests moves by 20 % between two runs of the same server. So the gate resamples the
+per-request samples of both runs (bootstrap, seeded, 2000 resamples) and gets an interval for
+the change. The outcome is
+
+* ``fail``          only when the whole interval lies beyond the tolerance in the bad direction;
+* ``pass``          when the whole interval lies within the tolerance;
+* ``inconclusive``  otherwise, with the reason: too few requests, a metric or the records
+                    missing on one side, or an interval that straddles the tolerance.
+
+With several runs per side (``--repeats N``, records tagged ``extra["repeat"]``), runs are
+resampled too (a two-level bootstrap), so run-to-run drift widens the interval as it should.
+See docs/baselines.md.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from .baseline import Baseline, split_target
+from .errors import ConfigError
+from .records import RequestRecord
+from .thresholds import Thresholds
+
+PASS, FAIL, INCONCLUSIVE, WARNING = "pass", "fail", "inconclusive", "warning"
+CAPACITY = "capacity"
+
+__all__ = [
+    "FAIL", "INCONCLUSIVE", "METRICS", "PASS", "WARNING", "Check", "Metric", "Tolerances", "bootstrap_change",
+    "compare_reports", "split_runs",
+]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A statistic of a level, how it is computed from records, and which way is worse."""
+
+    name: str
+    higher_is_better: bool
+    unit: str
+    value: Callable[[RequestRecord], float | None]
+    reducer: str = "pct"          # pct: percentile | rate: sum / duration | mean
+    pct: float = 50.0
+    agents_only: bool = True      # the streams a user sits behind; spikes are background load
+    min_requests: int = 20
+
+    def reduce(self, samples: np.ndarray, occupancy: float | None = None) -> np.ndarray:
+        """The statistic of each resample (the last axis holds requests; rates carry (tokens, e2e) pairs).
+
+        A rate is tokens per busy request-second times the level's mean occupancy (Little's law):
+        on the full sample that is exactly tokens / duration, and under resampling it varies with
+        the requests' speed, which is where a closed-loop level's throughput noise comes from.
+        """
+        if self.reducer == "pct":
+            return np.percentile(samples, self.pct, axis=-1)
+        if self.reducer == "rate":
+            busy = samples[..., 1].sum(axis=-1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                return samples[..., 0].sum(axis=-1) / busy * (occupancy or np.nan)
+        return samples.mean(axis=-1)
+
+
+def _ok(get: Callable[[RequestRecord], float | None]) -> Callable[[RequestRecord], float | None]:
+    return lambda r: get(r) if r.ok else None
+
+
+TOK_S = Metric("tok_s_p50", True, " tok/s", lambda r: r.output_tok_s, pct=50, min_requests=10)
+AGGREGATE = Metric("aggregate_tok_s", True, " tok/s", lambda r: float(r.output_tokens) if r.ok else 0.0,
+                   reducer="rate", agents_only=False, min_requests=10)
+TTFT = Metric("ttft_p95_s", False, " s", _ok(lambda r: r.ttft_s), pct=95)
+GAP = Metric("gap_p95_s", False, " s", _ok(lambda r: r.max_gap_s), pct=95)
+FAILURES = Metric("failure_rate", False, "", lambda r: 0.0 if r.ok else 1.0, reducer="mean",
+                  agents_only=False, min_requests=10)
+METRICS: tuple[Metric, ...] = (TOK_S, AGGREGATE, TTFT, GAP)
+BY_STAT = {m.name: m for m in (*METRICS, FAILURES)}
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """How much worse a metric may get before it counts as a regression, and the noise model.
+
+    Tolerances are fractions of the baseline value (0.10 = 10 %). ``max_usable`` 0.0 means the
+    highest usable concurrency must not drop at all.
+    """
+
+    tok_s_p50: float = 0.10
+    aggregate_tok_s: float = 0.10
+    ttft_p95_s: float = 0.10
+    gap_p95_s: float = 0.10
+    max_usable: float = 0.0
+    confidence: float = 0.95
+    resamples: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("tok_s_p50", "aggregate_tok_s", "ttft_p95_s", "gap_p95_s", "max_usable"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+                raise ConfigError(f"tolerance {name} must be a non-negative fraction (0.1 = 10 %), got {value!r}")
+        if not 0.5 <= self.confidence < 1:
+            raise ConfigError(f"tolerance confidence must be in [0.5, 1), got {self.confidence!r}")
+        if not isinstance(self.resamples, int) or self.resamples < 100:
+            raise ConfigError(f"tolerance resamples must be an integer >= 100, got {self.resamples!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Tolerances:
+        """Build from option values: '10%', '0.1' and 0.1 all mean ten percent; unknown keys fail."""
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown tolerance {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        return cls(**{key: _parse(key, value) for key, value in values.items()})
+
+    def of(self, metric: str) -> float:
+        return float(getattr(self, metric))
+
+
+def _parse(key: str, value: Any) -> Any:
+    if key in ("resamples", "seed"):
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"tolerance {key} must be an integer, got {value!r}") from None
+    text = str(value).strip()
+    match = re.fullmatch(r"([-+0-9.eE]+)\s*%", text)
+    try:
+        number = float(match.group(1)) / 100 if match else float(text)
+    except ValueError:
+        raise ConfigError(f"tolerance {key} must be a fraction or a percentage like 10%, got {value!r}") from None
+    if key != "confidence" and not match and number > 10:
+        raise ConfigError(f"tolerance {key}={value!r} reads as {number:.0%}; write '{value}%' for a percentage")
+    return number
+
+
+@dataclass(frozen=True)
+class Check:
+    """One (target, level, metric) compared with the baseline, and its outcome."""
+
+    target: str
+    level: int | None
+    metric: str
+    baseline: float | None
+    current: float | None
+    delta: float | None
+    delta_pct: float | None
+    ci_low: float | None
+    ci_high: float | None
+    outcome: str
+    reason: str
+    unit: str = ""
+    tolerance: float | None = None
+    higher_is_better: bool = True
+    confidence: float = 0.95
+    baseline_target: str | None = None
+    n_baseline: int = 0
+    n_current: int = 0
+
+    @property
+    def name(self) -> str:
+        """Stable id for a pytest item: 'sim-hicache-c4-ttft_p95_s'."""
+        where = f"-c{self.level}" if self.level is not None else ""
+        return f"{self.target}{where}-{self.metric}"
+
+    def message(self) -> str:
+        """E.g. 'sim c=4 ttft_p95_s: 20.1 s -> 35.7 s (+77.6 %, 95 % CI of change +12.0..+19.3 s) exceeds ...'."""
+        head = f"{self.target} c={self.level} {self.metric}" if self.level is not None else \
+            f"{self.target} {self.metric}"
+        if self.baseline is None or self.current is None:
+            return f"{head}: {self.outcome}: {self.reason}"
+        parts = [_num(self.delta_pct, "{:+.1f} %") if self.delta_pct is not None else f"{_num(self.delta)}"]
+        if self.ci_low is not None and self.ci_high is not None:
+            parts.append(f"{_conf(self.confidence)} CI of change {_signed(self.ci_low)}..{_signed(self.ci_high)}"
+                         f"{self.unit}")
+        change = f"{_num(self.baseline)}{self.unit} -> {_num(self.current)}{self.unit} ({', '.join(parts)})"
+        tol = self._tolerance_text()
+        if self.outcome == FAIL:
+            return f"{head}: {change} exceeds tolerance {tol}" + (f": {self.reason}" if self.reason else "")
+        if self.outcome == PASS:
+            return f"{head}: {change} within tolerance {tol}"
+        return f"{head}: {change} {self.outcome}: {self.reason}"
+
+    def _tolerance_text(self) -> str:
+        if self.tolerance is None:
+            return "–"
+        sign = "-" if self.higher_is_better else "+"
+        return f"{sign}{self.tolerance * 100:g} %"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {item.name: getattr(self, item.name) for item in fields(self)}
+
+
+def _num(value: float | None, pattern: str | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if pattern:
+        return pattern.format(value)
+    magnitude = abs(value)
+    return f"{value:.0f}" if magnitude >= 100 else f"{value:.1f}" if magnitude >= 10 else f"{value:.2f}"
+
+
+def _conf(confidence: float) -> str:
+    """0.95 -> '95 %' (the report's spacing)."""
+    return f"{confidence * 100:g} %"
+
+
+def _signed(value: float) -> str:
+    text = _num(value)
+    return text if text.startswith("-") else f"+{text}"
+
+
+# -- records per run -------------------------------------------------------------------------
+
+Records = Sequence[RequestRecord] | Sequence[Sequence[RequestRecord]]
+
+
+def split_runs(records: Records) -> list[list[RequestRecord]]:
+    """Records as a list of runs: given as lists already, else grouped by ``extra['repeat']``."""
+    if not records:
+        return []
+    if not isinstance(records[0], RequestRecord):
+        return [list(run) for run in records if run]  # type: ignore[arg-type]
+    groups: dict[Any, list[RequestRecord]] = {}
+    for record in records:
+        groups.setdefault(record.extra.get("repeat", 0), []).append(record)  # type: ignore[union-attr]
+    return [groups[key] for key in sorted(groups, key=str)]
+
+
+@dataclass
+class Side:
+    """One run (or several) of one target: its report entry and records split by run."""
+
+    key: str
+    entry: dict[str, Any]
+    runs: list[list[RequestRecord]]
+    thresholds: Thresholds
+
+    @classmethod
+    def of(cls, key: str, report: dict[str, Any], runs: list[list[RequestRecord]]) -> Side:
+        entry = report["targets"][key]
+        single = len(report["targets"]) == 1
+        mine = [[r for r in run if r.profile == key or (single and not r.profile)] for run in runs]
+        return cls(key, entry, [run for run in mine if run], _thresholds(report, key))
+
+    def levels(self) -> dict[int, dict[str, Any]]:
+        return {lv["concurrency"]: lv for lv in (self.entry.get("capacity") or {}).get("levels", [])}
+
+    def level_runs(self, level: int) -> list[list[RequestRecord]]:
+        picked = [[r for r in run if r.level == level and r.scenario == CAPACITY] for run in self.runs]
+        return [run for run in picked if run]
+
+    def samples(self, metric: Metric, level: int) -> list[tuple[np.ndarray, float | None]]:
+        """Per run: the per-request values of ``metric`` and the level duration (for rates)."""
+        runs = self.level_runs(level)
+        reported = self.levels().get(level, {}).get("duration_s")
+        return [(_values(metric, run), reported if len(runs) == 1 and reported else _span_s(run)) for run in runs]
+
+    def point(self, metric: Metric, level: int) -> float | None:
+        """The report's figure for one run; the mean of the runs' figures for several."""
+        reported = self.levels().get(level, {}).get(metric.name)
+        samples = self.samples(metric, level)
+        if reported is not None and len(samples) <= 1:
+            return float(reported)
+        figures = [float(metric.reduce(values, duration)) for values, duration in samples if len(values)]
+        figures = [f for f in figures if math.isfinite(f)]
+        return sum(figures) / len(figures) if figures else None
+
+
+def _values(metric: Metric, records: Sequence[RequestRecord]) -> np.ndarray:
+    pool = [r for r in records if not (metric.agents_only and r.kind == "spike")]
+    raw = (metric.value(r) for r in pool)
+    return np.array([v for v in raw if v is not None and math.isfinite(v)], dtype=float)
+
+
+def _span_s(records: Sequence[RequestRecord]) -> float | None:
+    ends = [r.done_ns for r in records if r.done_ns is not None]
+    if not ends:
+        return None
+    return (max(ends) - min(r.send_ns for r in records)) / 1e9 * records[0].time_scale
+
+
+def _thresholds(report: dict[str, Any], key: str) -> Thresholds:
+    settings = report.get("settings") or {}
+    raw = (settings.get(key) or {}).get("thresholds") if isinstance(settings.get(key), dict) else None
+    raw = raw or settings.get("thresholds") or {}
+    known = {k: v for k, v in raw.items() if k in Thresholds().as_dict()}
+    try:
+        return Thresholds.from_mapping(known)
+    except ConfigError:
+        return Thresholds()
+
+
+# -- the bootstrap -----------------------------------------------------------------------------
+
+def bootstrap_change(metric: Metric, baseline: list[tuple[np.ndarray, float | None]],
+                     current: list[tuple[np.ndarray, float | None]], *, resamples: int = 2000,
+                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Interval of (current - baseline) for ``metric``, resampling requests (and runs if several)."""
+    rng = np.random.default_rng(seed)
+    diff = _replicates(rng, metric, current, resamples) - _replicates(rng, metric, baseline, resamples)
+    diff = diff[np.isfinite(diff)]
+    if not len(diff):
+        return math.nan, math.nan
+    alpha = 1 - confidence
+    low, high = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+
+
+def _replicates(rng: np.random.Generator, metric: Metric, runs: list[tuple[np.ndarray, float | None]],
+                resamples: int) -> np.ndarray:
+    """Bootstrap replicates of one side's statistic: requests within runs, and runs themselves."""
+    runs = [run for run in runs if len(run[0])]
+    if len(runs) == 1:
+        return _within(rng, metric, runs[0], resamples)
+    picks = rng.integers(0, len(runs), size=(resamples, len(runs)))
+    total = np.zeros(resamples)
+    for slot in range(len(runs)):
+        per_run = np.stack([_within(rng, metric, run, resamples) for run in runs])
+        total += per_run[picks[:, slot], np.arange(resamples)]
+    return total / len(runs)
+
+
+def _within(rng: np.random.Generator, metric: Metric, run: tuple[np.ndarray, float | None],
+            resamples: int) -> np.ndarray:
+    values, duration = run
+    index = rng.integers(0, len(values), size=(resamples, len(values)))
+    return metric.reduce(values[index], duration)
+
+
+def _seed(base: int, *key: Any) -> int:
+    """A per-check seed: results do not depend on the order checks are computed in."""
+    return base + zlib.crc32("|".join(map(str, key)).encode())
+
+
+# -- comparing ---------------------------------------------------------------------------------
+
+def compare_reports(current_report: dict[str, Any], current_records: Records, baseline: Baseline,
+                    tolerances: Tolerances | None = None) -> list[Check]:
+    """Every (target, level, metric) of the current run against the baseline, plus max_usable.
+
+    Targets match by name, else by profile (the part before '@') when images differ; such a
+    match, or a target with no counterpart, adds a ``warning`` entry saying so.
+    """
+    tolerances = tolerances or Tolerances()
+    current_runs, baseline_runs = split_runs(current_records), split_runs(baseline.records)
+    checks: list[Check] = []
+    for key in current_report.get("targets", {}):
+        match, warning = _match(key, current_report, baseline.report)
+        if warning:
+            checks.append(warning)
+        if match is None:
+            continue
+        now = Side.of(key, current_report, current_runs)
+        then = Side.of(match, baseline.report, baseline_runs)
+        checks += _level_checks(then, now, tolerances)
+        checks.append(_max_usable_check(then, now, tolerances))
+    return checks
+
+
+def _match(key: str, current: dict[str, Any], baseline: dict[str, Any]) -> tuple[str | None, Check | None]:
+    targets = baseline.get("targets", {})
+    if key in targets:
+        return key, _image_warning(key, current["targets"][key], targets[key])
+    profile = split_target(key)[0]
+    same = [name for name in targets if split_target(name)[0] == profile]
+    if len(same) == 1:
+        return same[0], _warning(key, same[0], f"no baseline for {key}; compared with {same[0]} "
+                                 "(same profile, different image)")
+    why = f"{len(same)} baseline targets share profile {profile!r}: {', '.join(same)}" if same else \
+        f"no baseline for {key}; baseline has {', '.join(targets) or 'no targets'}"
+    return None, _warning(key, None, why)
+
+
+def _image_warning(key: str, now: dict[str, Any], then: dict[str, Any]) -> Check | None:
+    """Same target name but a different build behind it (a moved tag, a new server version)."""
+    new, old = now.get("provenance") or {}, then.get("provenance") or {}
+    for field_name in ("image_id", "version"):
+        if new.get(field_name) and old.get(field_name) and new[field_name] != old[field_name]:
+            return _warning(key, key, f"baseline {field_name} {old[field_name]} differs from {new[field_name]}")
+    return None
+
+
+def _warning(key: str, match: str | None, reason: str) -> Check:
+    return Check(key, None, "target", None, None, None, None, None, None, WARNING, reason, baseline_target=match)
+
+
+def _level_checks(then: Side, now: Side, tolerances: Tolerances) -> list[Check]:
+    levels = sorted(set(then.levels()) | set(now.levels()))
+    return [_metric_check(then, now, level, metric, tolerances) for level in levels for metric in METRICS]
+
+
+def _metric_check(then: Side, now: Side, level: int, metric: Metric, tolerances: Tolerances) -> Check:
+    base, cur = then.point(metric, level), now.point(metric, level)
+    base_samples, cur_samples = then.samples(metric, level), now.samples(metric, level)
+    n_base = sum(len(v) for v, _ in base_samples)
+    n_cur = sum(len(v) for v, _ in cur_samples)
+    tol = tolerances.of(metric.name)
+    low = high = None
+    if n_base >= 2 and n_cur >= 2:
+        low, high = bootstrap_change(metric, base_samples, cur_samples, resamples=tolerances.resamples,
+                                     confidence=tolerances.confidence,
+                                     seed=_seed(tolerances.seed, now.key, level, metric.name))
+        low, high = (None, None) if math.isnan(low) else (low, high)
+    outcome, reason = _judge(metric, then, now, level, base, cur, (low, high), (n_base, n_cur), tol)
+    delta = cur - base if base is not None and cur is not None else None
+    return Check(now.key, level, metric.name, base, cur, delta, _pct(delta, base), low, high, outcome, reason,
+                 metric.unit, tol, metric.higher_is_better, tolerances.confidence, then.key, n_base, n_cur)
+
+
+def _judge(metric: Metric, then: Side, now: Side, level: int, base: float | None, cur: float | None,
+           ci: tuple[float | None, float | None], counts: tuple[int, int], tol: float) -> tuple[str, str]:
+    """pass / fail / inconclusive, and why; the order of the tests is the order of the reasons."""
+    missing = _missing(then, now, level, base, cur)
+    if missing:
+        return INCONCLUSIVE, missing
+    n_base, n_cur = counts
+    if not then.level_runs(level) or not now.level_runs(level):
+        side = "baseline" if not then.level_runs(level) else "current run"
+        return INCONCLUSIVE, f"no per-request records in the {side}: the noise cannot be judged"
+    if min(n_base, n_cur) < metric.min_requests:
+        return INCONCLUSIVE, (f"too few requests: baseline {n_base}, current {n_cur} "
+                              f"(needs >= {metric.min_requests} per side)")
+    low, high = ci
+    if low is None or high is None:
+        return INCONCLUSIVE, "no bootstrap interval could be computed"
+    limit = tol * abs(base or 0.0)
+    harm_low, harm_high = (-high, -low) if metric.higher_is_better else (low, high)
+    if harm_low > limit:
+        return FAIL, ""
+    if harm_high <= limit:
+        return PASS, ""
+    return INCONCLUSIVE, ("interval too wide: the CI of the change straddles the tolerance "
+                          f"({'-' if metric.higher_is_better else '+'}{tol * 100:g} % = "
+                          f"{_signed(-limit if metric.higher_is_better else limit)}{metric.unit}); "
+                          "more requests or --repeats would settle it")
+
+
+def _missing(then: Side, now: Side, level: int, base: float | None, cur: float | None) -> str | None:
+    if level not in then.levels():
+        return f"c={level} is not in the baseline"
+    if level not in now.levels():
+        return f"c={level} was not measured in this run"
+    if base is None:
+        return "metric missing in the baseline (no data)"
+    if cur is None:
+        return "metric missing in this run (no data)"
+    return None
+
+
+def _pct(delta: float | None, base: float | None) -> float | None:
+    if delta is None or not base:
+        return None
+    return delta / abs(base) * 100
+
+
+# -- max usable ------------------------------------------------------------------------------
+
+def _max_usable_check(then: Side, now: Side, tolerances: Tolerances) -> Check:
+    """max_usable must not drop, unless the level that was lost is only lost within noise."""
+    tol = tolerances.max_usable
+    make = _usable_maker(then, now, tol, tolerances.confidence)
+    if not then.levels() or not now.levels():
+        return make(INCONCLUSIVE, "no capacity levels on one side")
+    base, cur = _max_usable(then), _max_usable(now)
+    if cur >= base * (1 - tol):
+        return make(PASS, "")
+    lost = [c for c, lv in sorted(now.levels().items()) if cur < c <= base and not lv.get("usable")]
+    if not lost:
+        return make(INCONCLUSIVE, f"no level between {cur} and {base} was measured in this run")
+    settled, detail = _settled(now, lost[0], tolerances)
+    if settled:
+        return make(FAIL, f"c={lost[0]} is no longer usable: {detail}")
+    return make(INCONCLUSIVE, f"c={lost[0]} is not usable now, but within noise of the bar: {detail}")
+
+
+def _usable_maker(then: Side, now: Side, tol: float, confidence: float) -> Callable[[str, str], Check]:
+    def make(outcome: str, reason: str) -> Check:
+        base = _max_usable(then) if then.levels() else None
+        cur = _max_usable(now) if now.levels() else None
+        delta = cur - base if base is not None and cur is not None else None
+        return Check(now.key, None, "max_usable", base, cur, delta, _pct(delta, base), None, None, outcome, reason,
+                     "", tol, True, confidence, then.key)
+    return make
+
+
+def _max_usable(side: Side) -> int:
+    return int((side.entry.get("capacity") or {}).get("max_usable") or 0)
+
+
+def _settled(side: Side, level: int, tolerances: Tolerances) -> tuple[bool, str]:
+    """Whether some broken threshold of ``level`` is broken by its whole interval, with the evidence."""
+    stats = side.levels()[level]
+    verdict = side.thresholds.judge(stats)
+    runs = side.level_runs(level)
+    details = []
+    for check in verdict.broken:
+        if check.measured is None:
+            return True, f"{check.stat}: no data"
+        metric = BY_STAT.get(check.stat)
+        samples = [(_values(metric, run), _span_s(run)) for run in runs] if metric else []
+        if not metric or sum(len(v) for v, _ in samples) < 5:
+            details.append(f"{check.message()} (too few requests to judge)")
+            continue
+        low, high = _interval(metric, samples, tolerances, side.key, level)
+        beyond = low > check.limit if check.upper else high < check.limit
+        relation = ("beyond" if beyond else "straddles") + f" {check.key} {check.limit:g}{check.unit}"
+        text = f"{check.stat} {_conf(tolerances.confidence)} CI {_num(low)}..{_num(high)}{check.unit} {relation}"
+        if beyond:
+            return True, text
+        details.append(text)
+    return False, "; ".join(details) or "no threshold is broken"
+
+
+def _interval(metric: Metric, samples: list[tuple[np.ndarray, float | None]], tolerances: Tolerances,
+              key: str, level: int) -> tuple[float, float]:
+    rng = np.random.default_rng(_seed(tolerances.seed, key, level, metric.name, "bar"))
+    reps = _replicates(rng, metric, samples, tolerances.resamples)
+    alpha = 1 - tolerances.confidence
+    low, high = np.quantile(reps[np.isfinite(reps)], [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high)
+

@@ -1,0 +1,81 @@
+"""``python -m pytest_glmperf.simulator``: serve the simulator with uvicorn.
+
+Binds first (``--port 0`` picks a free port), then prints exactly one JSON line to stdout,
+``{"event": "listening", "host": ..., "port": N, "pid": ...}``, once uvicorn accepts
+connections; the plugin reads that line to learn the port. Logs go to stderr. SIGTERM or
+SIGINT stops it cleanly (exit status 0); a bad flag exits with status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from dataclasses import replace
+from types import FrameType
+from typing import ClassVar
+
+import uvicorn
+
+from .app import SimulatorApp, create_app
+
+GRACEFUL_SHUTDOWN_S = 2
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing the bound address once it is up."""
+
+    announce: ClassVar[dict[str, object]] = {}
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            print(json.dumps(self.announce), flush=True)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        """Stop gracefully and exit with status 0 (uvicorn would re-raise the signal)."""
+        super().handle_exit(sig, frame)
+        self._captured_signals.clear()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: the kernel picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: SimulatorApp) -> None:
+    """Serve *app* on its configured host and port until told to stop."""
+    opts = app.options
+    sock = bind(opts.host, opts.port)
+    config = uvicorn.Config(app, loop="asyncio", http="h11", lifespan="on", log_level="warning",
+                            access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    server = _Server(config)
+    port = sock.getsockname()[1]
+    app.config = replace(app.config, port=port)
+    server.announce = {"event": "listening", "host": opts.host, "port": port, "pid": os.getpid()}
+    server.run(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        app = create_app(sys.argv[1:] if argv is None else argv)
+    except ValueError as exc:
+        print(f"glmperf-sim: error: {exc}", file=sys.stderr)
+        return 2
+    serve(app)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

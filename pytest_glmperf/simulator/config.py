@@ -1,0 +1,438 @@
+"""Engine configuration: the SGLang launch flags the simulator models, parsed like SGLang.
+
+A profile's ``server_args`` (the same flags as the compose files) become an
+``EngineConfig``. Flags the model does not use are kept in ``unmodelled_args`` so
+``/server_info`` can still show them. Simulator-only knobs are ``--sim-*`` flags.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .hardware import GIB, GLM51_FP8, MIB, HardwareSpec, ModelSpec, get_hardware, kv_bytes_per_token
+
+# SGLang constants (python/sglang/srt/...; 0.5.23 wheel unless noted).
+CLIP_MAX_NEW_TOKENS = 4096          # schedule_policy.py: decode reservation clip per request
+SPEC_MAX_RUNNING_REQUESTS = 48      # speculative_hook.py: "reset to 48 for speculative decoding"
+DEFAULT_DECODE_GRAPH_MAX_BS = 512   # decode CUDA-graph max batch on H200 at tp >= 4
+# Device memory taken outside weights/KV before the pool is sized: NCCL communicators,
+# custom all-reduce IPC buffers, DeepGEMM/FlashInfer workspaces (typically 1-2 GiB at TP8).
+RUNTIME_BUFFERS_BYTES = int(1.5 * GIB)
+
+SPEC_ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN", "STANDALONE", "NGRAM")
+WRITE_POLICIES = ("write_back", "write_through", "write_through_selective")
+IO_BACKENDS = ("direct", "kernel", "kernel_ascend")
+MEM_LAYOUTS = ("layer_first", "page_first", "page_first_direct", "page_first_kv_split",
+               "page_head")
+SCHEDULE_POLICIES = ("fcfs", "lpm", "random", "dfs-weight", "lof", "priority", "routing-key")
+KV_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", "bf16", "bfloat16")
+INTERLEAVE = ("auto", "prefill-first", "mixed")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine model needs; field names follow SGLang's ServerArgs."""
+
+    model_path: str = "zai-org/GLM-5.1-FP8"
+    served_model_name: str | None = None
+    tp_size: int = 8
+    page_size: int = 64
+    context_length: int | None = None
+    chunked_prefill_size: int | None = None
+    max_prefill_tokens: int = 16384
+    max_running_requests: int | None = None
+    max_queued_requests: int | None = None
+    mem_fraction_static: float | None = None
+    kv_cache_dtype: str = "auto"
+    schedule_policy: str = "fcfs"
+    schedule_conservativeness: float = 1.0
+    enable_mixed_chunk: bool = False
+    disable_radix_cache: bool = False
+    decode_log_interval: int = 40
+    stream_interval: int = 1
+    watchdog_timeout: float = 300.0
+    enable_metrics: bool = False
+    enable_cache_report: bool = False
+    speculative_algorithm: str | None = None
+    speculative_num_steps: int | None = None
+    speculative_eagle_topk: int | None = None
+    speculative_num_draft_tokens: int | None = None
+    enable_hierarchical_cache: bool = False
+    hicache_ratio: float = 2.0
+    hicache_size: float = 0.0            # GB (1e9 bytes) per rank; overrides the ratio if > 0
+    hicache_write_policy: str = "write_through"
+    hicache_io_backend: str = "kernel"
+    hicache_mem_layout: str = "page_first"
+    host: str = "127.0.0.1"
+    port: int = 30000
+    reasoning_parser: str | None = None
+    tool_call_parser: str | None = None
+    # Simulator-only knobs (--sim-*).
+    hardware: HardwareSpec = field(default_factory=lambda: get_hardware("h200x8"))
+    model: ModelSpec = GLM51_FP8
+    seed: int = 0
+    spec_accept_prob: float = 0.8        # per-draft acceptance probability (see speculative.py)
+    decode_interleave: str = "auto"      # see engine.py: how decode shares steps with prefill
+    unmodelled_args: tuple[str, ...] = ()
+
+    # ---- resolved values (what SGLang decides when a flag is left unset) ----
+
+    @property
+    def spec_enabled(self) -> bool:
+        return self.speculative_algorithm is not None
+
+    @property
+    def spec_num_steps(self) -> int:
+        """(3, 1, 4) is SGLang's auto choice for GlmMoeDsaForCausalLM (speculative_hook.py)."""
+        return self.speculative_num_steps or 3
+
+    @property
+    def spec_topk(self) -> int:
+        return self.speculative_eagle_topk or 1
+
+    @property
+    def spec_draft_tokens(self) -> int:
+        """With topk=1 SGLang forces num_draft_tokens = num_steps + 1."""
+        if self.spec_topk == 1:
+            return self.spec_num_steps + 1
+        return self.speculative_num_draft_tokens or self.spec_num_steps + 1
+
+    @property
+    def resolved_context_length(self) -> int:
+        return self.context_length or self.model.context_length
+
+    @property
+    def resolved_chunked_prefill_size(self) -> int:
+        """server_args: <35 GiB 2048, <160 GiB 8192 (H100/H200), else 16384; -1 disables."""
+        if self.chunked_prefill_size is not None:
+            return self.chunked_prefill_size if self.chunked_prefill_size > 0 else 1 << 30
+        gib = self.hardware.hbm_gib
+        if gib < 35:
+            return 2048
+        return 8192 if gib < 160 else 16384
+
+    @property
+    def resolved_kv_dtype(self) -> str:
+        """DSA default: fp8_e4m3 on SM>=100, bfloat16 on Hopper (arg_groups/overrides.py)."""
+        if self.kv_cache_dtype in ("bf16", "bfloat16"):
+            return "bfloat16"
+        if self.kv_cache_dtype == "auto":
+            return "fp8_e4m3" if self.hardware.sm_major >= 10 else "bfloat16"
+        return self.kv_cache_dtype
+
+    @property
+    def resolved_mem_fraction_static(self) -> float:
+        """SGLang's auto value (arg_groups/memory_hook.py, 0.5.23), in MiB of GPU memory:
+        reserved = 512 + 1.5 x max(chunked_prefill, 2048) + tp/8 x 1024 + 2 x decode graph
+        max_bs, at least 10 GiB on GPUs over 60 GB; fraction = (gpu - reserved) / gpu."""
+        if self.mem_fraction_static is not None:
+            return self.mem_fraction_static
+        gpu_mib = self.hardware.hbm_bytes / MIB
+        max_bs = self.resolved_max_running_requests_hint
+        reserved = 512 + 1.5 * max(self.resolved_chunked_prefill_size, 2048)
+        reserved += self.tp_size / 8 * 1024 + 2 * max_bs
+        if gpu_mib > 60 * 1024:
+            reserved = max(reserved, 10 * 1024)
+        return round((gpu_mib - reserved) / gpu_mib, 3)
+
+    @property
+    def resolved_max_running_requests_hint(self) -> int:
+        """Decode CUDA-graph max batch: capped at max_running_requests (48 with spec)."""
+        if self.max_running_requests:
+            return min(self.max_running_requests, DEFAULT_DECODE_GRAPH_MAX_BS)
+        return SPEC_MAX_RUNNING_REQUESTS if self.spec_enabled else DEFAULT_DECODE_GRAPH_MAX_BS
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Per-rank device KV bytes per token (target model; facts §7)."""
+        return kv_bytes_per_token(self.model, self.resolved_kv_dtype)
+
+    @property
+    def cell_bytes_per_token(self) -> int:
+        """Pool cell size: the EAGLE draft (MTP) layer keeps its own KV at the same token
+        count, one more layer of the same shape (assumption; facts §7 say unverified)."""
+        if not self.spec_enabled:
+            return self.kv_bytes_per_token
+        return self.kv_bytes_per_token * (self.model.layers + 1) // self.model.layers
+
+    @property
+    def weight_bytes(self) -> float:
+        """Per-GPU weights (target, plus the MTP draft layer with speculative decoding)."""
+        weights = self.model.weight_bytes_per_gpu(self.tp_size)
+        if self.spec_enabled:
+            weights += self.model.draft_weight_bytes_per_gpu(self.tp_size)
+        return weights
+
+    @property
+    def kv_pool_bytes(self) -> float:
+        """model_runner / kv_cache_configurator._profile_available_bytes: free memory after
+        weights minus pre_model_load_memory x (1 - mem_fraction_static)."""
+        hw = self.hardware
+        pre_load = hw.hbm_bytes - hw.cuda_context_bytes - RUNTIME_BUFFERS_BYTES
+        free_after = pre_load - self.weight_bytes
+        return free_after - pre_load * (1 - self.resolved_mem_fraction_static)
+
+    @property
+    def device_pool_tokens(self) -> int:
+        """max_total_num_tokens: pool bytes / cell size, rounded down to whole pages."""
+        tokens = int(self.kv_pool_bytes // self.cell_bytes_per_token)
+        return max(0, tokens // self.page_size * self.page_size)
+
+    @property
+    def host_pool_tokens(self) -> int:
+        """HostKVCache: hicache_size GB (1e9) per rank // bytes per token, else ratio x
+        device pool; 0 without HiCache."""
+        if not self.enable_hierarchical_cache:
+            return 0
+        if self.hicache_size > 0:
+            tokens = int(self.hicache_size * 1e9 // self.kv_bytes_per_token)
+        else:
+            tokens = int(self.device_pool_tokens * self.hicache_ratio)
+        return tokens // self.page_size * self.page_size
+
+    @property
+    def effective_max_running_requests(self) -> int:
+        """Spec: 48. Otherwise kv_cache_configurator.resolve_max_num_reqs:
+        min(clamp(capacity / context_len x 512, 2048, 4096), capacity // 2)."""
+        if self.max_running_requests:
+            return self.max_running_requests
+        if self.spec_enabled:
+            return SPEC_MAX_RUNNING_REQUESTS
+        cap = self.device_pool_tokens
+        scaled = cap / self.resolved_context_length * 512
+        return int(min(max(scaled, 2048), 4096, max(cap // 2, 1)))
+
+    @property
+    def interleave(self) -> str:
+        """How decode shares steps with a pending prefill; see engine.py."""
+        if self.decode_interleave != "auto":
+            return self.decode_interleave
+        if self.enable_mixed_chunk and not self.spec_enabled:
+            return "mixed"
+        return "mixed" if not self.spec_enabled else "prefill-first"
+
+    def validate(self) -> EngineConfig:
+        """Refuse configurations SGLang would refuse to start with; return self."""
+        if self.kv_pool_bytes <= 0 or self.device_pool_tokens < self.page_size:
+            raise ValueError(
+                f"--mem-fraction-static: {self.resolved_mem_fraction_static} leaves no GPU memory "
+                f"for the KV cache after {self.weight_bytes / 1e9:.1f} GB of weights per GPU "
+                f"on {self.hardware.name} at --tp-size {self.tp_size}")
+        return self
+
+
+# ---- argument parsing ------------------------------------------------------------------
+
+Conv = Callable[[str], Any]
+
+
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _pos_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if value < 0 or math.isnan(value):
+        raise ValueError("must be zero or positive")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise ValueError("must be between 0 and 1")
+    return value
+
+
+def _choice(options: Sequence[str], *, upper: bool = False) -> Conv:
+    def conv(text: str) -> str:
+        value = text.upper() if upper else text
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return value
+    return conv
+
+
+def _spec_algorithm(text: str) -> str:
+    value = _choice(SPEC_ALGORITHMS, upper=True)(text)
+    return "EAGLE" if value == "NEXTN" else value  # NEXTN is an alias (speculative_hook.py)
+
+
+def _hardware(text: str) -> HardwareSpec:
+    return get_hardware(text)
+
+
+# flag -> (EngineConfig field, converter); None converter = boolean switch.
+_VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
+    "--model-path": ("model_path", str),
+    "--model": ("model_path", str),
+    "--served-model-name": ("served_model_name", str),
+    "--tp-size": ("tp_size", _pos_int),
+    "--tp": ("tp_size", _pos_int),
+    "--tensor-parallel-size": ("tp_size", _pos_int),
+    "--page-size": ("page_size", _pos_int),
+    "--context-length": ("context_length", _pos_int),
+    "--chunked-prefill-size": ("chunked_prefill_size", _int),
+    "--max-prefill-tokens": ("max_prefill_tokens", _pos_int),
+    "--max-running-requests": ("max_running_requests", _pos_int),
+    "--max-queued-requests": ("max_queued_requests", _pos_int),
+    "--mem-fraction-static": ("mem_fraction_static", _fraction),
+    "--kv-cache-dtype": ("kv_cache_dtype", _choice(KV_DTYPES)),
+    "--schedule-policy": ("schedule_policy", _choice(SCHEDULE_POLICIES)),
+    "--schedule-conservativeness": ("schedule_conservativeness", _non_negative),
+    "--decode-log-interval": ("decode_log_interval", _pos_int),
+    "--stream-interval": ("stream_interval", _pos_int),
+    "--watchdog-timeout": ("watchdog_timeout", _non_negative),
+    "--speculative-algorithm": ("speculative_algorithm", _spec_algorithm),
+    "--speculative-num-steps": ("speculative_num_steps", _pos_int),
+    "--speculative-eagle-topk": ("speculative_eagle_topk", _pos_int),
+    "--speculative-num-draft-tokens": ("speculative_num_draft_tokens", _pos_int),
+    "--hicache-ratio": ("hicache_ratio", _non_negative),
+    "--hicache-size": ("hicache_size", _non_negative),
+    "--hicache-write-policy": ("hicache_write_policy", _choice(WRITE_POLICIES)),
+    "--hicache-io-backend": ("hicache_io_backend", _choice(IO_BACKENDS)),
+    "--hicache-mem-layout": ("hicache_mem_layout", _choice(MEM_LAYOUTS)),
+    "--host": ("host", str),
+    "--port": ("port", _pos_int),
+    "--reasoning-parser": ("reasoning_parser", str),
+    "--tool-call-parser": ("tool_call_parser", str),
+    "--sim-hardware": ("hardware", _hardware),
+    "--sim-seed": ("seed", _int),
+    "--sim-spec-accept-prob": ("spec_accept_prob", _probability),
+    "--sim-decode-interleave": ("decode_interleave", _choice(INTERLEAVE)),
+}
+_SWITCHES: dict[str, str] = {
+    "--enable-metrics": "enable_metrics",
+    "--enable-cache-report": "enable_cache_report",
+    "--enable-mixed-chunk": "enable_mixed_chunk",
+    "--enable-hierarchical-cache": "enable_hierarchical_cache",
+    "--disable-radix-cache": "disable_radix_cache",
+}
+
+
+def parse_server_args(argv: Sequence[str]) -> EngineConfig:
+    """Parse SGLang launch_server flags into an EngineConfig.
+
+    Accepts ``--flag value`` and ``--flag=value``. Unknown flags (and the value after them,
+    if any) are kept in ``unmodelled_args``; a bad value raises ValueError naming the flag.
+    """
+    values: dict[str, Any] = {}
+    unmodelled: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        flag, inline = _split(args[i])
+        if flag in _SWITCHES:
+            values[_SWITCHES[flag]] = True if inline is None else _bool(flag, inline)
+            i += 1
+        elif flag in _VALUE_FLAGS:
+            if inline is None:
+                if i + 1 >= len(args):
+                    raise ValueError(f"{flag}: expects a value")
+                inline, i = args[i + 1], i + 1
+            name, conv = _VALUE_FLAGS[flag]
+            values[name] = _convert(flag, conv, inline)
+            i += 1
+        else:
+            i = _keep_unknown(args, i, unmodelled)
+    values["unmodelled_args"] = tuple(unmodelled)
+    return _check(EngineConfig(**values))
+
+
+def _split(arg: str) -> tuple[str, str | None]:
+    if arg.startswith("--") and "=" in arg:
+        flag, value = arg.split("=", 1)
+        return flag.replace("_", "-"), value
+    return (arg.replace("_", "-") if arg.startswith("--") else arg), None
+
+
+def _bool(flag: str, text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{flag}: expects true or false, got {text!r}")
+
+
+def _convert(flag: str, conv: Conv, text: str) -> Any:
+    try:
+        return conv(text)
+    except ValueError as exc:
+        detail = str(exc)
+        if detail.startswith("--sim-hardware"):
+            raise
+        raise ValueError(f"{flag}: invalid value {text!r} ({detail})") from None
+
+
+def _keep_unknown(args: list[str], i: int, unmodelled: list[str]) -> int:
+    unmodelled.append(args[i])
+    if "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--"):
+        unmodelled.append(args[i + 1])
+        return i + 2
+    return i + 1
+
+
+def _check(config: EngineConfig) -> EngineConfig:
+    """Cross-flag rules SGLang applies at startup."""
+    if config.page_size != 64:
+        raise ValueError("--page-size: DSA models (GLM-5.x) require 64 on CUDA")
+    if config.enable_hierarchical_cache and config.disable_radix_cache:
+        raise ValueError("--enable-hierarchical-cache: cannot be combined with "
+                         "--disable-radix-cache")
+    if config.speculative_algorithm not in (None, "EAGLE", "EAGLE3"):
+        raise ValueError(f"--speculative-algorithm: {config.speculative_algorithm} is not "
+                         "modelled (EAGLE/NEXTN/EAGLE3 are)")
+    if config.context_length and config.context_length > 1 << 22:
+        raise ValueError("--context-length: implausibly large")
+    return config.validate()
+
+
+def with_overrides(config: EngineConfig, **changes: Any) -> EngineConfig:
+    """A copy with some fields changed (tests and the bench use it)."""
+    return _check(replace(config, **changes))
+
+
+_HIDDEN = {"hardware", "model", "seed", "spec_accept_prob", "decode_interleave",
+           "unmodelled_args"}
+
+
+def server_args_dict(config: EngineConfig) -> dict[str, Any]:
+    """What ``/server_info`` shows: SGLang argument names (underscores), resolved values."""
+    out: dict[str, Any] = {f.name: getattr(config, f.name) for f in fields(config)
+                           if f.name not in _HIDDEN}
+    out.update(
+        served_model_name=config.served_model_name or config.model_path,
+        tokenizer_path=config.model_path,
+        context_length=config.resolved_context_length,
+        chunked_prefill_size=config.chunked_prefill_size or config.resolved_chunked_prefill_size,
+        mem_fraction_static=config.resolved_mem_fraction_static,
+        kv_cache_dtype=config.resolved_kv_dtype if config.kv_cache_dtype == "auto"
+        else config.kv_cache_dtype,
+        max_running_requests=config.effective_max_running_requests,
+        speculative_num_steps=config.spec_num_steps if config.spec_enabled else None,
+        speculative_eagle_topk=config.spec_topk if config.spec_enabled else None,
+        speculative_num_draft_tokens=config.spec_draft_tokens if config.spec_enabled else None,
+        attention_backend="dsa",
+        sim_hardware=config.hardware.name,
+        sim_seed=config.seed,
+        sim_unmodelled_args=list(config.unmodelled_args),
+    )
+    return out

@@ -1,0 +1,173 @@
+"""Step-time cost model of GLM-5.1-FP8 (MLA + DSA) under TP on the simulated GPUs.
+
+Peak numbers come from ``hardware.py``; this module holds the *efficiencies* that turn
+them into achieved times. Each efficiency is a fraction of a datasheet peak, chosen inside
+the range public Hopper kernels reach, and calibrated with ``bench/engine_replay.py``
+against the field report (docs/simulator.md has the table).
+
+Shape of the model:
+
+* prefill (extend) of tokens at positions p: linear layers (2 FLOP per active parameter,
+  split over TP) + TP all-reduces + the DSA lightning indexer, which scores every earlier
+  key for every query (FLOPs grow with p, and it is *replicated* on every TP rank) + the
+  top-k selection over those scores + sparse MLA attention over min(p, 2048) keys;
+* decode / verify of a batch: a per-layer latency floor (kernel launches and two
+  all-reduces per layer, inside a CUDA graph) + weight and KV reads from HBM (the indexer
+  reads the whole 132 B/token/layer index-K cache of every context) + a per-request
+  top-k over each context;
+* host->device load-back of KV at the PCIe rate (hardware.py), overlapped layer by layer
+  with the forward of the batch that needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .hardware import HardwareSpec, ModelSpec
+
+# ---- efficiencies (fraction of datasheet peak) -----------------------------------------
+# FP8 grouped GEMMs of a 256-expert top-8 MoE under TP8 with 8192-token chunks: each
+# expert sees ~256 tokens, DeepGEMM reaches ~40-60 % of FP8 peak at that shape.
+MFU_PREFILL_LINEAR = 0.40
+# DeepGEMM fp8_mqa_logits (the DSA indexer) reaches ~40-55 % of FP8 peak on H800/H200
+# (DeepSeek-V3.2 release notes); the top-k kernel then reads the logits back.
+MFU_INDEXER = 0.40
+# FlashMLA sparse prefill kernel, BF16: ~40-60 % of BF16 peak.
+MFU_SPARSE_ATTN = 0.45
+# Ring all-reduce bus bandwidth NCCL reaches on 8x NVLink-4 for 100 MB messages:
+# ~350-400 GB/s of the 450 GB/s per direction.
+ALLREDUCE_EFF = 0.80
+# Streaming reads (weights, KV, logits) reach ~80-90 % of HBM peak.
+HBM_EFF = 0.80
+# Decode per-layer latency floor: ~12 kernel launches (~5 us each inside a CUDA graph:
+# norms, MLA projections, indexer, top-k, attention, router, MoE, shared expert) + two
+# 8-way all-reduces of a few KB (~20 us each with custom all-reduce) ~ 0.1-0.3 ms per
+# layer at batch 1. 78 layers + lm_head + sampling.
+DECODE_LAYER_FLOOR_S = 250e-6
+# Top-k (2048 of L) per query token per layer: a radix-select pass over L fp32 scores;
+# launch-bound for small L, then ~L * 4 B / HBM.
+TOPK_LAUNCH_S = 6e-6
+# Scheduler CPU work that the overlap scheduler cannot hide: building a prefill batch
+# (radix match, allocation, metadata) ~ a few ms; decode steps ~ 0.5 ms.
+PREFILL_BATCH_OVERHEAD_S = 4e-3
+DECODE_BATCH_OVERHEAD_S = 0.5e-3
+# EAGLE draft forward (one MTP decoder layer + lm_head over 154,880 x 6144 BF16, TP-split):
+# one layer's latency floor plus the lm_head read.
+DRAFT_PASS_LAYERS = 1.5          # MTP layer + eh_proj/norms, in units of a decode layer
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of prompt tokens computed in one step: positions [start, start + count)."""
+
+    start: int
+    count: int
+
+
+class CostModel:
+    """Turns a step's work into model seconds; pure and cheap (closed forms only)."""
+
+    def __init__(self, hardware: HardwareSpec, model: ModelSpec, tp: int) -> None:
+        self.hw, self.model, self.tp = hardware, model, tp
+        fp8, bf16 = hardware.fp8_flops, hardware.bf16_flops
+        hbm = hardware.hbm_bandwidth * HBM_EFF
+        self._linear_per_token = model.linear_flops_per_token(tp) / (fp8 * MFU_PREFILL_LINEAR)
+        # Two all-reduces of the hidden state (BF16) per layer; ring moves 2(tp-1)/tp of it.
+        ring = 2 * (tp - 1) / tp if tp > 1 else 0.0
+        allreduce_bytes = 2 * model.layers * model.hidden * 2 * ring
+        self._comm_per_token = allreduce_bytes / (hardware.nvlink_bandwidth * ALLREDUCE_EFF)
+        # Indexer per (query, earlier key) pair: FP8 MQA logits, plus writing and reading
+        # back one fp32 logit per layer for top-k.
+        self._index_per_pair = (model.indexer_flops_per_pair / (fp8 * MFU_INDEXER)
+                                + 8 * model.layers / hbm)
+        self._attn_per_key = (model.sparse_attn_flops_per_token(tp, 1)
+                              / (bf16 * MFU_SPARSE_ATTN))
+        self._hbm = hbm
+        # Decode reads: index-K cache (132 B per token per layer) for the indexer, and the
+        # top-k selected latent entries for attention.
+        self._index_bytes_per_ctx_token = (model.index_head_dim + 4) * model.layers
+        self._latent_bytes = 656 * model.layers
+        self._layer_floor = DECODE_LAYER_FLOOR_S * model.layers
+        self._draft_pass = DECODE_LAYER_FLOOR_S * DRAFT_PASS_LAYERS + (
+            2 * model.vocab * model.hidden / tp) / hbm
+
+    # ---- prefill ------------------------------------------------------------------------
+
+    def prefill_time(self, segments: list[Segment], *, with_draft: bool = False) -> float:
+        """Time of one extend forward over ``segments`` (all chunks in the batch)."""
+        tokens = sum(s.count for s in segments)
+        if tokens == 0:
+            return 0.0
+        pairs = sum(_sum_positions(s.start, s.count) for s in segments)
+        keys = sum(_sum_keys(s.start, s.count, self.model.index_topk) for s in segments)
+        t = tokens * (self._linear_per_token + self._comm_per_token)
+        t += pairs * self._index_per_pair + keys * self._attn_per_key
+        t += self._layer_floor  # a prefill forward is never shorter than a decode one
+        if with_draft:  # EAGLE draft extend: the MTP layer over the same tokens
+            t *= 1 + DRAFT_PASS_LAYERS / self.model.layers
+        return t + PREFILL_BATCH_OVERHEAD_S
+
+    # ---- decode / verify ----------------------------------------------------------------
+
+    def decode_time(self, batch: int, context_tokens: int, tokens_per_req: int = 1) -> float:
+        """Time of one decode (or verify) forward of ``batch`` requests.
+
+        ``context_tokens`` is the sum of their context lengths; ``tokens_per_req`` is 1 for
+        plain decode and num_draft_tokens for an EAGLE verify.
+        """
+        if batch == 0:
+            return 0.0
+        q = batch * tokens_per_req
+        weights = self._decode_weight_bytes(q) / self._hbm
+        index = tokens_per_req * context_tokens * self._index_bytes_per_ctx_token / self._hbm
+        attn = q * self.model.index_topk * self._latent_bytes / self._hbm
+        topk = q * self.model.layers * TOPK_LAUNCH_S
+        linear = q * self._linear_per_token
+        return self._layer_floor + weights + index + attn + topk + linear \
+            + DECODE_BATCH_OVERHEAD_S
+
+    def decode_extra_time(self, batch: int, context_tokens: int) -> float:
+        """What ``batch`` decode tokens add to a prefill forward they ride along with
+        (mixed chunk): their reads and per-token work, without a second latency floor."""
+        if batch == 0:
+            return 0.0
+        return (self.decode_time(batch, context_tokens) - self._layer_floor
+                - DECODE_BATCH_OVERHEAD_S)
+
+    def draft_time(self, batch: int, passes: int) -> float:
+        """EAGLE draft passes (MTP layer + lm_head), ``passes`` sequential forwards."""
+        if batch == 0 or passes <= 0:
+            return 0.0
+        return passes * (self._draft_pass + batch * self._linear_per_token / self.model.layers)
+
+    def _decode_weight_bytes(self, tokens: int) -> float:
+        """Per-GPU weight bytes one decode forward reads: attention and shared expert
+        always, plus the routed experts the batch touches (8 of 256 per token, distinct
+        experts grow as 256 * (1 - (1 - 8/256)^tokens))."""
+        m = self.model
+        expert_params = 3 * m.hidden * 2048  # gate, up, down at moe_intermediate 2048
+        distinct = 256 * (1 - (1 - 8 / 256) ** tokens)
+        moe = (distinct + 1) * expert_params * 75 / self.tp
+        attn = m.replicated_params + 78 * 2 * m.hidden * m.attn_heads * m.v_head_dim / self.tp
+        return moe + attn
+
+    # ---- HiCache ------------------------------------------------------------------------
+
+    def load_back_time(self, tokens: int, bytes_per_token: int) -> float:
+        """Host->device copy of ``tokens`` KV entries on every rank at once (PCIe)."""
+        return tokens * bytes_per_token / self.hw.pcie_h2d_bandwidth
+
+
+def _sum_positions(start: int, count: int) -> int:
+    """Sum of earlier-key counts for queries at positions start .. start+count-1."""
+    return count * start + count * (count - 1) // 2
+
+
+def _sum_keys(start: int, count: int, topk: int) -> int:
+    """Sum over the queries of min(position + 1, topk): keys sparse attention reads."""
+    end = start + count  # queries at positions start..end-1 see position+1 keys
+    if start >= topk:
+        return count * topk
+    ramp_end = min(end, topk)
+    ramp = (ramp_end * (ramp_end + 1) - start * (start + 1)) // 2
+    return ramp + max(0, end - topk) * topk

@@ -1,0 +1,281 @@
+"""The pacing loop: runs the pure engine model against the wall clock.
+
+Model time (the simulated GPU server's seconds) runs ``time_scale`` times faster than wall
+time. Both clocks are mapped through one anchor taken at start-up, using
+``time.perf_counter_ns`` (CLOCK_MONOTONIC on Linux, the same clock the client in another
+process stamps chunks with):
+
+    wall_ns(model_s) = anchor_wall_ns + (model_s - anchor_model_s) / time_scale * 1e9
+
+The loop, like SGLang's scheduler: while the engine has work, compute one step, sleep until
+the wall instant of the step's *end*, then hand the step's emissions to the per-request
+streams. Requests that arrive while a step "runs" are added to the engine at once and join
+the next step, because the engine's clock already stands at the current step's end. When
+idle, the loop waits for an arrival, and the engine's clock is advanced to the arrival's
+model time.
+
+Deadlines are absolute, so timer jitter never accumulates. If the loop falls behind (the
+host is too slow for the chosen time scale) steps are delivered late and then catch up; the
+lateness is measured per step, exported (``glmperf_sim_lag_seconds``, ``sim_lag_max_s`` in
+``/server_info``) and logged as a warning, never hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .metrics import LatencyHistograms, SimHealth
+from .types import SimRequest, StepResult, TokenEmission
+
+log = logging.getLogger("glmperf.sim")
+
+SPIN_NS = 1_000_000            # busy-wait the last millisecond: epoll wakes in whole ms
+LAG_WARN_S = 0.1               # model seconds late before a step counts as "late"
+LAG_LOG_INTERVAL_NS = 10_000_000_000
+
+
+class Pacer:
+    """Wakes awaiting coroutines at precise ``perf_counter_ns`` deadlines.
+
+    Why not ``asyncio.sleep``: the selector rounds its timeout up to whole milliseconds, so
+    a plain sleep overshoots by up to 1 ms, which at time scale 10 is 10 model ms of jitter
+    on every chunk. We sleep to ``spin_ns`` before the deadline and busy-wait the rest.
+    """
+
+    def __init__(self, spin_ns: int = SPIN_NS) -> None:
+        self.spin_ns = spin_ns
+
+    def until(self, deadline_ns: int) -> Awaitable[None]:
+        """An awaitable that completes at *deadline_ns*, and always yields to the loop once."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        remaining = deadline_ns - time.perf_counter_ns()
+        if remaining <= 0:
+            loop.call_soon(_resolve, fut)
+        elif remaining <= self.spin_ns:
+            loop.call_soon(self._fire, fut, deadline_ns)
+        else:
+            loop.call_later((remaining - self.spin_ns) / 1e9, self._fire, fut, deadline_ns)
+        return fut
+
+    def _fire(self, fut: asyncio.Future[None], deadline_ns: int) -> None:
+        remaining = deadline_ns - time.perf_counter_ns()
+        if remaining > self.spin_ns:  # woke early (never expected): sleep again
+            asyncio.get_running_loop().call_later(
+                (remaining - self.spin_ns) / 1e9, self._fire, fut, deadline_ns
+            )
+            return
+        while time.perf_counter_ns() < deadline_ns:
+            pass
+        _resolve(fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class RequestStream:
+    """The emissions of one engine request, waiting to be written by its HTTP handler."""
+
+    __slots__ = (
+        "_waiter", "aborted", "arrival_s", "cached_tokens", "finished", "items", "last_s",
+        "rid", "tokens",
+    )
+
+    def __init__(self, rid: str, arrival_s: float) -> None:
+        self.rid = rid
+        self.arrival_s = arrival_s
+        self.items: deque[TokenEmission] = deque()
+        self.tokens = 0
+        self.last_s: float | None = None
+        self.cached_tokens = 0
+        self.finished = False
+        self.aborted = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def push(self, emission: TokenEmission) -> None:
+        """Queue one emission and wake the handler."""
+        self.items.append(emission)
+        self._wake()
+
+    def close(self) -> None:
+        """Wake the handler for good (abort or shutdown)."""
+        self.aborted = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> list[TokenEmission]:
+        """Everything queued so far, waiting for at least one item (empty list: aborted).
+
+        Several queued emissions come back together, so a handler that fell behind writes
+        them as one chunk: SGLang's TokenizerManager coalesces a backlog the same way.
+        """
+        while not self.items and not self.aborted:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+            self._waiter = None
+        out = list(self.items)
+        self.items.clear()
+        return out
+
+
+class Driver:
+    """Paces an engine's steps against wall time and feeds the request streams."""
+
+    def __init__(
+        self,
+        engine: Any,
+        time_scale: float,
+        latency: LatencyHistograms,
+        health: SimHealth,
+        pacer: Pacer | None = None,
+        lag_warn_s: float = LAG_WARN_S,
+    ) -> None:
+        if time_scale <= 0:
+            raise ValueError("time scale must be > 0")
+        self.engine = engine
+        self.scale = float(time_scale)
+        self.latency = latency
+        self.health = health
+        self.pacer = pacer or Pacer()
+        self.lag_warn_s = lag_warn_s
+        self.anchor_wall_ns = time.perf_counter_ns()
+        self.anchor_model_s = float(engine.now)
+        self.streams: dict[str, RequestStream] = {}
+        self.on_step: Callable[[StepResult], None] | None = None
+        self._idle: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_lag_log_ns = 0
+
+    # -- clocks -----------------------------------------------------------------------------
+    def model_now(self) -> float:
+        """Model seconds corresponding to this wall instant."""
+        return self.model_at(time.perf_counter_ns())
+
+    def model_at(self, wall_ns: int) -> float:
+        """Model seconds corresponding to a perf_counter_ns stamp."""
+        return self.anchor_model_s + (wall_ns - self.anchor_wall_ns) / 1e9 * self.scale
+
+    def wall_ns(self, model_s: float) -> int:
+        """perf_counter_ns instant corresponding to model time *model_s*."""
+        return self.anchor_wall_ns + round((model_s - self.anchor_model_s) / self.scale * 1e9)
+
+    # -- requests ---------------------------------------------------------------------------
+    def submit(self, request: SimRequest) -> RequestStream:
+        """Hand a request to the engine now; it joins the engine's next step.
+
+        Raises ValueError from the engine (e.g. prompt + max tokens beyond the context), which
+        the HTTP layer turns into a 400 before the stream starts, as SGLang does.
+        """
+        now = self.model_now()
+        if not self.engine.has_work() and now > self.engine.now:
+            self.engine.advance_to(now)
+        request.arrival_s = min(now, self.engine.now) if self.engine.has_work() else self.engine.now
+        self.engine.add_request(request)
+        stream = RequestStream(request.rid, request.arrival_s)
+        self.streams[request.rid] = stream
+        self._wake()
+        return stream
+
+    def abort(self, rid: str) -> None:
+        """Drop a request (client gone, injected fault): frees its KV in the engine."""
+        stream = self.streams.pop(rid, None)
+        if stream is None:
+            return
+        stream.close()
+        self.engine.abort(rid)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
+    def busy(self) -> bool:
+        """True while any request is queued, running, or waiting to be written out."""
+        return bool(self.streams) or bool(self.engine.has_work())
+
+    # -- loop -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the pacing task on the running loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="glmperf-sim-driver")
+
+    async def stop(self) -> None:
+        """Stop the loop and release every waiting handler."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for stream in list(self.streams.values()):
+            stream.close()
+        self.streams.clear()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.engine.has_work():
+                self._idle = loop.create_future()
+                await self._idle
+                self._idle = None
+                continue
+            step = self.engine.step()
+            if step.duration_s <= 0 and not step.emissions:  # nothing can run: wait for news
+                self._idle = loop.create_future()
+                await self._idle
+                self._idle = None
+                continue
+            target = self.wall_ns(step.end_s)
+            await self.pacer.until(target)
+            self._note_lag(time.perf_counter_ns() - target)
+            self._deliver(step)
+            if self.on_step is not None:
+                self.on_step(step)
+
+    def _note_lag(self, late_ns: int) -> None:
+        """Record how late this step was delivered, in model seconds; warn when it matters."""
+        health = self.health
+        lag = max(0.0, late_ns / 1e9 * self.scale)
+        health.lag_s = lag
+        if lag > health.lag_max_s:
+            health.lag_max_s = lag
+        if lag <= self.lag_warn_s:
+            return
+        health.late_steps += 1
+        now = time.perf_counter_ns()
+        if now - self._last_lag_log_ns >= LAG_LOG_INTERVAL_NS:
+            self._last_lag_log_ns = now
+            log.warning(
+                "simulator is behind wall time: step delivered %.3f model s late (max %.3f s, "
+                "%d late steps) at time scale %g; timings are stretched, lower --time-scale",
+                lag, health.lag_max_s, health.late_steps, self.scale,
+            )
+
+    def _deliver(self, step: StepResult) -> None:
+        """Give each emission to its stream and feed SGLang's latency histograms."""
+        end = step.end_s
+        latency = self.latency
+        for em in step.emissions:
+            stream = self.streams.get(em.rid)
+            if stream is None:
+                continue
+            if stream.last_s is None:
+                latency.observe_ttft(end - stream.arrival_s)
+                stream.cached_tokens = em.cached_tokens
+            else:
+                latency.observe_itl(end - stream.last_s, em.tokens)
+            stream.last_s = end
+            stream.tokens += em.tokens
+            if em.finished:
+                stream.finished = True
+                latency.observe_e2e(end - stream.arrival_s)
+                del self.streams[em.rid]
+            stream.push(em)

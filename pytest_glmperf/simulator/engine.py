@@ -1,0 +1,447 @@
+"""The engine model: SGLang's scheduler loop over a cost model, in model time.
+
+One ``step()`` is one scheduler iteration (``Scheduler.get_next_batch_to_run`` + the
+forward + result processing):
+
+1. build a prefill batch like ``PrefillAdder``: continue the one in-progress chunked
+   request, then admit waiting requests in FCFS order while the chunk budget
+   (``--chunked-prefill-size``), the request limit and the KV budget allow. Admission
+   needs the whole uncached prompt plus min(max_new_tokens, 4096) plus a page to fit in
+   free + evictable slots minus what running requests still reserve (ignore_eos requests
+   reserve all their remaining output: new_token_ratio is 1.0). The first request that
+   does not fit blocks the queue (head-of-line, as SGLang's scan ``break``s);
+2. choose what runs (``interleave``): *prefill-first* is SGLang's default rule ("run
+   prefill first if possible"): decode waits for every chunk of a long prompt;
+   *mixed* (``--enable-mixed-chunk``) adds one decode token per running request to each
+   prefill chunk's forward. See ``EngineConfig.interleave`` for the simulator default;
+3. time it with ``CostModel`` and emit tokens.
+
+Requests between steps are admitted at the next step, as SGLang polls its input socket
+between iterations. Everything is O(running + queue) per step; the prefix cache is
+touched only at admission, chunk completion and finish.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .config import CLIP_MAX_NEW_TOKENS, EngineConfig
+from .costs import CostModel, Segment
+from .hardware import GIB
+from .prefix_cache import PrefixCache
+from .speculative import SpecDecoder
+from .types import EngineCounters, EngineGauges, SimRequest, StepResult, TokenEmission
+
+
+class QueueFullError(RuntimeError):
+    """``--max-queued-requests`` exceeded: SGLang aborts the request with 503."""
+
+
+@dataclass
+class _Req:
+    """Engine-side state of one request."""
+
+    sim: SimRequest
+    target: int                 # tokens to prefill (prompt; + output after a retraction)
+    arrival: float
+    pages: int = 0              # leading page_keys this request holds in the tree (locked)
+    done: int = 0               # tokens of ``target`` with KV (cached + computed)
+    private: int = 0            # pool slots held outside the tree
+    generated: int = 0
+    first_sent: bool = False
+    cached_device: int = 0
+    cached_host: int = 0
+    verify_calls: int = 0
+
+    @property
+    def rid(self) -> str:
+        return self.sim.rid
+
+    @property
+    def remaining_new(self) -> int:
+        return self.sim.max_new_tokens - self.generated
+
+    @property
+    def context(self) -> int:
+        return self.done + (self.generated if self.done >= self.target else 0)
+
+
+class Engine:
+    """Continuous batching with chunked prefill, a radix/HiCache KV model and EAGLE."""
+
+    def __init__(self, config: EngineConfig, *, seed: int = 0) -> None:
+        self.config = config
+        self.now = 0.0
+        self.counters = EngineCounters()
+        self.gauges = EngineGauges()
+        self.cost = CostModel(config.hardware, config.model, config.tp_size)
+        self.cache = PrefixCache(
+            page_size=config.page_size,
+            device_tokens=config.device_pool_tokens,
+            host_tokens=config.host_pool_tokens,
+            write_policy=config.hicache_write_policy,
+            enabled=not config.disable_radix_cache,
+        )
+        self.spec = SpecDecoder(
+            num_steps=config.spec_num_steps, draft_tokens=config.spec_draft_tokens,
+            accept_prob=config.spec_accept_prob, seed=seed or config.seed,
+        ) if config.spec_enabled else None
+        self.waiting: deque[_Req] = deque()
+        self.running: list[_Req] = []
+        self.chunked: _Req | None = None
+        self._by_rid: dict[str, _Req] = {}
+        self._chunk = config.resolved_chunked_prefill_size
+        self._max_running = config.effective_max_running_requests
+        self._decode_ct = 0
+        self._window_tokens = 0
+        self._window_start = 0.0
+        self.gauges.max_total_num_tokens = config.device_pool_tokens
+        self.gauges.hicache_host_total_tokens = config.host_pool_tokens
+
+    # ---- public API ---------------------------------------------------------------------
+
+    def add_request(self, req: SimRequest) -> None:
+        """Queue a request at ``self.now``; ValueError when it can never be served."""
+        cfg = self.config
+        if req.prompt_tokens < 1 or req.max_new_tokens < 1:
+            raise ValueError("prompt_tokens and max_new_tokens must be at least 1")
+        if req.prompt_tokens + req.max_new_tokens > cfg.resolved_context_length:
+            raise ValueError(
+                f"Requested token count exceeds the model's maximum context length of "
+                f"{cfg.resolved_context_length} tokens. You requested a total of "
+                f"{req.prompt_tokens + req.max_new_tokens} tokens: {req.prompt_tokens} "
+                f"tokens from the input messages and {req.max_new_tokens} tokens for the "
+                f"completion. Please reduce the number of tokens in the input messages or "
+                f"the completion to fit within the limit.")
+        if self._admission_need(req.prompt_tokens, req.max_new_tokens) > self.cache.capacity:
+            raise ValueError(f"request needs more KV slots than the pool holds "
+                             f"({self.cache.capacity} tokens)")
+        if req.rid in self._by_rid:
+            raise ValueError(f"duplicate request id {req.rid!r}")
+        if cfg.max_queued_requests is not None and len(self.waiting) >= cfg.max_queued_requests:
+            raise QueueFullError("The request queue is full.")
+        state = _Req(sim=req, target=req.prompt_tokens, arrival=self.now)
+        self.waiting.append(state)
+        self._by_rid[req.rid] = state
+
+    def abort(self, rid: str) -> None:
+        """The client went away: drop the request wherever it is and free its KV."""
+        req = self._by_rid.pop(rid, None)
+        if req is None:
+            return
+        if req in self.waiting:
+            self.waiting.remove(req)
+        elif req is self.chunked:
+            self.chunked = None
+        elif req in self.running:
+            self.running.remove(req)
+        self._release(req)
+        self.counters.aborted_requests += 1
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running or self.chunked)
+
+    def step(self) -> StepResult:
+        """Run one scheduler iteration and advance ``now`` by its modelled duration."""
+        start = self.now
+        batch, load_s, admitted = self._form_prefill_batch()
+        mixed = bool(batch) and self.config.interleave == "mixed" and bool(self.running)
+        if batch:
+            result = self._run_prefill(batch, load_s, mixed, start)
+            self._refresh_on_prefill(admitted)
+        elif self.running:
+            result = self._run_decode(start)
+        else:
+            return StepResult(start_s=start, duration_s=0.0, kind="idle")
+        self._sync_cache_counters()
+        return result
+
+    def advance_to(self, t: float) -> None:
+        """Move the clock while idle; SGLang's idle log tick zeroes gen_throughput."""
+        if t <= self.now:
+            return
+        self.now = t
+        if not self.has_work():
+            self.gauges.gen_throughput = 0.0
+            self._window_start, self._window_tokens = t, 0
+            self._refresh_common()
+
+    def flush_cache(self) -> bool:
+        """``/flush_cache``: only when idle; empties device tree and host tier."""
+        if self.has_work():
+            return False
+        self.cache.flush()
+        if self.spec is not None:
+            self.spec.reset_stats()
+        self._refresh_common()
+        return True
+
+    def internal_state(self) -> dict[str, object]:
+        """``/server_info`` ``internal_states[0]`` (scheduler.get_internal_state)."""
+        cfg = self.config
+        state: dict[str, object] = {
+            "last_gen_throughput": self.gauges.gen_throughput,
+            "memory_usage": {
+                "weight": round(cfg.weight_bytes / GIB, 2),
+                "kvcache": round(cfg.device_pool_tokens * cfg.cell_bytes_per_token / GIB, 2),
+                "token_capacity": cfg.device_pool_tokens,
+                "graph": round(_graph_bytes(cfg) / GIB, 2),
+            },
+            "effective_max_running_requests_per_dp": self._max_running,
+        }
+        if self.spec is not None and self.spec.stats.verify_reqs:
+            state["avg_spec_accept_length"] = self.spec.stats.lifetime_accept_length
+        return state
+
+    # ---- admission (PrefillAdder) -------------------------------------------------------
+
+    def _admission_need(self, uncached: int, max_new: int) -> int:
+        return uncached + min(max_new, CLIP_MAX_NEW_TOKENS) + self.config.page_size
+
+    def _reserved(self) -> int:
+        """Slots running requests (and the chunked one) will still claim."""
+        total = sum(min(r.remaining_new, CLIP_MAX_NEW_TOKENS) for r in self.running)
+        if self.chunked is not None:
+            c = self.chunked
+            total += c.target - c.done + min(c.remaining_new, CLIP_MAX_NEW_TOKENS)
+        return total
+
+    def _form_prefill_batch(self) -> tuple[list[tuple[_Req, int]], float, list[_Req]]:
+        """[(request, tokens this step)], load-back seconds, newly admitted requests."""
+        page = self.config.page_size
+        mixed_tokens = len(self.running) if self.config.interleave == "mixed" else 0
+        budget = self._chunk - mixed_tokens
+        batch: list[tuple[_Req, int]] = []
+        admitted: list[_Req] = []
+        load_s = 0.0
+        if self.chunked is not None:
+            req = self.chunked
+            n = self._chunk_len(req.target - req.done, budget, page)
+            batch.append((req, n))
+            budget -= n
+            if req.done + n < req.target:
+                return batch, load_s, admitted
+            self.chunked = None
+        reserved = self._reserved() + sum(r.target - r.done for r, _ in batch)
+        while self.waiting and budget >= page:
+            if len(self.running) + len(batch) >= self._max_running:
+                break
+            req = self.waiting[0]
+            loaded = self._try_admit(req, reserved)
+            if loaded is None:
+                break
+            self.waiting.popleft()
+            admitted.append(req)
+            load_s += loaded
+            n = self._chunk_len(req.target - req.done, budget, page)
+            batch.append((req, n))
+            budget -= n
+            reserved += req.target - req.done + min(req.remaining_new, CLIP_MAX_NEW_TOKENS)
+            if req.done + n < req.target:
+                self.chunked = req
+                break
+        return batch, load_s, admitted
+
+    @staticmethod
+    def _chunk_len(remaining: int, budget: int, page: int) -> int:
+        """Whole remainder if it fits, else the budget truncated to whole pages."""
+        if remaining <= budget:
+            return remaining
+        return max(page, budget // page * page)
+
+    def _try_admit(self, req: _Req, reserved: int) -> float | None:
+        """Match, lock and budget-check ``req``; load host pages. None = does not fit."""
+        cache, page = self.cache, self.config.page_size
+        keys = req.sim.page_keys
+        match = cache.match(keys, (req.target - 1) // page)
+        cache.lock(keys, match.device_pages, self.now)
+        device_tokens = match.device_pages * page
+        need = self._admission_need(req.target - device_tokens, req.remaining_new)
+        room = cache.free_tokens + cache.evictable_tokens - reserved
+        if need >= room:
+            cache.unlock(keys, match.device_pages, self.now)
+            return None
+        host_tokens = match.host_pages * page
+        load_s = 0.0
+        if host_tokens:
+            cache.ensure_free(host_tokens)
+            start, end = match.device_pages, match.device_pages + match.host_pages
+            cache.load_back(keys, start, end, self.now)
+            cache.lock(keys[start:end], match.host_pages, self.now)
+            load_s = self.cost.load_back_time(host_tokens, self.config.cell_bytes_per_token)
+        req.pages = match.device_pages + match.host_pages
+        req.done = req.pages * page
+        if not req.first_sent:
+            req.cached_device, req.cached_host = device_tokens, host_tokens
+        self.counters.prefill_cache_tokens += req.done
+        return load_s
+
+    # ---- running a step -----------------------------------------------------------------
+
+    def _run_prefill(self, batch: list[tuple[_Req, int]], load_s: float, mixed: bool,
+                     start: float) -> StepResult:
+        segments = []
+        for req, n in batch:
+            self.cache.alloc(n)
+            req.private += n
+            segments.append(Segment(req.done, n))
+        spec = self.spec is not None
+        compute = self.cost.prefill_time(segments, with_draft=spec)
+        decoding = list(self.running) if mixed else []
+        if decoding:
+            self._ensure_decode_room(decoding, 1)
+            decoding = list(self.running)
+            compute += self.cost.decode_extra_time(len(decoding), _ctx(decoding))
+        duration = max(compute, load_s + compute / self.config.model.layers)
+        self.now = start + duration
+        emissions = [e for req, n in batch if (e := self._finish_chunk(req, n))]
+        emissions += [self._emit(req, 1) for req in decoding]
+        prefill_tokens = sum(n for _, n in batch)
+        self.counters.prefill_compute_tokens += prefill_tokens
+        self._drop_finished()
+        for req, _ in batch:
+            if req.done >= req.target and req.remaining_new > 0 and req not in self.running:
+                self.running.append(req)
+        return StepResult(start_s=start, duration_s=duration,
+                          kind="mixed" if decoding else "prefill",
+                          prefill_tokens=prefill_tokens, decode_requests=len(decoding),
+                          emissions=emissions)
+
+    def _finish_chunk(self, req: _Req, n: int) -> TokenEmission | None:
+        """Account a computed chunk; a completed prefill samples its next token."""
+        req.done += n
+        keys, page = req.sim.page_keys, self.config.page_size
+        full = min(req.done // page, len(keys), req.sim.prompt_tokens // page)
+        if full > req.pages:
+            moved = self.cache.insert(keys, req.pages, full, self.now)
+            req.private -= moved * page
+            req.pages = full if moved else req.pages
+        if req.done < req.target:
+            return None
+        return self._emit(req, 1)
+
+    def _run_decode(self, start: float) -> StepResult:
+        per_req = self.config.spec_draft_tokens if self.spec is not None else 1
+        self._ensure_decode_room(self.running, per_req)
+        batch = list(self.running)
+        ctx = _ctx(batch)
+        duration = self.cost.decode_time(len(batch), ctx, per_req)
+        if self.spec is not None:
+            duration += self.cost.draft_time(len(batch), self.spec.draft_passes)
+            duration += self.cost.draft_time(len(batch) * per_req, 1)
+        self.now = start + duration
+        emissions = []
+        generated = 0
+        for req in batch:
+            tokens = self.spec.accept_length() if self.spec is not None else 1
+            if self.spec is not None:
+                req.verify_calls += 1
+            emission = self._emit(req, tokens)
+            generated += emission.tokens
+            emissions.append(emission)
+        self._drop_finished()
+        self.counters.decode_steps += 1
+        self._on_decode_tick(generated)
+        return StepResult(start_s=start, duration_s=duration, kind="decode",
+                          decode_requests=len(batch), emissions=emissions)
+
+    def _emit(self, req: _Req, tokens: int) -> TokenEmission:
+        """Give ``req`` up to ``tokens`` new tokens (KV slots included)."""
+        tokens = min(tokens, req.remaining_new)
+        self.cache.alloc(tokens)
+        req.private += tokens
+        req.generated += tokens
+        first = not req.first_sent
+        req.first_sent = True
+        finished = req.remaining_new <= 0
+        return TokenEmission(rid=req.rid, tokens=tokens, first=first, finished=finished,
+                             cached_tokens=req.cached_device + req.cached_host if first else 0)
+
+    def _drop_finished(self) -> None:
+        """Finished requests leave the batch, unlock their pages and count (tokenizer side:
+        counters move when a request finishes)."""
+        still = []
+        for req in self.running:
+            if req.remaining_new > 0:
+                still.append(req)
+            else:
+                self._complete(req)
+        self.running = still
+
+    def _complete(self, req: _Req) -> None:
+        self._by_rid.pop(req.rid, None)
+        self._release(req)
+        c = self.counters
+        c.requests += 1
+        c.prompt_tokens += req.sim.prompt_tokens
+        c.generation_tokens += req.generated
+        c.cached_tokens_device += req.cached_device
+        c.cached_tokens_host += req.cached_host
+        c.spec_verify_calls += req.verify_calls
+
+    def _release(self, req: _Req) -> None:
+        self.cache.unlock(req.sim.page_keys, req.pages, self.now)
+        self.cache.release(req.private)
+        req.pages = req.private = 0
+
+    def _ensure_decode_room(self, batch: list[_Req], per_req: int) -> None:
+        """check_decode_mem + retract_decode: retract the request with the fewest output
+        tokens (then the longest prompt) until the step's new tokens fit."""
+        while self.running and not self.cache.ensure_free(len(self.running) * per_req):
+            if len(self.running) == 1:
+                return
+            victim = min(self.running, key=lambda r: (r.generated, -r.sim.prompt_tokens))
+            self.running.remove(victim)
+            self._release(victim)
+            victim.target = victim.sim.prompt_tokens + victim.generated
+            victim.done = 0
+            self.waiting.append(victim)
+            self.counters.retracted_requests += 1
+
+    # ---- gauges -------------------------------------------------------------------------
+
+    def _on_decode_tick(self, generated: int) -> None:
+        """Every decode_log_interval decode batches: gen_throughput over the window."""
+        self._decode_ct += 1
+        self._window_tokens += generated
+        if self._decode_ct % self.config.decode_log_interval:
+            return
+        g = self.gauges
+        span = self.now - self._window_start
+        g.gen_throughput = self._window_tokens / span if span > 0 else 0.0
+        self._window_start, self._window_tokens = self.now, 0
+        g.cache_hit_rate = 0.0
+        if self.spec is not None:
+            g.spec_accept_length, _ = self.spec.stats.take_window(self.config.spec_draft_tokens)
+        self._refresh_common()
+
+    def _refresh_on_prefill(self, admitted: list[_Req]) -> None:
+        total = sum(r.sim.prompt_tokens for r in admitted)
+        cached = sum(r.cached_device + r.cached_host for r in admitted)
+        if total:
+            self.gauges.cache_hit_rate = cached / total
+        self._refresh_common()
+
+    def _refresh_common(self) -> None:
+        g, cache = self.gauges, self.cache
+        g.num_running_reqs = len(self.running) + (1 if self.chunked else 0)
+        g.num_queue_reqs = len(self.waiting)
+        g.num_used_tokens = cache.used_tokens
+        g.token_usage = cache.used_tokens / cache.capacity if cache.capacity else 0.0
+        g.hicache_host_used_tokens = cache.host_used_tokens
+
+    def _sync_cache_counters(self) -> None:
+        c, cache = self.counters, self.cache
+        c.evicted_tokens = cache.evicted_tokens
+        c.load_back_tokens = cache.load_back_tokens
+        c.backup_tokens = cache.backup_tokens
+
+
+def _ctx(batch: list[_Req]) -> int:
+    return sum(r.context for r in batch)
+
+
+def _graph_bytes(config: EngineConfig) -> float:
+    """CUDA-graph memory estimate: ~2 MiB per captured decode batch size (memory_hook)."""
+    return 2 * config.resolved_max_running_requests_hint * (1 << 20)

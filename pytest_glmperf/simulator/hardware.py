@@ -1,0 +1,206 @@
+"""Physical constants of the simulated server: the GPUs and the model, in one place.
+
+Every number here is a datasheet value, a count read from the model's architecture, or a
+derivation from those; each says where it comes from. Efficiency factors that turn peak
+numbers into achieved ones live in ``costs.py`` (they are the calibrated part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1 << 30
+MIB = 1 << 20
+
+
+@dataclass(frozen=True)
+class HardwareSpec:
+    """One node of identical GPUs (per-GPU numbers unless the name says otherwise)."""
+
+    name: str
+    gpu_name: str
+    num_gpus: int
+    # Memory as CUDA reports it (what SGLang's get_available_gpu_memory divides by 2**30).
+    hbm_bytes: int
+    hbm_bandwidth: float        # B/s, datasheet peak
+    fp8_flops: float            # dense tensor-core FLOP/s, datasheet (no sparsity)
+    bf16_flops: float           # dense tensor-core FLOP/s, datasheet (no sparsity)
+    nvlink_bandwidth: float     # B/s per direction per GPU
+    pcie_h2d_bandwidth: float   # B/s host->device per GPU when all GPUs copy at once
+    sm_major: int               # 9 = Hopper; SGLang picks DSA KV dtype by this
+    cuda_context_bytes: int     # taken by the CUDA context before SGLang measures free memory
+
+    @property
+    def hbm_gib(self) -> float:
+        return self.hbm_bytes / GIB
+
+
+# NVIDIA H200 SXM datasheet: 141 GB HBM3e, 4.8 TB/s, FP8 3,958 TFLOPS / BF16 1,979 TFLOPS
+# *with sparsity* (dense is half), NVLink 4 at 900 GB/s bidirectional (450 GB/s per
+# direction). nvidia-smi shows 143,771 MiB, which is what torch.cuda.mem_get_info sees.
+# PCIe: Gen5 x16 is 64 GB/s per direction raw, ~55 GB/s achieved with pinned memory; on
+# HGX boards two GPUs share one PCIe switch uplink to the CPU, and every TP rank loads its
+# own copy of the (replicated) MLA latent at the same moment, so each gets about half:
+# 27.5 GB/s. CUDA context + cuBLAS/NCCL handles before SGLang profiles memory: ~0.75 GiB
+# (typical torch CUDA init on Hopper).
+H200X8 = HardwareSpec(
+    name="h200x8",
+    gpu_name="NVIDIA H200",
+    num_gpus=8,
+    hbm_bytes=143_771 * MIB,
+    hbm_bandwidth=4.8e12,
+    fp8_flops=1.979e15,
+    bf16_flops=0.989e15,
+    nvlink_bandwidth=450e9,
+    pcie_h2d_bandwidth=27.5e9,
+    sm_major=9,
+    cuda_context_bytes=768 * MIB,
+)
+
+# NVIDIA H100 SXM datasheet: 80 GB HBM3 (nvidia-smi 81,559 MiB), 3.35 TB/s, same tensor
+# FLOPs and NVLink as H200. The GLM-5.1 cookbook says FP8 on H100 needs tp=16: at tp 8
+# the weights do not fit, and the simulator refuses the configuration (see config.py).
+H100X8 = HardwareSpec(
+    name="h100x8",
+    gpu_name="NVIDIA H100 80GB HBM3",
+    num_gpus=8,
+    hbm_bytes=81_559 * MIB,
+    hbm_bandwidth=3.35e12,
+    fp8_flops=1.979e15,
+    bf16_flops=0.989e15,
+    nvlink_bandwidth=450e9,
+    pcie_h2d_bandwidth=27.5e9,
+    sm_major=9,
+    cuda_context_bytes=768 * MIB,
+)
+
+# NVIDIA B200 (HGX B200 datasheet: 180 GB HBM3e per GPU, 8 TB/s, FP8 4.5 PFLOPS dense,
+# BF16 2.25 PFLOPS dense, NVLink 5 at 1.8 TB/s bidirectional). SGLang uses FP8 DSA KV on
+# SM>=100. Offered so a user can ask "what would Blackwell change"; not calibrated.
+B200X8 = HardwareSpec(
+    name="b200x8",
+    gpu_name="NVIDIA B200",
+    num_gpus=8,
+    hbm_bytes=183_359 * MIB,
+    hbm_bandwidth=8.0e12,
+    fp8_flops=4.5e15,
+    bf16_flops=2.25e15,
+    nvlink_bandwidth=900e9,
+    pcie_h2d_bandwidth=27.5e9,
+    sm_major=10,
+    cuda_context_bytes=768 * MIB,
+)
+
+HARDWARE: dict[str, HardwareSpec] = {hw.name: hw for hw in (H200X8, H100X8, B200X8)}
+
+
+def get_hardware(name: str) -> HardwareSpec:
+    """Look a hardware profile up by name (``--sim-hardware``)."""
+    try:
+        return HARDWARE[name.lower()]
+    except KeyError:
+        known = ", ".join(sorted(HARDWARE))
+        raise ValueError(f"--sim-hardware: unknown hardware {name!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """GLM-5.1-FP8 as the cost and memory model needs it."""
+
+    name: str
+    total_params: float         # 744B (GLM-5.mdx cookbook; HF docs)
+    active_params: float        # 40B active per token
+    layers: int                 # 78 (3 dense + 75 MoE)
+    hidden: int                 # 6144
+    vocab: int                  # 154,880
+    attn_heads: int             # 64 query heads (MLA)
+    q_lora_rank: int            # 2048
+    kv_lora_rank: int           # 512 (MLA latent)
+    qk_rope_dim: int            # 64
+    v_head_dim: int             # 256
+    index_heads: int            # DSA lightning indexer: 32 heads
+    index_head_dim: int         # x 128
+    index_topk: int             # top-2048 keys per query
+    context_length: int         # max_position_embeddings 202,752
+    # Per-GPU weight bytes at TP8, derived below; see weight_bytes_per_gpu.
+    replicated_params: float    # projections every TP rank holds in full
+    bf16_params: float          # parameters kept in BF16 in the FP8 checkpoint
+    draft_params: float         # the MTP (NextN) layer used as EAGLE draft
+
+    def weight_bytes_per_gpu(self, tp: int) -> float:
+        """FP8 weights split over TP ranks, plus what every rank replicates.
+
+        FP8 stores 1 byte per parameter (block scales add 4 B per 128x128 block, 0.02 %);
+        embedding and lm_head stay BF16 (one extra byte each). SGLang's DeepSeek/GLM-DSA
+        model replicates the q_a / kv_a_proj_with_mqa projections and the DSA indexer's
+        projections (ReplicatedLinear in dsa_indexer.py), so those cost the full size on
+        each rank instead of 1/tp.
+        """
+        sharded = self.total_params * (1 + 4 / 128**2) + self.bf16_params
+        return sharded / tp + self.replicated_params * (1 - 1 / tp)
+
+    def draft_weight_bytes_per_gpu(self, tp: int) -> float:
+        """The MTP layer (one DSA+MoE decoder layer) as EAGLE draft, FP8, split over TP."""
+        return self.draft_params / tp
+
+    # DSA indexer FLOPs per (query token, earlier key) pair, all layers: one FP8 dot
+    # product of index_heads x index_head_dim per layer. The indexer is replicated on
+    # every TP rank, so this is also the per-GPU cost.
+    @property
+    def indexer_flops_per_pair(self) -> float:
+        return 2.0 * self.index_heads * self.index_head_dim * self.layers
+
+    # Sparse MLA attention FLOPs per query token over its top-k keys, per GPU at TP8:
+    # q.k over kv_lora_rank + rope dims and p.v over kv_lora_rank (absorbed MLA), for the
+    # attn_heads / tp heads this rank owns.
+    def sparse_attn_flops_per_token(self, tp: int, keys: int) -> float:
+        per_head = 2.0 * keys * (self.kv_lora_rank + self.qk_rope_dim + self.kv_lora_rank)
+        return per_head * (self.attn_heads / tp) * self.layers
+
+    # Linear-layer FLOPs per token per GPU: 2 FLOPs per active parameter, split over TP.
+    def linear_flops_per_token(self, tp: int) -> float:
+        return 2.0 * self.active_params / tp
+
+
+# Replicated projections (per layer): q_a_proj hidden x q_lora_rank and
+# kv_a_proj_with_mqa hidden x (kv_lora_rank + rope) = 6144 x 2624 = 16.1M; indexer
+# wq_b 2048 x (32*128) + wk 6144 x 128 + weights_proj 6144 x 32 = 9.4M; x 78 layers.
+_REPLICATED = 78 * (6144 * (2048 + 512 + 64) + 2048 * 32 * 128 + 6144 * 128 + 6144 * 32)
+# Embedding and lm_head: 2 x 154,880 x 6144 parameters, BF16 (+1 byte over FP8 each).
+_BF16_EXTRA = 2 * 154_880 * 6144
+# MTP layer: one MoE decoder layer ~ (744B - dense part) / 75 MoE layers ~ 9.6B params,
+# plus its eh_proj; SGLang loads it only with speculative decoding.
+_DRAFT = 9.6e9
+
+GLM51_FP8 = ModelSpec(
+    name="GLM-5.1-FP8",
+    total_params=744e9,
+    active_params=40e9,
+    layers=78,
+    hidden=6144,
+    vocab=154_880,
+    attn_heads=64,
+    q_lora_rank=2048,
+    kv_lora_rank=512,
+    qk_rope_dim=64,
+    v_head_dim=256,
+    index_heads=32,
+    index_head_dim=128,
+    index_topk=2048,
+    context_length=202_752,
+    replicated_params=float(_REPLICATED),
+    bf16_params=float(_BF16_EXTRA),
+    draft_params=_DRAFT,
+)
+
+
+def kv_bytes_per_token(model: ModelSpec, kv_dtype: str) -> int:
+    """Device KV bytes per token on one rank (the MLA latent is replicated on every rank).
+
+    sglang-facts §7: FP8 latent 512 (nope) + 512/128*4 (scales) + 64*2 (bf16 rope) = 656 B,
+    BF16 latent (512 + 64) * 2 = 1152 B, plus the indexer K cache 128 + 4 = 132 B, per
+    layer: FP8 788 B x 78 = 61,464 B; BF16 1284 B x 78 = 100,152 B.
+    """
+    latent = 656 if kv_dtype.startswith("fp8") else 2 * (model.kv_lora_rank + model.qk_rope_dim)
+    indexer = model.index_head_dim + 4
+    return (latent + indexer) * model.layers

@@ -1,0 +1,288 @@
+"""Page-granular radix prefix cache with an optional host tier (SGLang RadixCache/HiCache).
+
+Prompts arrive as chained page hashes (``SimRequest.page_keys``): key i names the whole
+prefix up to page i, so the tree is a dict of pages with parent links and a match is
+"how many leading keys are cached". The cache also owns the device KV pool's accounting:
+every slot is free, held by a tree page, or held privately by a running request.
+
+SGLang semantics kept (mem_cache/radix_cache.py, unified_radix_cache.py, 0.5.23):
+
+* eviction is on demand when an allocation finds too few free slots, leaf-first over
+  unlocked pages in LRU order (``--radix-eviction-policy lru``);
+* a running request locks its matched path (lock_ref), so it cannot be evicted;
+* with HiCache, ``write_through`` backs every newly inserted device page up to host at
+  insertion; a device-evicted page with a host copy becomes host-only; a later match
+  continues from the device prefix into host-only pages, which are loaded back;
+  ``write_back`` copies a page to host only when it is evicted from device;
+* the host tier evicts host-only leaves in LRU order only when a backup needs room, and
+  skips the backup when nothing can be evicted.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+class _Page:
+    __slots__ = ("children", "depth", "dev_children", "key", "last", "lock", "on_dev",
+                 "on_host", "parent")
+
+    def __init__(self, key: int, parent: _Page | None, depth: int) -> None:
+        self.key, self.parent, self.depth = key, parent, depth
+        self.children = 0       # child pages that exist (on device or host)
+        self.dev_children = 0   # child pages resident on device
+        self.on_dev = False
+        self.on_host = False
+        self.lock = 0
+        self.last = 0.0
+
+
+@dataclass(frozen=True)
+class Match:
+    """Leading pages of a prompt found on device, then continuing on host."""
+
+    device_pages: int
+    host_pages: int
+
+
+class PrefixCache:
+    """Device pool accounting plus the radix tree of cached pages (and host tier)."""
+
+    def __init__(self, *, page_size: int, device_tokens: int, host_tokens: int = 0,
+                 write_policy: str = "write_through", enabled: bool = True) -> None:
+        self.page_size = page_size
+        self.capacity = device_tokens
+        self.host_capacity = host_tokens
+        self.write_through = write_policy.startswith("write_through")
+        self.enabled = enabled
+        self._pages: dict[int, _Page] = {}
+        self._dev_heap: list[tuple[float, int, int, int]] = []
+        self._host_heap: list[tuple[float, int, int, int]] = []
+        self._seq = 0
+        self.dev_pages = 0
+        self.locked_dev_pages = 0
+        self.host_pages = 0
+        self.request_tokens = 0      # slots held privately by requests (not in the tree)
+        self.evicted_tokens = 0
+        self.backup_tokens = 0
+        self.load_back_tokens = 0
+
+    # ---- pool accounting ----------------------------------------------------------------
+
+    @property
+    def free_tokens(self) -> int:
+        return self.capacity - self.dev_pages * self.page_size - self.request_tokens
+
+    @property
+    def evictable_tokens(self) -> int:
+        return (self.dev_pages - self.locked_dev_pages) * self.page_size
+
+    @property
+    def used_tokens(self) -> int:
+        """Slots neither free nor evictable (SGLang's num_used_tokens)."""
+        return self.capacity - self.free_tokens - self.evictable_tokens
+
+    @property
+    def host_used_tokens(self) -> int:
+        return self.host_pages * self.page_size
+
+    def ensure_free(self, tokens: int) -> bool:
+        """Evict LRU unlocked device pages until ``tokens`` slots are free."""
+        need = tokens - self.free_tokens
+        if need > 0:
+            self._evict_device(need)
+        return self.free_tokens >= tokens
+
+    def alloc(self, tokens: int) -> bool:
+        """Hand ``tokens`` free slots to a request (evicting as needed)."""
+        if not self.ensure_free(tokens):
+            return False
+        self.request_tokens += tokens
+        return True
+
+    def release(self, tokens: int) -> None:
+        """A request gives back private slots."""
+        self.request_tokens -= tokens
+
+    # ---- matching and locking -----------------------------------------------------------
+
+    def match(self, keys: Sequence[int], max_pages: int) -> Match:
+        """Device prefix, then the host-only continuation, of the first ``max_pages`` keys."""
+        if not self.enabled:
+            return Match(0, 0)
+        pages = self._pages
+        n = min(len(keys), max_pages)
+        dev = 0
+        while dev < n:
+            page = pages.get(keys[dev])
+            if page is None or not page.on_dev:
+                break
+            dev += 1
+        host = dev
+        while host < n:
+            page = pages.get(keys[host])
+            if page is None or not page.on_host:
+                break
+            host += 1
+        return Match(dev, host - dev)
+
+    def lock(self, keys: Sequence[int], count: int, now: float) -> None:
+        """Pin the first ``count`` pages (all on device) for a running request."""
+        pages = self._pages
+        for i in range(count):
+            page = pages[keys[i]]
+            if page.lock == 0:
+                self.locked_dev_pages += 1
+            page.lock += 1
+            page.last = now
+
+    def unlock(self, keys: Sequence[int], count: int, now: float) -> None:
+        """Unpin a request's pages; the deepest unpinned leaf becomes evictable."""
+        pages = self._pages
+        for i in range(count - 1, -1, -1):
+            page = pages.get(keys[i])
+            if page is None:
+                continue
+            page.lock -= 1
+            page.last = now
+            if page.lock == 0:
+                self.locked_dev_pages -= 1
+                if page.dev_children == 0:
+                    self._push_dev(page)
+
+    # ---- insertion and load-back -------------------------------------------------------
+
+    def insert(self, keys: Sequence[int], start: int, end: int, now: float) -> int:
+        """Put pages [start, end) of a request into the tree, locked by that request.
+
+        The request's private slots for those pages move into the tree. A page someone
+        else inserted meanwhile is shared instead and the duplicate slots are freed.
+        Returns the number of pages taken over (0 when the cache is disabled).
+        """
+        if not self.enabled or end <= start:
+            return 0
+        parent = self._pages.get(keys[start - 1]) if start > 0 else None
+        for i in range(start, end):
+            page = self._pages.get(keys[i])
+            if page is None:
+                page = _Page(keys[i], parent, i)
+                self._pages[keys[i]] = page
+                if parent is not None:
+                    parent.children += 1
+            if not page.on_dev:
+                self._set_dev(page, True)
+                if self.write_through and self.host_capacity:
+                    self._backup(page)
+            self.request_tokens -= self.page_size
+            if page.lock == 0:
+                self.locked_dev_pages += 1
+            page.lock += 1
+            page.last = now
+            parent = page
+        return end - start
+
+    def load_back(self, keys: Sequence[int], start: int, end: int, now: float) -> int:
+        """Bring host-only pages [start, end) back to device (slots must be free)."""
+        for i in range(start, end):
+            page = self._pages[keys[i]]
+            self._set_dev(page, True)
+            page.last = now
+        tokens = (end - start) * self.page_size
+        self.load_back_tokens += tokens
+        return tokens
+
+    def flush(self) -> None:
+        """Drop every unlocked page from device and host (``/flush_cache``)."""
+        for page in list(self._pages.values()):
+            if page.lock == 0:
+                if page.on_dev:
+                    self.dev_pages -= 1
+                if page.on_host:
+                    self.host_pages -= 1
+                del self._pages[page.key]
+        for page in self._pages.values():
+            page.children = page.dev_children = 0
+        for page in self._pages.values():
+            if page.parent is not None and page.parent.key in self._pages:
+                page.parent.children += 1
+                page.parent.dev_children += int(page.on_dev)
+        self._dev_heap.clear()
+        self._host_heap.clear()
+
+    # ---- internals ----------------------------------------------------------------------
+
+    def _set_dev(self, page: _Page, on: bool) -> None:
+        page.on_dev = on
+        delta = 1 if on else -1
+        self.dev_pages += delta
+        if page.parent is not None:
+            page.parent.dev_children += delta
+
+    def _push_dev(self, page: _Page) -> None:
+        self._seq += 1
+        heapq.heappush(self._dev_heap, (page.last, -page.depth, self._seq, page.key))
+
+    def _push_host(self, page: _Page) -> None:
+        self._seq += 1
+        heapq.heappush(self._host_heap, (page.last, -page.depth, self._seq, page.key))
+
+    def _evict_device(self, tokens: int) -> None:
+        """Leaf-first LRU over unlocked device pages until ``tokens`` slots are freed."""
+        freed = 0
+        heap = self._dev_heap
+        while freed < tokens and heap:
+            last, _, _, key = heapq.heappop(heap)
+            page = self._pages.get(key)
+            if (page is None or not page.on_dev or page.lock or page.dev_children
+                    or page.last != last):
+                continue
+            self._evict_page(page)
+            freed += self.page_size
+        self.evicted_tokens += freed
+
+    def _evict_page(self, page: _Page) -> None:
+        self._set_dev(page, False)
+        if self.host_capacity and not page.on_host and not self.write_through:
+            self._backup(page)  # write_back: copy to host on eviction
+        parent = page.parent
+        if not page.on_host:
+            self._delete(page)
+        elif page.children == 0:
+            self._push_host(page)
+        if parent is not None and parent.on_dev and parent.lock == 0 \
+                and parent.dev_children == 0:
+            self._push_dev(parent)
+
+    def _delete(self, page: _Page) -> None:
+        del self._pages[page.key]
+        parent = page.parent
+        if parent is not None:
+            parent.children -= 1
+            if parent.children == 0 and parent.on_host and not parent.on_dev:
+                self._push_host(parent)
+
+    def _backup(self, page: _Page) -> None:
+        """Copy one page to host, evicting host-only LRU leaves for room; skip if full."""
+        if self.host_pages >= self.host_capacity // self.page_size:
+            self._evict_host(1)
+        if self.host_pages >= self.host_capacity // self.page_size:
+            return
+        page.on_host = True
+        self.host_pages += 1
+        self.backup_tokens += self.page_size
+
+    def _evict_host(self, pages: int) -> None:
+        heap = self._host_heap
+        freed = 0
+        while freed < pages and heap:
+            last, _, _, key = heapq.heappop(heap)
+            page = self._pages.get(key)
+            if (page is None or page.on_dev or not page.on_host or page.children
+                    or page.lock or page.last != last):
+                continue
+            page.on_host = False
+            self.host_pages -= 1
+            self._delete(page)
+            freed += 1

@@ -1,0 +1,102 @@
+"""/metrics of the simulator: SGLang's names, labels and counting rules (sglang-facts.md 1)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+SCHED_LABELS = {"engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank"}
+TOK_LABELS = {"engine_type", "model_name"}
+
+
+def scrape(http) -> dict[str, list]:
+    """Samples by sample name, parsed with prometheus_client's own parser."""
+    resp = http.get("/metrics")
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    samples: dict[str, list] = {}
+    for family in text_string_to_metric_families(resp.text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples, name: str, **labels: str) -> float:
+    return sum(s.value for s in samples[name]
+               if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_scheduler_gauges_carry_scheduler_labels(http):
+    samples = scrape(http)
+    for name in ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:gen_throughput",
+                 "sglang:token_usage", "sglang:cache_hit_rate", "sglang:spec_accept_length",
+                 "sglang:max_total_num_tokens"):
+        (sample,) = samples[name]
+        assert set(sample.labels) == SCHED_LABELS, name
+        assert sample.labels["model_name"] == "glm-5.1"
+        assert sample.labels["engine_type"] == "unified"
+    (retracted,) = samples["sglang:num_retracted_reqs"]
+    assert set(retracted.labels) == SCHED_LABELS | {"pid"}
+
+
+def test_counters_and_histograms_move_with_a_request(http):
+    before = scrape(http)
+    s = http.chat(http.body(max_tokens=16))
+    assert s.done
+    after = scrape(http)
+    for name in ("sglang:prompt_tokens_total", "sglang:generation_tokens_total",
+                 "sglang:num_requests_total"):
+        assert {frozenset(x.labels) for x in after[name]} == {frozenset(TOK_LABELS)}
+    prompt = s.chunks()[-1]["usage"]["prompt_tokens"]
+    assert value(after, "sglang:generation_tokens_total") - \
+        value(before, "sglang:generation_tokens_total") == 16
+    assert value(after, "sglang:prompt_tokens_total") - \
+        value(before, "sglang:prompt_tokens_total") == prompt
+    assert value(after, "sglang:num_requests_total") - \
+        value(before, "sglang:num_requests_total") == 1
+    ttft = "sglang:time_to_first_token_seconds_count"
+    assert value(after, ttft) - value(before, ttft) == 1
+    e2e = "sglang:e2e_request_latency_seconds_count"
+    assert value(after, e2e) - value(before, e2e) == 1
+    # ITL is per token: every output step after the first adds its token count.
+    itl = "sglang:inter_token_latency_seconds_count"
+    assert value(after, itl) - value(before, itl) == 15
+    buckets = [x for x in after["sglang:time_to_first_token_seconds_bucket"]]
+    assert {b.labels["le"] for b in buckets} >= {"0.1", "400.0", "+Inf"}
+    assert "sglang:time_to_first_token_seconds_created" not in after
+
+
+def test_cache_counters_have_sglang_label_sets(http):
+    samples = scrape(http)
+    sources = {s.labels["cache_source"] for s in samples["sglang:cached_tokens_total"]}
+    assert sources == {"device", "host"}
+    (evicted,) = samples["sglang:evicted_tokens_total"]
+    assert evicted.labels == {"cache_type": "RadixCache"}
+    assert "sglang:load_back_tokens_total" not in samples  # no HiCache on this server
+    assert "sglang:hicache_host_used_tokens" not in samples
+
+
+def test_hicache_server_exports_host_tier_metrics(start_sim, client_for):
+    proc = start_sim("--enable-metrics", "--enable-hierarchical-cache", "--hicache-size", "200",
+                     "--served-model-name", "glm-5.1", "--time-scale", "50")
+    proc.wait_ready()
+    samples = scrape(client_for(proc))
+    (load_back,) = samples["sglang:load_back_tokens_total"]
+    assert load_back.labels == {"cache_type": "UnifiedRadixCache"}
+    (evicted,) = samples["sglang:evicted_tokens_total"]
+    assert evicted.labels == {"cache_type": "UnifiedRadixCache"}
+    assert value(samples, "sglang:hicache_host_total_tokens") > 0
+    assert "sglang:hicache_host_used_tokens" in samples
+
+
+def test_simulator_lag_and_time_scale_are_exported(http):
+    samples = scrape(http)
+    stats = {s.labels["stat"]: s.value for s in samples["glmperf_sim_lag_seconds"]}
+    assert set(stats) == {"current", "max"}
+    assert stats["max"] >= stats["current"] >= 0.0
+    assert value(samples, "glmperf_sim_time_scale") == 50.0
+
+
+def test_metrics_404_without_enable_metrics(start_sim, client_for):
+    proc = start_sim("--time-scale", "50")
+    proc.wait_ready()
+    assert client_for(proc).get("/metrics").status_code == 404

@@ -1,0 +1,133 @@
+"""The plugin end to end: inner pytest runs against the real simulator on loopback.
+
+Inner runs use a tiny workload (2k-token contexts, 5-model-second levels at time scale 20),
+so each finishes in seconds while going through every real part: simulator subprocess,
+streaming client, workloads, statistics, verdicts, reports.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import REGISTRY
+
+CAPACITY_TEST = """
+from pytest_glmperf import LevelResult
+
+def test_capacity(glmperf_capacity: LevelResult) -> None:
+    glmperf_capacity.assert_usable()
+"""
+MIXED_TEST = """
+def test_mixed(glmperf_mixed):
+    glmperf_mixed.assert_usable()
+"""
+TINY = ["--concurrency-levels", "1,2", "--level-duration", "6", "--contexts", "2", "--context-tokens", "2000",
+        "--max-output-tokens", "48", "--spike-interval", "3", "--mixed-duration", "6", "--mixed-contexts", "2",
+        "--mixed-max-output-tokens", "48", "--mixed-spike-interval", "3", "--revisit-interval", "4",
+        "--time-scale", "20", "-p", "no:cacheprovider"]
+
+
+def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(f"--profiles-file={REGISTRY}", f"--report-dir={pytester.path / 'out'}",
+                                         *TINY, *args, timeout=300)
+
+
+def test_help_lists_every_option_with_its_default(pytester: pytest.Pytester):
+    result = pytester.runpytest_subprocess("--help")
+    result.stdout.fnmatch_lines([
+        "*LLM-serving performance (pytest-glmperf)*",
+        "*--profile=NAME*",
+        "*Default: sim-hicache*",
+        "*--base-url=URL*test an already running server*",
+        "*--concurrency-levels=N,N,...*",
+        "*capacity levels. Default: 1,2,4,8,12*",
+        "*--max-gap-p95=S*",
+        "*Default: 8.0*",
+        "*--quick*",
+    ])
+
+
+def test_bad_threshold_is_a_usage_error_naming_it(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--max-ttft-p95", "soon")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*threshold max_ttft_p95 must be a number, got 'soon'*"])
+
+
+def test_unknown_profile_lists_known_ones(pytester: pytest.Pytester):
+    result = run_inner(pytester, "--profile", "h100-dreams")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*unknown profile 'h100-dreams'*known profiles*sim-hicache*sim-mtp*"])
+
+
+def test_bad_level_list_is_a_usage_error(pytester: pytest.Pytester):
+    result = run_inner(pytester, "--concurrency-levels", "1,two")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*concurrency_levels must be a comma-separated list of integers*"])
+
+
+def test_unreachable_base_url_is_reported_before_tests(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--base-url", "http://127.0.0.1:9")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--base-url http://127.0.0.1:9 is unreachable*"])
+    result.stdout.no_fnmatch_line("*test_capacity*")
+
+
+def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
+    result = run_inner(pytester, "-v", "--junitxml", "junit.xml")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["*test_capacity[[]sim-hicache-c1[]] PASSED*",
+                                 "*test_capacity[[]sim-hicache-c2[]] PASSED*",
+                                 "*glmperf verdict: sim-hicache usable up to concurrency 2*"])
+    out = pytester.path / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete"
+    target = report["targets"]["sim-hicache"]
+    assert [lv["concurrency"] for lv in target["capacity"]["levels"]] == [1, 2]
+    assert target["capacity"]["max_usable"] == 2
+    assert target["mixed"]["client_tok_s"] > 0
+    assert target["mixed"]["cache"]["generation_tokens"] > 0
+    records = (out / "records.jsonl").read_text().splitlines()
+    assert len(records) >= sum(lv["requests"] for lv in target["capacity"]["levels"])
+    assert "## sim-hicache" in (out / "report.md").read_text()
+    junit = (pytester.path / "junit.xml").read_text()
+    assert 'name="glmperf_gap_p95_s"' in junit and 'name="glmperf_usable"' in junit
+
+
+def test_broken_bar_fails_naming_threshold_and_xfails_beyond_required(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--max-gap-p95", "0.000001", "--require-concurrency", "1", "-rxX")
+    result.assert_outcomes(failed=1, xfailed=1)
+    result.stdout.fnmatch_lines([
+        "*sim-hicache at concurrency 1 is not usable:*",
+        "*gap_p95_s = * s > max_gap_p95 1e-06 s*",
+        "*XFAIL*c2*beyond required capacity (c=2 > 1)*",
+    ])
+
+
+def test_ctrl_c_keeps_records_and_a_partial_report(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    out = pytester.path / "out"
+    command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", f"--report-dir={out}",
+               *TINY, "--level-duration", "600"]
+    process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        records = out / "records.jsonl"
+        if records.exists() and records.read_text().count("\n") >= 3:
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=60)
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "interrupted"
+    level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
+    assert level["status"] == "interrupted" and level["requests"] >= 3
+    assert "interrupted" in (out / "report.md").read_text()
+    assert (out / "records.jsonl").read_text().count("\n") >= 3

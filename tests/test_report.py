@@ -1,0 +1,38 @@
+"""Reports: written atomically as results arrive, re-renderable from JSON."""
+
+import io
+import json
+
+from pytest_glmperf.report import RunReport, render_markdown, render_terminal
+
+
+def level(c: int, usable: bool, tok_s: float) -> dict:
+    return {"concurrency": c, "usable": usable, "status": "pass" if usable else "fail", "requests": 30,
+            "failure_rate": 0.0, "tok_s_p50": 9.0, "ttft_p50_s": 10.0, "ttft_p95_s": 20.0, "gap_p50_s": 0.3,
+            "gap_p95_s": 0.5 if usable else 12.0, "aggregate_tok_s": tok_s,
+            "explain": "usable" if usable else "gap_p95_s = 12 s > max_gap_p95 8 s", "notes": []}
+
+
+def test_max_usable_is_highest_usable_level(tmp_path):
+    report = RunReport.start({})
+    for c, usable in [(1, True), (2, True), (4, False)]:
+        report.record_level("sim-hicache", level(c, usable, 10.0 * c))
+    report.write(tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["targets"]["sim-hicache"]["capacity"]["max_usable"] == 2
+    assert data["targets"]["sim-hicache"]["capacity"]["max_usable_aggregate_tok_s"] == 20.0
+    assert data["schema_version"] == 1
+    assert "gap_p95_s = 12 s > max_gap_p95 8 s" in (tmp_path / "report.md").read_text()
+
+
+def test_side_by_side_with_two_targets():
+    report = RunReport.start({})
+    report.record_level("sim-hicache", level(1, True, 40.0))
+    report.record_level("sim-mtp", level(1, False, 45.0))
+    report.target("sim-mtp")["mixed"] = {"client_tok_s": 168.9, "cache": {"evicted_tokens": 100}}
+    text = render_markdown(report.as_dict())
+    assert "## Side by side" in text
+    assert "| max usable" in text
+    out = io.StringIO()
+    render_terminal(report.as_dict(), lambda line: out.write(line + "\n"))
+    assert "sim-mtp" in out.getvalue() and "168.90" in out.getvalue()

@@ -1,0 +1,71 @@
+"""Options: precedence (command line > ini > --quick > profile > default) and clear errors."""
+
+from pathlib import Path
+
+import pytest
+
+from pytest_glmperf.errors import ConfigError
+from pytest_glmperf.profiles import ServerProfile, load_registry
+from pytest_glmperf.settings import resolve
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = ServerProfile(name="p", kind="simulated", require_concurrency=2,
+                        options={"level_duration": 30, "concurrency_levels": "1,2"})
+
+
+def test_defaults_are_the_brief():
+    run = resolve({}, {}).for_profile(ServerProfile(name="x", kind="simulated"))
+    assert run.levels == (1, 2, 4, 8, 12)
+    assert run.capacity.level_duration_s == 240
+    assert run.capacity.spike_interval_s == 25
+    assert run.mixed.duration_s == 600
+    assert run.mixed.decode_workers == 3
+    assert run.thresholds.max_gap_p95 == 8
+    assert run.require_concurrency == 12
+
+
+def test_profile_options_apply_under_user_settings():
+    run = resolve({}, {}).for_profile(PROFILE)
+    assert run.capacity.level_duration_s == 30
+    assert run.levels == (1, 2)
+    assert run.require_concurrency == 2
+    run = resolve({"level_duration": "10"}, {"level_duration": "20"}).for_profile(PROFILE)
+    assert run.capacity.level_duration_s == 10
+    run = resolve({}, {"level_duration": "20"}).for_profile(PROFILE)
+    assert run.capacity.level_duration_s == 20
+
+
+def test_quick_preset_beats_profile_but_not_command_line():
+    run = resolve({"quick": True, "contexts": "2"}, {}).for_profile(PROFILE)
+    assert run.levels == (1, 2, 4)
+    assert run.capacity.level_duration_s == 60
+    assert run.capacity.contexts == 2
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("concurrency_levels", "1,x", "concurrency_levels must be a comma-separated list"),
+    ("concurrency_levels", "0,2", "concurrency_levels needs at least one level and all levels >= 1"),
+    ("max_gap_p95", "-3", "threshold max_gap_p95"),
+    ("min_tok_s_p50", "abc", "threshold min_tok_s_p50 must be a number"),
+    ("level_duration", "0", "level_duration must be > 0"),
+    ("contexts", "2.5", "contexts must be an integer"),
+])
+def test_bad_values_name_the_key(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve({key: value}, {})
+
+
+def test_unknown_profile_lists_known_ones():
+    registry = load_registry(REPO / "compose" / "profiles.yaml")
+    with pytest.raises(ConfigError, match=r"unknown profile 'nope'.*sim-hicache, sim-mtp"):
+        registry.get("nope")
+
+
+def test_registry_errors_name_file_and_profile(tmp_path):
+    bad = tmp_path / "profiles.yaml"
+    bad.write_text("profiles:\n  x:\n    kind: teleport\n")
+    with pytest.raises(ConfigError, match=r"profile 'x' in .*profiles.yaml: kind must be one of"):
+        load_registry(bad)
+    bad.write_text("profiles: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_registry(bad)
