@@ -380,6 +380,7 @@ class PreparedRequest:
     body: bytes
     max_tokens: int
     path: str = CHAT_PATH
+    headers: tuple[tuple[str, str], ...] = ()
 
     def __repr__(self) -> str:
         return f"PreparedRequest(path={self.path!r}, max_tokens={self.max_tokens}, " \
@@ -520,12 +521,14 @@ class StreamingClient:
     # -- streaming ------------------------------------------------------------------------
     def prepare(self, messages: Sequence[dict[str, Any]], *, max_tokens: int,
                 temperature: float = 0.0, extra_body: dict[str, Any] | None = None,
-                model: str | None = None) -> PreparedRequest:
+                model: str | None = None,
+                headers: dict[str, str] | None = None) -> PreparedRequest:
         """Serialise a streamed chat request now, so the send costs no encoding time.
 
         Sends ``ignore_eos`` and an explicit ``temperature`` (SGLang otherwise samples with
         the model's defaults and may stop early), and asks for usage on every chunk so
-        multi-token chunks are counted right. ``extra_body`` keys are merged last.
+        multi-token chunks are counted right. ``extra_body`` keys are merged last;
+        ``headers`` go with this request only (e.g. routing or fault-injection headers).
         """
         payload: dict[str, Any] = {
             "messages": list(messages),
@@ -541,7 +544,9 @@ class StreamingClient:
         if extra_body:
             payload.update(extra_body)
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-        return PreparedRequest(body=body, max_tokens=max_tokens)
+        extra_headers = tuple((headers or {}).items())
+        return PreparedRequest(body=body, max_tokens=max_tokens,
+                               headers=(("content-type", "application/json"), *extra_headers))
 
     async def stream(self, prepared: PreparedRequest, record: RequestRecord) -> RequestRecord:
         """Send one prepared request and fill ``record``; failures are recorded, not raised.
@@ -594,7 +599,7 @@ class StreamingClient:
                              parser: _StreamParser, probe: _Probe) -> None:
         http = self.http
         request = http.build_request("POST", prepared.path, content=prepared.body,
-                                     headers={"content-type": "application/json"})
+                                     headers=prepared.headers)
         response = await http.send(request, stream=True)
         try:
             record.status_code = response.status_code

@@ -247,6 +247,7 @@ class ComposeServer:
         self._gpu_reserved: int | str | None = None
         self._server_info: tuple[str | None, dict[str, Any] | None] | None = None
         self._logs: subprocess.Popen[bytes] | None = None
+        self._log_thread: threading.Thread | None = None
         self._state = "new"  # new -> starting -> running -> stopped
 
     # ------------------------------------------------------------------ public surface
@@ -308,7 +309,7 @@ class ComposeServer:
             else:
                 self._down()
         finally:
-            self._stop_logs()
+            self._stop_logs(wait_s=0.0 if leave_up else 5.0)
             _unregister(self)
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
@@ -551,32 +552,39 @@ class ComposeServer:
         return [container.id for container in containers]
 
     def _follow_logs(self) -> None:
+        """``compose logs --follow`` into ``log_path`` (appended: one file per profile per run)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"=== glmperf {_now()} profile {self.profile.name} project {self.project} image "
-                      f"{self.image} ===\n".encode())
-            args = ["logs", "--follow", "--no-color", "--no-log-prefix"]
-            if self.reused:
-                args += ["--tail", str(LOG_TAIL_LINES)]
-            self._logs = subprocess.Popen(
-                [*self._compose, "-p", self.project, "-f", str(self.compose_file), *args],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
-                start_new_session=True,
-            )
+        with self.log_path.open("a", encoding="utf-8") as log:
+            log.write(f"=== glmperf {_now()} profile {self.profile.name} project {self.project} "
+                      f"image {self.image} ===\n")
+        args = ["logs", "--follow", "--no-color", "--no-log-prefix"]
+        if self.reused:
+            args += ["--tail", str(LOG_TAIL_LINES)]
+        self._logs = subprocess.Popen(
+            [*self._compose, "-p", self.project, "-f", str(self.compose_file), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self._env(),
+            start_new_session=True,
+        )
+        self._log_thread = threading.Thread(target=_pump_log, args=(self._logs, self.log_path), daemon=True,
+                                            name=f"glmperf-log-{self.project}")
+        self._log_thread.start()
 
-    def _stop_logs(self) -> None:
+    def _stop_logs(self, *, wait_s: float = 5.0) -> None:
         process, self._logs = self._logs, None
         if process is None:
             return
         try:
-            process.wait(timeout=5)  # ends by itself once the containers are gone
+            process.wait(timeout=wait_s)  # ends by itself once the containers are gone
         except subprocess.TimeoutExpired:
-            process.terminate()
+            # its own session: signal the group (`docker compose` runs the plugin as a child)
+            _signal_group(process, signal.SIGTERM)
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                process.kill()
+                _signal_group(process, signal.SIGKILL)
                 process.wait()
+        if self._log_thread is not None:
+            self._log_thread.join(timeout=5)
 
     def _container_state(self) -> dict[str, Any]:
         if not self._container_id:
@@ -683,7 +691,7 @@ class ComposeServer:
                               "(interrupt again to force-remove the containers)")
                     continue
                 self._say("interrupted twice: force-removing the containers")
-            process.kill()
+            _signal_group(process, signal.SIGKILL)
             process.wait()
             break
         self._remove_leftovers(project, extra=container)
@@ -703,6 +711,23 @@ class ComposeServer:
                 network.remove()
             for volume in self._docker.volumes.list(filters=label):
                 volume.remove(force=True)
+
+
+def _signal_group(process: subprocess.Popen[Any], signum: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(process.pid, signum)
+
+
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _pump_log(process: subprocess.Popen[bytes], path: Path) -> None:
+    """Copy the log follower's output to the file, line by line, without terminal escapes."""
+    assert process.stdout is not None
+    with process.stdout, path.open("ab") as log:
+        for line in process.stdout:
+            log.write(_ANSI.sub(b"", line).replace(b"\r", b""))
+            log.flush()
 
 
 def _grace_seconds(service: Mapping[str, Any]) -> float:

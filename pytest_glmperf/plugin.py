@@ -230,6 +230,8 @@ def glmperf_scenario(glmperf_server: GlmperfServer, record_property: Any
 
 
 def _recorded(result: LevelResult, record_property: Callable[[str, Any], None]) -> LevelResult:
+    """Measured values into JUnit properties; an invalid measurement errors the test here."""
     for name, value in result.properties():
         record_property(name, value)
+    result.raise_if_invalid()
     return result

@@ -49,7 +49,7 @@ class Metric:
     higher_is_better: bool
     unit: str
     value: Callable[[RequestRecord], float | None]
-    reducer: str = "pct"          # pct: percentile | rate: sum / duration | mean
+    reducer: str = "pct"          # pct: percentile | rate: tokens / duration | mean
     pct: float = 50.0
     agents_only: bool = True      # the streams a user sits behind; spikes are background load
     min_requests: int = 20
@@ -90,7 +90,10 @@ class Tolerances:
     """How much worse a metric may get before it counts as a regression, and the noise model.
 
     Tolerances are fractions of the baseline value (0.10 = 10 %). ``max_usable`` 0.0 means the
-    highest usable concurrency must not drop at all.
+    highest usable concurrency must not drop at all. ``confidence`` is 99 %, not 95 %: a run
+    makes ~20 checks, and percentile-bootstrap intervals of a P95 from under 100 requests are
+    a little too narrow; at 95 % a run compared with a repeat of itself failed about one check
+    in 300 (synthetic closed-loop levels), at 99 % none in 3600 (docs/baselines.md).
     """
 
     tok_s_p50: float = 0.10
@@ -98,7 +101,7 @@ class Tolerances:
     ttft_p95_s: float = 0.10
     gap_p95_s: float = 0.10
     max_usable: float = 0.0
-    confidence: float = 0.95
+    confidence: float = 0.99
     resamples: int = 2000
     seed: int = 0
 
@@ -160,7 +163,7 @@ class Check:
     unit: str = ""
     tolerance: float | None = None
     higher_is_better: bool = True
-    confidence: float = 0.95
+    confidence: float = 0.99
     baseline_target: str | None = None
     n_baseline: int = 0
     n_current: int = 0
@@ -258,11 +261,11 @@ class Side:
         picked = [[r for r in run if r.level == level and r.scenario == CAPACITY] for run in self.runs]
         return [run for run in picked if run]
 
-    def samples(self, metric: Metric, level: int) -> list[tuple[np.ndarray, float | None]]:
-        """Per run: the per-request values of ``metric`` and the level duration (for rates)."""
+    def samples(self, metric: Metric, level: int) -> list[Sample]:
+        """Per run: the per-request values of ``metric`` (and the level's occupancy, for rates)."""
         runs = self.level_runs(level)
         reported = self.levels().get(level, {}).get("duration_s")
-        return [(_values(metric, run), reported if len(runs) == 1 and reported else _span_s(run)) for run in runs]
+        return [_sample(metric, run, reported if len(runs) == 1 and reported else _span_s(run)) for run in runs]
 
     def point(self, metric: Metric, level: int) -> float | None:
         """The report's figure for one run; the mean of the runs' figures for several."""
@@ -270,15 +273,23 @@ class Side:
         samples = self.samples(metric, level)
         if reported is not None and len(samples) <= 1:
             return float(reported)
-        figures = [float(metric.reduce(values, duration)) for values, duration in samples if len(values)]
+        figures = [float(metric.reduce(values, occupancy)) for values, occupancy in samples if len(values)]
         figures = [f for f in figures if math.isfinite(f)]
         return sum(figures) / len(figures) if figures else None
 
 
-def _values(metric: Metric, records: Sequence[RequestRecord]) -> np.ndarray:
+Sample = tuple[np.ndarray, float | None]
+
+
+def _sample(metric: Metric, records: Sequence[RequestRecord], duration_s: float | None) -> Sample:
+    """One run's resampling unit: per-request values, or (tokens, e2e) rows and occupancy for a rate."""
     pool = [r for r in records if not (metric.agents_only and r.kind == "spike")]
+    if metric.reducer == "rate":
+        rows = np.array([(metric.value(r) or 0.0, r.e2e_s or 0.0) for r in pool], dtype=float).reshape(-1, 2)
+        occupancy = rows[:, 1].sum() / duration_s if duration_s else None
+        return rows, occupancy
     raw = (metric.value(r) for r in pool)
-    return np.array([v for v in raw if v is not None and math.isfinite(v)], dtype=float)
+    return np.array([v for v in raw if v is not None and math.isfinite(v)], dtype=float), None
 
 
 def _span_s(records: Sequence[RequestRecord]) -> float | None:
@@ -301,9 +312,8 @@ def _thresholds(report: dict[str, Any], key: str) -> Thresholds:
 
 # -- the bootstrap -----------------------------------------------------------------------------
 
-def bootstrap_change(metric: Metric, baseline: list[tuple[np.ndarray, float | None]],
-                     current: list[tuple[np.ndarray, float | None]], *, resamples: int = 2000,
-                     confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_change(metric: Metric, baseline: list[Sample], current: list[Sample], *, resamples: int = 2000,
+                     confidence: float = 0.99, seed: int = 0) -> tuple[float, float]:
     """Interval of (current - baseline) for ``metric``, resampling requests (and runs if several)."""
     rng = np.random.default_rng(seed)
     diff = _replicates(rng, metric, current, resamples) - _replicates(rng, metric, baseline, resamples)
@@ -315,8 +325,7 @@ def bootstrap_change(metric: Metric, baseline: list[tuple[np.ndarray, float | No
     return float(low), float(high)
 
 
-def _replicates(rng: np.random.Generator, metric: Metric, runs: list[tuple[np.ndarray, float | None]],
-                resamples: int) -> np.ndarray:
+def _replicates(rng: np.random.Generator, metric: Metric, runs: list[Sample], resamples: int) -> np.ndarray:
     """Bootstrap replicates of one side's statistic: requests within runs, and runs themselves."""
     runs = [run for run in runs if len(run[0])]
     if len(runs) == 1:
@@ -329,11 +338,10 @@ def _replicates(rng: np.random.Generator, metric: Metric, runs: list[tuple[np.nd
     return total / len(runs)
 
 
-def _within(rng: np.random.Generator, metric: Metric, run: tuple[np.ndarray, float | None],
-            resamples: int) -> np.ndarray:
-    values, duration = run
+def _within(rng: np.random.Generator, metric: Metric, run: Sample, resamples: int) -> np.ndarray:
+    values, occupancy = run
     index = rng.integers(0, len(values), size=(resamples, len(values)))
-    return metric.reduce(values[index], duration)
+    return metric.reduce(values[index], occupancy)
 
 
 def _seed(base: int, *key: Any) -> int:
@@ -506,7 +514,8 @@ def _settled(side: Side, level: int, tolerances: Tolerances) -> tuple[bool, str]
         if check.measured is None:
             return True, f"{check.stat}: no data"
         metric = BY_STAT.get(check.stat)
-        samples = [(_values(metric, run), _span_s(run)) for run in runs] if metric else []
+        duration = stats.get("duration_s") if len(runs) == 1 else None
+        samples = [_sample(metric, run, duration or _span_s(run)) for run in runs] if metric else []
         if not metric or sum(len(v) for v, _ in samples) < 5:
             details.append(f"{check.message()} (too few requests to judge)")
             continue
@@ -520,7 +529,7 @@ def _settled(side: Side, level: int, tolerances: Tolerances) -> tuple[bool, str]
     return False, "; ".join(details) or "no threshold is broken"
 
 
-def _interval(metric: Metric, samples: list[tuple[np.ndarray, float | None]], tolerances: Tolerances,
+def _interval(metric: Metric, samples: list[Sample], tolerances: Tolerances,
               key: str, level: int) -> tuple[float, float]:
     rng = np.random.default_rng(_seed(tolerances.seed, key, level, metric.name, "bar"))
     reps = _replicates(rng, metric, samples, tolerances.resamples)

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from .errors import MeasurementInvalid
 from .records import RequestRecord
+from .selfcheck import ClientHealth
 from .stats import LevelStats, StreamStats
 from .thresholds import Thresholds, Verdict
 
@@ -28,6 +30,7 @@ class LevelResult:
     require_concurrency: int | None = None
     records: list[RequestRecord] = field(default_factory=list, repr=False)
     interrupted: bool = False
+    client: ClientHealth | None = None
 
     @classmethod
     def judge(cls, name: str, concurrency: int, stats: StreamStats, thresholds: Thresholds,
@@ -40,9 +43,15 @@ class LevelResult:
         return self.require_concurrency is None or self.concurrency <= self.require_concurrency
 
     @property
+    def invalid_reason(self) -> str | None:
+        return self.client.invalid_reason if self.client else None
+
+    @property
     def status(self) -> str:
         if self.interrupted:
             return "interrupted"
+        if self.invalid_reason:
+            return "invalid"
         if self.verdict.usable:
             return "pass"
         return "fail" if self.required else "xfail"
@@ -52,8 +61,15 @@ class LevelResult:
         lines += [f"  {check.message()}" for check in self.verdict.broken]
         return "\n".join(lines)
 
+    def raise_if_invalid(self) -> None:
+        """The client was the bottleneck: neither pass nor fail, an error with the reason."""
+        if self.invalid_reason:
+            raise MeasurementInvalid(f"{self.name} at concurrency {self.concurrency}: measurement invalid, "
+                                     f"{self.invalid_reason}")
+
     def assert_usable(self) -> None:
         """Fail naming each broken threshold; xfail above the required concurrency."""
+        self.raise_if_invalid()
         if self.verdict.usable:
             return
         if not self.required:
@@ -74,5 +90,6 @@ class LevelResult:
         data = self.stats.as_dict()
         if isinstance(self.stats, LevelStats):
             data["concurrency"] = self.concurrency
-        return {**data, "concurrency": self.concurrency, "usable": self.verdict.usable, "status": self.status,
-                "explain": self.verdict.explain(), "required": self.required}
+        return {**data, "concurrency": self.concurrency, "usable": self.verdict.usable and not self.invalid_reason,
+                "status": self.status, "explain": self.invalid_reason or self.verdict.explain(),
+                "required": self.required, "client": self.client.as_dict() if self.client else None}

@@ -26,6 +26,7 @@ from .records import RecordLog, RequestRecord
 from .report import RunReport
 from .results import LevelResult
 from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after
+from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer, fetch_server_info
 from .settings import RunSettings, Settings
 from .stats import LevelStats, MixedStats, StreamStats
@@ -210,18 +211,26 @@ class GlmperfServer:
                 await self.flush_cache(client)
             load = self._load(client, contexts, "capacity", level=concurrency)
             interrupted = True
+            monitor = ClientMonitor()
             try:
-                await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"))
+                async with monitor:
+                    await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"))
                 interrupted = False
             finally:
-                result = self._judge_level(concurrency, load, interrupted)
+                health = self._health(monitor, load, "agent", concurrency, spec.level_duration_s)
+                result = self._judge_level(concurrency, load, interrupted, health)
         return result
 
-    def _judge_level(self, concurrency: int, load: Load, interrupted: bool) -> LevelResult:
+    def _health(self, monitor: ClientMonitor, load: Load, kind: str, target: int, window_s: float) -> ClientHealth:
+        window = (load.run.start_ns, load.run.start_ns + int(load.clock.to_wall(window_s) * 1e9))
+        return monitor.health([r for r in load.run.records if r.kind == kind], window, target)
+
+    def _judge_level(self, concurrency: int, load: Load, interrupted: bool, health: ClientHealth) -> LevelResult:
         stats = LevelStats.of_level(concurrency, load.run.records, load.run.start_ns)
         result = LevelResult.judge(self.target.key, concurrency, stats, self.settings.thresholds,
                                    self.settings.require_concurrency, load.run.records)
         result.interrupted = interrupted
+        result.client = health
         self.run.report.record_level(self.target.key, result.as_report())
         self.run.write_report()
         return result
@@ -237,21 +246,31 @@ class GlmperfServer:
             sampler = GaugeSampler(client.metrics_text, load.clock, spec.gauge_interval_s)
             before = await self._snapshot(client)
             sampler.start()
+            monitor = ClientMonitor()
+            interrupted = True
             try:
-                await run_mixed(load, spec, self._progress("mixed"))
+                async with monitor:
+                    await run_mixed(load, spec, self._progress("mixed"))
+                interrupted = False
             finally:
                 gauges = await sampler.stop()
                 after = await self._snapshot(client)
                 stats = MixedStats.of(load.run.records, load.run.start_ns, gauges, self._cache(before, after))
-                result = self._judge_mixed(stats, load.run.records)
+                health = self._health(monitor, load, "decode", spec.decode_workers, spec.duration_s)
+                result = self._judge_mixed(stats, load.run.records, health, interrupted)
+                self.run.report.target(self.target.key)["mixed"]["gauge_series"] = {
+                    name: series.samples for name, series in gauges.items()}
         return result
 
-    def _judge_mixed(self, stats: MixedStats, records: list[RequestRecord]) -> LevelResult:
+    def _judge_mixed(self, stats: MixedStats, records: list[RequestRecord], health: ClientHealth,
+                     interrupted: bool) -> LevelResult:
         decode = StreamStats(**stats.decode_streams)
         result = LevelResult.judge(f"{self.target.key} mixed", self.settings.mixed.decode_workers, decode,
                                    self.settings.thresholds, None, records)
+        result.client, result.interrupted = health, interrupted
         entry = stats.as_dict()
-        entry["usable"], entry["explain"] = result.verdict.usable, result.verdict.explain()
+        entry.update(usable=result.verdict.usable, explain=result.verdict.explain(), status=result.status,
+                     client=health.as_dict())
         self.run.report.target(self.target.key)["mixed"] = entry
         self.run.write_report()
         return result

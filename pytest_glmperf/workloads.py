@@ -132,6 +132,11 @@ class Load:
             self.on_record(record)
         return record
 
+    def begin(self) -> float:
+        """Mark the start of the load window (wall stamp for statistics); returns model now."""
+        self.run.start_ns = time.perf_counter_ns()
+        return self.clock.now()
+
     def spawn(self, coro: Awaitable[RequestRecord]) -> None:
         """Fire a request that must not block its scheduler (spikes, revisits)."""
         task = asyncio.ensure_future(coro)
@@ -154,7 +159,7 @@ class Load:
 async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
                              progress: Progress | None = None) -> WorkloadRun:
     """N closed-loop agents for one level window, plus periodic long-prefill spikes."""
-    deadline = load.clock.now() + spec.level_duration_s
+    deadline = load.begin() + spec.level_duration_s
 
     async def agent(i: int) -> None:
         context = i % spec.contexts
@@ -182,7 +187,7 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
 
 async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = None) -> WorkloadRun:
     """Decode workers, prefill spikes and revisits for one window, then drain."""
-    start = load.clock.now()
+    start = load.begin()
     deadline = start + spec.duration_s
     last_used = dict.fromkeys(range(spec.contexts), start)
 

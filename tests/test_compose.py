@@ -73,8 +73,9 @@ def messages() -> list[str]:
 
 
 @pytest.fixture
-def make(sim_profile: ServerProfile, port: int, tmp_path: Path, messages: list[str]) -> Iterator[Any]:
-    """ComposeServer factory on a free port; whatever it made is stopped at the end."""
+def make(docker_client: Any, sim_profile: ServerProfile, port: int, tmp_path: Path,
+         messages: list[str]) -> Iterator[Any]:
+    """ComposeServer factory on a free port; whatever it made is gone at the end, even if kept."""
     made: list[ComposeServer] = []
 
     def factory(profile: ServerProfile | None = None, *, env: dict[str, str] | None = None,
@@ -87,8 +88,12 @@ def make(sim_profile: ServerProfile, port: int, tmp_path: Path, messages: list[s
 
     yield factory
     for server in made:
-        server.keep_running = server.reused = False
         server.stop()
+        label = {"label": f"com.docker.compose.project={server.project}"}
+        for container in docker_client.containers.list(all=True, filters=label):
+            container.remove(force=True)
+        for network in docker_client.networks.list(filters=label):
+            network.remove()
 
 
 def _snapshot(client: Any) -> tuple[set[str], set[str], set[str]]:
@@ -152,7 +157,7 @@ def test_keep_running_then_reuse_then_restart(docker_client: Any, make: Any) -> 
     assert _snapshot(docker_client) == before
 
 
-def test_unknown_profile_and_non_compose_profile() -> None:
+def test_unknown_profile_and_non_compose_profile() -> None:  # needs no engine
     registry = load_registry(REGISTRY)
     with pytest.raises(ConfigError, match=r"unknown profile 'nope'.*sim"):
         registry.get("nope")

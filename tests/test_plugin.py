@@ -131,3 +131,33 @@ def test_ctrl_c_keeps_records_and_a_partial_report(pytester: pytest.Pytester):
     assert level["status"] == "interrupted" and level["requests"] >= 3
     assert "interrupted" in (out / "report.md").read_text()
     assert (out / "records.jsonl").read_text().count("\n") >= 3
+
+
+HOG_CONFTEST = """
+import threading, time
+import pytest
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_hog():
+    # sum() over a range is one C call: it holds the GIL for ~100 ms at a time, starving the event loop.
+    stop = threading.Event()
+    def hog():
+        while not stop.is_set():
+            sum(range(4_000_000))
+            time.sleep(0.001)
+    thread = threading.Thread(target=hog, daemon=True)
+    thread.start()
+    yield
+    stop.set()
+"""
+
+
+def test_starved_client_makes_the_level_invalid_not_failed(pytester: pytest.Pytester):
+    pytester.makeconftest(HOG_CONFTEST)
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--concurrency-levels", "1")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*MeasurementInvalid*measurement invalid, client event-loop lag P99*ms > 50 ms*"])
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
+    assert level["status"] == "invalid" and level["usable"] is False

@@ -44,8 +44,8 @@ HBM_EFF = 0.80
 # 8-way all-reduces of a few KB (~20 us each with custom all-reduce) ~ 0.1-0.3 ms per
 # layer at batch 1. 78 layers + lm_head + sampling.
 DECODE_LAYER_FLOOR_S = 250e-6
-# Top-k (2048 of L) per query token per layer: a radix-select pass over L fp32 scores;
-# launch-bound for small L, then ~L * 4 B / HBM.
+# Top-k (2048 of L) per layer in decode: one radix-select launch over the batch's fp32
+# scores (the score traffic itself is counted with the indexer).
 TOPK_LAUNCH_S = 6e-6
 # Scheduler CPU work that the overlap scheduler cannot hide: building a prefill batch
 # (radix match, allocation, metadata) ~ a few ms; decode steps ~ 0.5 ms.
@@ -113,15 +113,20 @@ class CostModel:
         """Time of one decode (or verify) forward of ``batch`` requests.
 
         ``context_tokens`` is the sum of their context lengths; ``tokens_per_req`` is 1 for
-        plain decode and num_draft_tokens for an EAGLE verify.
+        plain decode and num_draft_tokens for an EAGLE verify (the query tokens of one
+        request share one pass over its index-K cache).
         """
         if batch == 0:
             return 0.0
         q = batch * tokens_per_req
+        m = self.model
         weights = self._decode_weight_bytes(q) / self._hbm
-        index = tokens_per_req * context_tokens * self._index_bytes_per_ctx_token / self._hbm
-        attn = q * self.model.index_topk * self._latent_bytes / self._hbm
-        topk = q * self.model.layers * TOPK_LAUNCH_S
+        # Indexer: read each context's index-K once, score every query token against it
+        # (FP8 FLOPs), write and re-read one fp32 logit per (query, key) for top-k.
+        index = context_tokens * self._index_bytes_per_ctx_token / self._hbm
+        index += tokens_per_req * context_tokens * self._index_per_pair
+        attn = q * m.index_topk * self._latent_bytes / self._hbm
+        topk = m.layers * TOPK_LAUNCH_S
         linear = q * self._linear_per_token
         return self._layer_floor + weights + index + attn + topk + linear \
             + DECODE_BATCH_OVERHEAD_S

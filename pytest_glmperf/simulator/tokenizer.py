@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import json
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -53,27 +52,46 @@ class Tokenized:
     page_keys: list[int] = field(default_factory=list)
 
 
-def _page_keys(text: str, token_lengths: Iterable[int], page_size: int) -> list[int]:
-    """Chained hash of each full page of tokens (the partial last page has no key)."""
-    ends = list(accumulate(token_lengths))
-    keys: list[int] = []
-    prev = b""
-    start = 0
-    for i in range(page_size - 1, len(ends), page_size):
-        end = ends[i]
-        digest = hashlib.blake2b(
-            prev + text[start:end].encode("utf-8", "surrogatepass"), digest_size=_KEY_BYTES
-        ).digest()
-        keys.append(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
-        prev = digest
-        start = end
-    return keys
+class _PageHasher:
+    """Chained page keys computed incrementally, as token lengths arrive piece by piece."""
+
+    def __init__(self, text: str, page_size: int) -> None:
+        self.text = text
+        self.page_size = page_size
+        self.keys: list[int] = []
+        self.num_tokens = 0
+        self._prev = b""
+        self._page_start = 0   # text offset where the current (incomplete) page starts
+        self._end = 0          # text offset after the last token fed
+        self._in_page = 0      # tokens already in the current page
+
+    def feed(self, lengths: list[int]) -> None:
+        """Account for the next tokens (their character lengths, in order)."""
+        ends = list(accumulate(lengths, initial=self._end))
+        idx = self.page_size - self._in_page
+        while idx <= len(lengths):
+            self._close_page(ends[idx])
+            idx += self.page_size
+        self._in_page = (self._in_page + len(lengths)) % self.page_size
+        self._end = ends[-1]
+        self.num_tokens += len(lengths)
+
+    def _close_page(self, end: int) -> None:
+        chunk = self.text[self._page_start:end].encode("utf-8", "surrogatepass")
+        digest = hashlib.blake2b(self._prev + chunk, digest_size=_KEY_BYTES).digest()
+        self.keys.append(int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+        self._prev = digest
+        self._page_start = end
+
+    def result(self) -> Tokenized:
+        return Tokenized(self.num_tokens, self.keys)
 
 
 def tokenize(text: str, page_size: int = 64) -> Tokenized:
     """Tokenize *text* in one go (fine for short prompts; blocks for ~30 ms per 400 KB)."""
-    tokens = TOKEN_RE.findall(text)
-    return Tokenized(len(tokens), _page_keys(text, map(len, tokens), page_size))
+    hasher = _PageHasher(text, page_size)
+    hasher.feed(list(map(len, TOKEN_RE.findall(text))))
+    return hasher.result()
 
 
 def _split_points(text: str, piece: int) -> list[int]:
@@ -93,20 +111,19 @@ def _split_points(text: str, piece: int) -> list[int]:
 async def tokenize_async(text: str, page_size: int = 64) -> Tokenized:
     """Tokenize like :func:`tokenize`, yielding to the event loop between ~16 KB slices.
 
-    Why: one regex pass over a 400 KB prompt holds the interpreter for tens of
-    milliseconds; at time scale 10 that would show up as a fake stall of several hundred
-    model milliseconds in every other stream.
+    Why: one regex pass plus page hashing over a 400 KB prompt holds the interpreter for
+    tens of milliseconds; at time scale 10 that would show up as a fake stall of several
+    hundred model milliseconds in every other stream.
     """
     if len(text) <= _PIECE_CHARS:
         return tokenize(text, page_size)
-    lengths: list[int] = []
+    hasher = _PageHasher(text, page_size)
     start = 0
     for end in _split_points(text, _PIECE_CHARS):
-        lengths.extend(map(len, TOKEN_RE.findall(text, start, end)))
+        hasher.feed(list(map(len, TOKEN_RE.findall(text, start, end))))
         start = end
         await asyncio.sleep(0)
-    keys = _page_keys(text, lengths, page_size)
-    return Tokenized(len(lengths), keys)
+    return hasher.result()
 
 
 # -- chat template ------------------------------------------------------------------------------
