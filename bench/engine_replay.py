@@ -107,12 +107,14 @@ class Rec:
 class Replay:
     """Feeds timed requests to an Engine and records what a streaming client would see."""
 
-    def __init__(self, engine: Engine, gauge_interval: float = 1.5) -> None:
+    def __init__(self, engine: Engine, gauge_interval: float = 1.5,
+                 ids: itertools.count[int] | None = None,
+                 ctx_ids: dict[str, int] | None = None) -> None:
         self.engine = engine
         self.events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
-        self._ids = itertools.count()
-        self._ctx_ids: dict[str, int] = {}
+        self._ids = ids if ids is not None else itertools.count()
+        self._ctx_ids: dict[str, int] = ctx_ids if ctx_ids is not None else {}
         self.live: dict[str, tuple[Rec, Callable[[Rec], None] | None]] = {}
         self.records: list[Rec] = []
         self.gauge_interval = gauge_interval
@@ -276,9 +278,11 @@ def run_capacity(config: EngineConfig, *, seed: int = 0, levels: tuple[int, ...]
                  spike_every: float = 25.0, spike_tokens: int = 64) -> list[dict[str, Any]]:
     """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes."""
     engine = Engine(config, seed=seed)
+    ids: itertools.count[int] = itertools.count()
+    ctx_ids: dict[str, int] = {}
     out = []
     for level in levels:
-        replay = Replay(engine)
+        replay = Replay(engine, ids=ids, ctx_ids=ctx_ids)
         start = engine.now
         deadline = start + level_duration
 

@@ -241,7 +241,7 @@ def _draw_lanes(ax: Axes, lanes: Sequence[tuple[str, list[RequestRecord]]], star
                 span: float) -> int:
     """Bars, decimated ticks and stall spans for every lane; returns how many stalls were drawn."""
     stall_boxes: list[tuple[float, float, float]] = []
-    labels: list[tuple[float, float, str]] = []
+    labels: list[tuple[float, float, float]] = []
     for y, (name, lane) in enumerate(lanes):
         color = KIND_COLORS.get(lane[0].kind, "#7f7f7f")
         waits, streams, ticks = _lane_segments(lane, start)
@@ -255,7 +255,7 @@ def _draw_lanes(ax: Axes, lanes: Sequence[tuple[str, list[RequestRecord]]], star
         for record in lane:
             for a, b in _stalls(record, start, bar):
                 stall_boxes.append((a, b, y))
-                labels.append((b, y, f"{b - a:.0f} s"))
+                labels.append((b, y, b - a))
         failed = [(_seconds(_end_ns(r), start, r), y) for r in lane if not r.ok]
         if failed:
             ax.plot(*zip(*failed, strict=True), linestyle="none", marker="x", color=STALL_COLOR,
@@ -263,8 +263,8 @@ def _draw_lanes(ax: Axes, lanes: Sequence[tuple[str, list[RequestRecord]]], star
     if stall_boxes:
         ax.add_collection(LineCollection([[(a, y), (b, y)] for a, b, y in stall_boxes], colors=STALL_COLOR,
                                          linewidths=7, gid="timeline-stalls"))
-        for x, y, text in labels[:MAX_STALL_LABELS]:
-            ax.text(x, y + 0.32, text, fontsize=6, color=STALL_COLOR, ha="right", va="bottom")
+        for x, y, length in sorted(labels, key=lambda item: -item[2])[:MAX_STALL_LABELS]:
+            ax.text(x, y + 0.32, f"{length:.0f} s", fontsize=6, color=STALL_COLOR, ha="right", va="bottom")
     return len(stall_boxes)
 
 

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from .client import StreamingClient
-from .errors import GlmperfError
+from .errors import GlmperfError, MeasurementInvalid
 from .profiles import load_registry
 from .report import render_terminal
 from .results import LevelResult
@@ -233,5 +233,8 @@ def _recorded(result: LevelResult, record_property: Callable[[str, Any], None]) 
     """Measured values into JUnit properties; an invalid measurement errors the test here."""
     for name, value in result.properties():
         record_property(name, value)
-    result.raise_if_invalid()
+    try:
+        result.raise_if_invalid()
+    except MeasurementInvalid as exc:  # fails the fixture: the test reports an error, not a verdict
+        pytest.fail(f"MeasurementInvalid: {exc}", pytrace=False)
     return result

@@ -157,7 +157,8 @@ def test_starved_client_makes_the_level_invalid_not_failed(pytester: pytest.Pyte
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--concurrency-levels", "1")
     result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*MeasurementInvalid*measurement invalid, client event-loop lag P99*ms > 50 ms*"])
+    # Which symptom shows first (loop lag, CPU, concurrency) depends on the machine; each names the client.
+    result.stdout.fnmatch_lines(["*MeasurementInvalid: sim-hicache at concurrency 1: measurement invalid, client*"])
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
     assert level["status"] == "invalid" and level["usable"] is False

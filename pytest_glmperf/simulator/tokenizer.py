@@ -14,7 +14,9 @@ the text, so the two are equivalent, and hashing one bytes slice per page is muc
 
 Long prompts (coding-agent contexts reach 400 KB) are tokenized piecewise by
 :func:`tokenize_async`, yielding to the event loop between pieces so other streams' chunks
-are not held back.
+are not held back, and pieces already seen are served from a cache: the client's TTFT then
+holds about 5 ms of wall time for a resent 100k-token context instead of ~35 ms (which at
+time scale 10 would add 0.35 model seconds that the modelled server never spent).
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import asyncio
 import hashlib
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
 # Special markers of the GLM chat template count as one token each, like real special tokens.
-_SPECIAL = r"\[gMASK\]|<sop>|<\|[a-z_]+\|>|</?think>|</?tool_call>"
+_SPECIAL = r"\[gMASK\]|<sop>|<\|[a-z_]{1,20}\|>|</?think>|</?tool_call>"
 # A token never contains "\n" except the newline token itself; pieces split right after a
 # newline therefore tokenize exactly like the whole text (tokenize_async relies on this).
 TOKEN_RE = re.compile(
@@ -36,6 +39,8 @@ TOKEN_RE = re.compile(
     re.S,
 )
 _PIECE_CHARS = 16_384   # text per tokenizer slice in tokenize_async (about 1 ms of regex)
+_PIECE_CACHE_MAX = 4096  # cached slices (~64 MB of prompt text, ~20 MB of lengths)
+_PIECE_CACHE: OrderedDict[tuple[int, int], bytes] = OrderedDict()
 _KEY_BYTES = 8
 
 
@@ -65,7 +70,7 @@ class _PageHasher:
         self._end = 0          # text offset after the last token fed
         self._in_page = 0      # tokens already in the current page
 
-    def feed(self, lengths: list[int]) -> None:
+    def feed(self, lengths: bytes | list[int]) -> None:
         """Account for the next tokens (their character lengths, in order)."""
         ends = list(accumulate(lengths, initial=self._end))
         idx = self.page_size - self._in_page
@@ -120,10 +125,29 @@ async def tokenize_async(text: str, page_size: int = 64) -> Tokenized:
     hasher = _PageHasher(text, page_size)
     start = 0
     for end in _split_points(text, _PIECE_CHARS):
-        hasher.feed(list(map(len, TOKEN_RE.findall(text, start, end))))
+        hasher.feed(_piece_lengths(text[start:end]))
         start = end
         await asyncio.sleep(0)
     return hasher.result()
+
+
+def _piece_lengths(piece: str) -> bytes:
+    """Token lengths of one newline-ended piece, from an LRU cache when seen before.
+
+    Why: coding agents resend the same 100k-token context with a new question at the end;
+    the pieces before the new text are identical, so only the tail is really tokenized.
+    Tokens are at most 8 characters long, so one byte per token suffices.
+    """
+    key = (len(piece), hash(piece))
+    cached = _PIECE_CACHE.get(key)
+    if cached is not None:
+        _PIECE_CACHE.move_to_end(key)
+        return cached
+    lengths = bytes(map(len, TOKEN_RE.findall(piece)))
+    _PIECE_CACHE[key] = lengths
+    if len(_PIECE_CACHE) > _PIECE_CACHE_MAX:
+        _PIECE_CACHE.popitem(last=False)
+    return lengths
 
 
 # -- chat template ------------------------------------------------------------------------------
