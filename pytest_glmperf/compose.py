@@ -323,6 +323,20 @@ class ComposeServer:
         except OSError:
             return ""
 
+    def alive(self) -> bool:
+        """True while the server's container runs (false once it exited, was killed or removed)."""
+        return (self._container_state().get("State") or {}).get("Status") == "running"
+
+    def exit_reason(self, lines: int = 40) -> str | None:
+        """None while running; else why the container stopped, with its last log lines."""
+        attrs = self._container_state()
+        state = attrs.get("State") or {}
+        if state.get("Status") == "running":
+            return None
+        return (f"the container of profile {self.profile.name!r} is {state.get('Status', 'gone')} "
+                f"({_describe_exit(state, attrs.get('RestartCount') or 0)}); last {lines} log lines:\n"
+                f"{self.log_tail(lines)}")
+
     def provenance(self) -> dict[str, Any]:
         """Image, compose file, server version/args, host, GPUs, start-up time (secrets redacted)."""
         container: dict[str, Any] = {}
@@ -627,17 +641,9 @@ class ComposeServer:
                 time.sleep(min(1.0, max(0.05, deadline - now)))
 
     def _raise_exited(self, state: Mapping[str, Any], restarts: int) -> None:
-        code = state.get("ExitCode")
-        detail = f"exit code {code}" if code is not None else str(state.get("Status"))
-        if state.get("OOMKilled"):
-            detail += ", killed for memory (OOMKilled)"
-        if state.get("Error"):
-            detail += f", {state['Error']}"
-        if restarts:
-            detail += f", restarted {restarts}x by its restart policy"
         raise ServerStartError(
-            f"the container of profile {self.profile.name!r} ({self.image}) exited during start-up ({detail}); "
-            f"last {LOG_TAIL_LINES} log lines:\n{self.log_tail(LOG_TAIL_LINES)}"
+            f"the container of profile {self.profile.name!r} ({self.image}) exited during start-up "
+            f"({_describe_exit(state, restarts)}); last {LOG_TAIL_LINES} log lines:\n{self.log_tail(LOG_TAIL_LINES)}"
         )
 
     def _finish_start(self, began: float) -> None:
@@ -711,6 +717,18 @@ class ComposeServer:
                 network.remove()
             for volume in self._docker.volumes.list(filters=label):
                 volume.remove(force=True)
+
+
+def _describe_exit(state: Mapping[str, Any], restarts: int) -> str:
+    code = state.get("ExitCode")
+    detail = f"exit code {code}" if code is not None else str(state.get("Status", "removed"))
+    if state.get("OOMKilled"):
+        detail += ", killed for memory (OOMKilled)"
+    if state.get("Error"):
+        detail += f", {state['Error']}"
+    if restarts:
+        detail += f", restarted {restarts}x by its restart policy"
+    return detail
 
 
 def _signal_group(process: subprocess.Popen[Any], signum: int) -> None:

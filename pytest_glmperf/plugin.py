@@ -207,7 +207,17 @@ async def glmperf_client(glmperf_server: GlmperfServer) -> AsyncIterator[Streami
 
 @pytest.fixture
 def glmperf_capacity(glmperf_server: GlmperfServer, glmperf_level: int, record_property: Any) -> LevelResult:
-    """Run the capacity workload at this level; the result carries the verdict."""
+    """Run the capacity workload at this level; the result carries the verdict.
+
+    With --capacity-search the first level item runs the whole bisection; levels it did not
+    need are skipped with the reason.
+    """
+    if glmperf_server.settings.capacity_search:
+        results = glmperf_server.capacity_search()
+        if glmperf_level not in results:
+            best = glmperf_server.run.report.target(glmperf_server.target.key)["capacity"]["search"]["max_usable"]
+            pytest.skip(f"not needed: capacity search settled max usable = {best} without c={glmperf_level}")
+        return _recorded(results[glmperf_level], record_property)
     return _recorded(glmperf_server.run_capacity(glmperf_level), record_property)
 
 

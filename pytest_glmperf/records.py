@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 OK = "ok"
 FAILED = "failed"
+CUT = "cut"  # in flight when a level was stopped early on purpose: neither success nor failure
 
 
 @dataclass
@@ -57,6 +58,11 @@ class RequestRecord:
     @property
     def ok(self) -> bool:
         return self.outcome == OK
+
+    @property
+    def counted(self) -> bool:
+        """Whether the record takes part in statistics (cut records do not)."""
+        return self.outcome != CUT
 
     @property
     def ttft_s(self) -> float | None:

@@ -269,10 +269,10 @@ class Side:
 
     def point(self, metric: Metric, level: int) -> float | None:
         """The report's figure for one run; the mean of the runs' figures for several."""
-        reported = self.levels().get(level, {}).get(metric.name)
+        entry = self.levels().get(level, {})
         samples = self.samples(metric, level)
-        if reported is not None and len(samples) <= 1:
-            return float(reported)
+        if metric.name in entry and len(samples) <= 1:
+            return None if entry[metric.name] is None else float(entry[metric.name])
         figures = [float(metric.reduce(values, occupancy)) for values, occupancy in samples if len(values)]
         figures = [f for f in figures if math.isfinite(f)]
         return sum(figures) / len(figures) if figures else None

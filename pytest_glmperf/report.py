@@ -83,6 +83,7 @@ class RunReport:
         levels.sort(key=lambda lv: lv["concurrency"])
         capacity["levels"] = levels
         usable = [lv for lv in levels if lv.get("usable")]
+        # With --capacity-search some levels are never run; max_usable is still the highest usable one.
         best = max(usable, key=lambda lv: lv["concurrency"]) if usable else None
         capacity["max_usable"] = best["concurrency"] if best else None
         capacity["max_usable_aggregate_tok_s"] = best["aggregate_tok_s"] if best else None

@@ -31,6 +31,7 @@ class LevelResult:
     records: list[RequestRecord] = field(default_factory=list, repr=False)
     interrupted: bool = False
     client: ClientHealth | None = None
+    cut_reason: str | None = None  # stopped early: its failure was already settled
 
     @classmethod
     def judge(cls, name: str, concurrency: int, stats: StreamStats, thresholds: Thresholds,
@@ -47,17 +48,30 @@ class LevelResult:
         return self.client.invalid_reason if self.client else None
 
     @property
+    def usable(self) -> bool:
+        return self.verdict.usable and not self.cut_reason and not self.invalid_reason
+
+    @property
     def status(self) -> str:
         if self.interrupted:
             return "interrupted"
         if self.invalid_reason:
             return "invalid"
-        if self.verdict.usable:
+        if self.usable:
             return "pass"
         return "fail" if self.required else "xfail"
 
+    def explain(self) -> str:
+        if self.invalid_reason:
+            return self.invalid_reason
+        if self.cut_reason:
+            return f"stopped early, failure settled: {self.cut_reason}"
+        return self.verdict.explain()
+
     def failure_message(self) -> str:
         lines = [f"{self.name} at concurrency {self.concurrency} is not usable:"]
+        if self.cut_reason:
+            lines.append(f"  stopped early, failure settled: {self.cut_reason}")
         lines += [f"  {check.message()}" for check in self.verdict.broken]
         return "\n".join(lines)
 
@@ -70,11 +84,11 @@ class LevelResult:
     def assert_usable(self) -> None:
         """Fail naming each broken threshold; xfail above the required concurrency."""
         self.raise_if_invalid()
-        if self.verdict.usable:
+        if self.usable:
             return
         if not self.required:
             pytest.xfail(f"beyond required capacity (c={self.concurrency} > "
-                         f"{self.require_concurrency}): {self.verdict.explain()}")
+                         f"{self.require_concurrency}): {self.explain()}")
         pytest.fail(self.failure_message(), pytrace=False)
 
     def properties(self) -> list[tuple[str, Any]]:
@@ -83,13 +97,13 @@ class LevelResult:
         keys = ["requests", "failure_rate", "tok_s_p50", "decode_tok_s_p50", "ttft_p50_s", "ttft_p95_s",
                 "gap_p50_s", "gap_p95_s", "aggregate_tok_s"]
         props = [(f"glmperf_{k}", data[k]) for k in keys if k in data and data[k] is not None]
-        return [*props, ("glmperf_usable", self.verdict.usable), ("glmperf_concurrency", self.concurrency)]
+        return [*props, ("glmperf_usable", self.usable), ("glmperf_concurrency", self.concurrency)]
 
     def as_report(self) -> dict[str, Any]:
         """The report.json entry for this level."""
         data = self.stats.as_dict()
         if isinstance(self.stats, LevelStats):
             data["concurrency"] = self.concurrency
-        return {**data, "concurrency": self.concurrency, "usable": self.verdict.usable and not self.invalid_reason,
-                "status": self.status, "explain": self.invalid_reason or self.verdict.explain(),
-                "required": self.required, "client": self.client.as_dict() if self.client else None}
+        return {**data, "concurrency": self.concurrency, "usable": self.usable, "status": self.status,
+                "explain": self.explain(), "required": self.required, "cut_short": self.cut_reason,
+                "client": self.client.as_dict() if self.client else None}

@@ -26,6 +26,7 @@ from .records import RecordLog, RequestRecord
 from .report import RunReport
 from .results import LevelResult
 from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after
+from .search import bisect_levels, stop_check
 from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer, fetch_server_info
 from .settings import RunSettings, Settings
@@ -150,6 +151,7 @@ class GlmperfServer:
         # A simulator says how fast its model time runs; a real server runs at 1.
         self.time_scale = float(self.server_info.get("sim_time_scale") or 1.0)
         self._contexts: ContextFactory | None = None
+        self._search: dict[int, LevelResult] | None = None
 
     @property
     def profile(self) -> ServerProfile:
@@ -202,7 +204,26 @@ class GlmperfServer:
             await asyncio.sleep(0.1)
         return False
 
-    async def capacity(self, concurrency: int) -> LevelResult:
+    def capacity_search(self) -> dict[int, LevelResult]:
+        """--capacity-search: bisect the levels, each stopped once its failure is settled (cached)."""
+        if self._search is None:
+            results: dict[int, LevelResult] = {}
+
+            def usable(level: int) -> bool:
+                results[level] = asyncio.run(self.capacity(level, early_stop=True))
+                return results[level].usable
+
+            best = bisect_levels(self.settings.levels, usable)
+            skipped = [c for c in self.settings.levels if c not in results]
+            self.run.report.target(self.target.key)["capacity"]["search"] = {
+                "max_usable": best, "probed": list(results), "skipped": skipped,
+                "server_time_s": sum(r.stats.duration_s or 0.0 for r in results.values()
+                                     if isinstance(r.stats, LevelStats))}
+            self.run.write_report()
+            self._search = results
+        return self._search
+
+    async def capacity(self, concurrency: int, early_stop: bool = False) -> LevelResult:
         """One capacity level: the workload, its statistics and the verdict."""
         spec = self.settings.capacity
         async with self.client(concurrency + 4) as client:
@@ -213,8 +234,11 @@ class GlmperfServer:
             interrupted = True
             monitor = ClientMonitor()
             try:
+                check = stop_check(concurrency, self.settings.thresholds, spec.level_duration_s, self.time_scale,
+                                   lambda: list(load.active.values()), lambda: load.run.records,
+                                   lambda: load.run.start_ns) if early_stop else None
                 async with monitor:
-                    await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"))
+                    await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"), check)
                 interrupted = False
             finally:
                 health = self._health(monitor, load, "agent", concurrency, spec.level_duration_s)
@@ -231,6 +255,7 @@ class GlmperfServer:
                                    self.settings.require_concurrency, load.run.records)
         result.interrupted = interrupted
         result.client = health
+        result.cut_reason = load.cut_reason
         self.run.report.record_level(self.target.key, result.as_report())
         self.run.write_report()
         return result
@@ -269,7 +294,7 @@ class GlmperfServer:
                                    self.settings.thresholds, None, records)
         result.client, result.interrupted = health, interrupted
         entry = stats.as_dict()
-        entry.update(usable=result.verdict.usable, explain=result.verdict.explain(), status=result.status,
+        entry.update(usable=result.usable, explain=result.explain(), status=result.status,
                      client=health.as_dict())
         self.run.report.target(self.target.key)["mixed"] = entry
         self.run.write_report()

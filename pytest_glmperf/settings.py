@@ -115,6 +115,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
     Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
     Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run", metavar="BOOL"),
+    Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
     Option("quick", _flag, False, "small preset: levels 1,2,4, 60 s levels, 20k-token contexts (under 90 s on the simulator)", flag=True),
     Option("images", _names, None, "run the suite on each image in turn (compose profiles)", metavar="REF[,REF...]"),
     Option("startup_timeout", positive_float, 1800.0, "seconds to wait for GET /health_generate == 200", metavar="S"),
@@ -140,6 +141,7 @@ class RunSettings:
     request_timeout_s: float
     temperature: float
     flush_cache: bool
+    capacity_search: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -152,6 +154,7 @@ class RunSettings:
             "time_scale": self.time_scale,
             "request_timeout_s": self.request_timeout_s,
             "temperature": self.temperature,
+            "capacity_search": self.capacity_search,
         }
 
 
@@ -216,6 +219,7 @@ class Settings:
             request_timeout_s=value("request_timeout"),
             temperature=value("temperature"),
             flush_cache=value("flush_cache"),
+            capacity_search=value("capacity_search"),
         )
 
 

@@ -69,6 +69,7 @@ class StreamStats:
 
     @classmethod
     def of(cls, records: Sequence[RequestRecord]) -> StreamStats:
+        records = [r for r in records if r.counted]
         ok = [r for r in records if r.ok]
         failures = len(records) - len(ok)
         gaps = [r.max_gap_s for r in ok]
@@ -119,6 +120,7 @@ class LevelStats(StreamStats):
     def of_level(
         cls, concurrency: int, records: Sequence[RequestRecord], start_ns: int
     ) -> LevelStats:
+        records = [r for r in records if r.counted]
         agents = [r for r in records if r.kind != "spike"]
         spikes = [r for r in records if r.kind == "spike"]
         base = StreamStats.of(agents)
@@ -187,6 +189,7 @@ class MixedStats:
         gauges: dict[str, GaugeSeries],
         cache_deltas: dict[str, float | None],
     ) -> MixedStats:
+        records = [r for r in records if r.counted]
         everything = StreamStats.of(records)
         duration = span_s(records, start_ns)
         kinds = sorted({r.kind for r in records})

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from .clock import ModelClock
 from .contexts import ContextFactory
 from .errors import ConfigError
-from .records import RequestRecord
+from .records import CUT, RequestRecord
 
 
 class StreamClient(Protocol):
@@ -107,6 +107,8 @@ class Load:
         self._ids = itertools.count()
         self._context_text = lru_cache(maxsize=64)(factory.text)
         self.in_flight: set[asyncio.Task[RequestRecord]] = set()
+        self.active: dict[int, RequestRecord] = {}  # requests on the wire, by id()
+        self.cut_reason: str | None = None
 
     async def send(self, kind: str, context_key: str, context_tokens: int, max_tokens: int,
                    context_id: int | None = None) -> RequestRecord:
@@ -125,9 +127,13 @@ class Load:
             scenario=self.scenario, kind=kind, profile=self.profile, level=self.level,
             context_id=context_id, time_scale=self.clock.time_scale, max_tokens=max_tokens,
         )
+        self.active[id(record)] = record
         try:
             await self.client.stream(prepared, record)
         finally:
+            del self.active[id(record)]
+            if self.cut_reason is not None and record.done_ns is None:
+                record.outcome, record.error = CUT, f"level stopped early: {self.cut_reason}"
             self.run.records.append(record)
             self.on_record(record)
         return record
@@ -149,6 +155,12 @@ class Load:
             await asyncio.gather(*list(self.in_flight), return_exceptions=True)
         self.run.end_ns = time.perf_counter_ns()
 
+    def cut(self, reason: str) -> None:
+        """Stop the window now: cancel agents and requests (their records are kept as cut)."""
+        self.cut_reason = reason
+        for task in list(self.in_flight):
+            task.cancel()
+
     def summary(self, window_s: float) -> str:
         done = len(self.run.records)
         failed = sum(not r.ok for r in self.run.records)
@@ -157,7 +169,8 @@ class Load:
 
 
 async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
-                             progress: Progress | None = None) -> WorkloadRun:
+                             progress: Progress | None = None,
+                             stop_check: Callable[[], str | None] | None = None) -> WorkloadRun:
     """N closed-loop agents for one level window, plus periodic long-prefill spikes."""
     deadline = load.begin() + spec.level_duration_s
 
@@ -181,7 +194,7 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
     for i in range(concurrency):
         load.spawn(agent(i))  # type: ignore[arg-type]
     load.spawn(spikes())  # type: ignore[arg-type]
-    await _report_until_drained(load, spec.level_duration_s, progress)
+    await _report_until_drained(load, spec.level_duration_s, progress, stop_check)
     return load.run
 
 
@@ -227,14 +240,18 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
     return load.run
 
 
-async def _report_until_drained(load: Load, window_s: float, progress: Progress | None) -> None:
-    """Drain the load while printing a progress line about once a wall second."""
+async def _report_until_drained(load: Load, window_s: float, progress: Progress | None,
+                                stop_check: Callable[[], str | None] | None = None) -> None:
+    """Drain the load, printing a progress line and polling ``stop_check`` about once a wall second."""
     drained = asyncio.ensure_future(load.drain())
     try:
         while not drained.done():
             await asyncio.wait({drained}, timeout=1.0)
             if progress:
                 progress(load.summary(window_s))
+            reason = stop_check() if stop_check and load.cut_reason is None else None
+            if reason:
+                load.cut(reason)
     finally:
         if not drained.done():
             for task in list(load.in_flight):

@@ -140,6 +140,18 @@ def test_sim_up_ready_provenance_down_leaves_nothing(docker_client: Any, make: A
     assert _snapshot(docker_client) == before, "down left containers, networks or volumes behind"
 
 
+def test_server_killed_mid_run_says_why(docker_client: Any, make: Any) -> None:
+    server = make().start()
+    assert server.alive() and server.exit_reason() is None
+    docker_client.containers.get(server.provenance()["container"]["id"]).kill()
+    time.sleep(0.5)
+    assert not server.alive()
+    reason = server.exit_reason()
+    assert reason is not None and "exit code 137" in reason and "listening" in reason
+    server.stop()
+    assert not _project_leftovers(docker_client, server.project)
+
+
 def test_keep_running_then_reuse_then_restart(docker_client: Any, make: Any) -> None:
     before = _snapshot(docker_client)
     first = make(keep_running=True).start()
@@ -228,6 +240,26 @@ def test_port_taken_by_another_container(docker_client: Any, make: Any, port: in
         assert stranger.status == "running", "a stranger on the port must be left alone"
     finally:
         stranger.remove(force=True)
+
+
+def test_image_provenance_reads_sglang_build_labels(docker_client: Any, tmp_path: Path) -> None:
+    from pytest_glmperf.provenance import image_provenance
+
+    (tmp_path / "Dockerfile").write_text(
+        "FROM glmperf-base:bookworm\n"
+        "LABEL ai.sglang.build.commit=0123abc ai.sglang.image.tag=v9.9.9\n"
+        "ENV SGLANG_BUILD_COMMIT=0123abc SGLANG_IMAGE_TAG=v9.9.9 HF_TOKEN=hf_do_not_leak\n"
+    )
+    image, _ = docker_client.images.build(path=str(tmp_path), tag="glmperf-test-labelled:1", rm=True)
+    try:
+        record = image_provenance(docker_client, "glmperf-test-labelled:1")
+    finally:
+        docker_client.images.remove(image.id, force=True)
+    assert record["id"] == image.id and record["build_commit"] == "0123abc"
+    assert record["labels"]["ai.sglang.image.tag"] == "v9.9.9"
+    assert record["env"] == {"SGLANG_BUILD_COMMIT": "0123abc", "SGLANG_IMAGE_TAG": "v9.9.9"}
+    assert "hf_do_not_leak" not in str(record)
+    assert image_provenance(docker_client, "glmperf-test-absent:0")["id"] is None
 
 
 def test_no_compose_anywhere_names_both(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -131,3 +131,37 @@ def test_gpu_count_falls_back_to_the_compose_reservation(monkeypatch: pytest.Mon
     monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-smi
     assert gpu_count(8) == {"count": 8, "source": "compose reservation"}
     assert gpu_count(None)["count"] == 0
+
+
+def test_server_info_falls_back_to_get_server_info() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pytest_glmperf.provenance import fetch_server_info
+
+    class OldSGLang(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/get_server_info":
+                body = json.dumps({"version": "0.4.0", "api_key": "sk-old"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_response(404)
+                self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OldSGLang)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint, info = fetch_server_info(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert endpoint == "/get_server_info" and info == {"version": "0.4.0", "api_key": "sk-old"}
+    assert redact(info)["api_key"] == REDACTED
+    assert fetch_server_info(f"http://127.0.0.1:{server.server_port}", timeout_s=1) == (None, None)

@@ -1,0 +1,115 @@
+"""Run the full seed-shaped suite on both simulated profiles and compare with the field report.
+
+    python bench/suite_vs_brief.py [--quick] [--report-dir DIR] [--write-docs]
+
+Runs ``pytest perf_tests --profile sim-hicache,sim-mtp`` (5 levels x 240 s + 600 s mixed per
+profile, in model time), then prints the brief's mixed table beside the simulator's, the
+cache counter deltas, and the per-level capacity verdicts, with the wall time and achieved
+time scale. ``--write-docs`` replaces the table between the markers in docs/simulator.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parents[1]
+BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
+
+# The field report (8x H200, 2026-06-07): mixed workload and capacity outcome.
+BRIEF_MIXED = {
+    "sim-hicache": {"client_tok_s": 119.28, "server_gen_throughput_mean": 118.89, "queue_mean": 1.94,
+                    "queue_p95": 4.00, "ttft_p50_s": 23.51, "ttft_p95_s": 41.38, "gap_p50_s": 0.36,
+                    "gap_p95_s": 0.61},
+    "sim-mtp": {"client_tok_s": 168.96, "server_gen_throughput_mean": 319.17, "queue_mean": 0.49,
+                "queue_p95": 2.00, "ttft_p50_s": 9.09, "ttft_p95_s": 31.78, "gap_p50_s": 11.95,
+                "gap_p95_s": 12.84},
+}
+BRIEF_CACHE = {
+    "sim-hicache": {"cached_device_tokens": 3_456_640, "cached_host_tokens": 2_900_096,
+                    "evicted_tokens": 23_949_824, "load_back_tokens": 23_200_768, "host_used_after_tokens": 885_888},
+    "sim-mtp": {"cached_device_tokens": 4_812_160, "cached_host_tokens": 0, "evicted_tokens": 17_915_904,
+                "load_back_tokens": 0, "host_used_after_tokens": 0},
+}
+BRIEF_MAX_USABLE = {"sim-hicache": 4, "sim-mtp": 1}
+TARGETED = ("client_tok_s", "ttft_p50_s", "ttft_p95_s", "gap_p50_s", "gap_p95_s")
+
+
+def run_suite(report_dir: Path, quick: bool) -> float:
+    command = [sys.executable, "-m", "pytest", "perf_tests", "--profile", "sim-hicache,sim-mtp",
+               f"--report-dir={report_dir}", "-q", "-p", "no:cacheprovider", "-rxX"]
+    if quick:
+        command.append("--quick")
+    began = time.monotonic()
+    subprocess.run(command, cwd=ROOT, check=False)
+    return time.monotonic() - began
+
+
+def fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.2f}"
+
+
+def mixed_table(report: dict) -> str:
+    rows = []
+    for profile, brief in BRIEF_MIXED.items():
+        mixed = (report["targets"].get(profile) or {}).get("mixed") or {}
+        for key, want in brief.items():
+            got = mixed.get(key)
+            off = None if got is None or not want else (got - want) / want
+            flag = "" if key not in TARGETED else ("ok" if off is not None and abs(off) <= 0.25 else "OFF")
+            rows.append([profile, key, fmt(want), fmt(got), "–" if off is None else f"{off:+.0%}", flag])
+    return tabulate(rows, headers=["profile", "metric", "brief", "simulator", "delta", "±25 %"], tablefmt="github")
+
+
+def cache_table(report: dict) -> str:
+    rows = []
+    for profile, brief in BRIEF_CACHE.items():
+        cache = ((report["targets"].get(profile) or {}).get("mixed") or {}).get("cache") or {}
+        rows += [[profile, key, f"{want:,}", fmt(cache.get(key))] for key, want in brief.items()]
+    return tabulate(rows, headers=["profile", "counter delta", "brief", "simulator"], tablefmt="github")
+
+
+def capacity_table(report: dict) -> str:
+    rows = []
+    for profile, want in BRIEF_MAX_USABLE.items():
+        capacity = (report["targets"].get(profile) or {}).get("capacity") or {}
+        verdicts = ", ".join(f"c{lv['concurrency']}:{'usable' if lv['usable'] else 'no'}"
+                             f" ({fmt(lv.get('aggregate_tok_s'))} tok/s)" for lv in capacity.get("levels", []))
+        got = capacity.get("max_usable")
+        rows.append([profile, want, got, "ok" if got == want else "OFF", verdicts])
+    return tabulate(rows, headers=["profile", "brief max usable", "simulator", "", "levels"], tablefmt="github")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--report-dir", type=Path, default=ROOT / "perf-report" / "calibration")
+    parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--no-run", action="store_true", help="only print tables from an existing report")
+    args = parser.parse_args()
+    wall = None if args.no_run else run_suite(args.report_dir, args.quick)
+    report = json.loads((args.report_dir / "report.json").read_text())
+    scale = next(iter(report["settings"].values()))["time_scale"]
+    text = "\n\n".join([
+        f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}"
+        + (f" · wall {wall:.0f} s for both profiles" if wall else ""),
+        mixed_table(report), cache_table(report), capacity_table(report)])
+    print(text)
+    if args.write_docs:
+        doc = ROOT / "docs" / "simulator.md"
+        body = doc.read_text()
+        if BEGIN in body and END in body:
+            head, rest = body.split(BEGIN, 1)
+            doc.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        else:
+            doc.write_text(f"{body.rstrip()}\n\n## Calibration against the field report\n\n{BEGIN}\n{text}\n{END}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Capacity search: the settled-failure rule and bisection, on records with known timing."""
+
+from pytest_glmperf.records import RequestRecord
+from pytest_glmperf.search import LevelProgress, bisect_levels, max_requests, settled_failure
+from pytest_glmperf.thresholds import Thresholds
+
+S = 1_000_000_000
+
+
+def finished(gap_s: float, e2e_s: float = 20.0) -> RequestRecord:
+    return RequestRecord(request_id="r", kind="agent", send_ns=0, first_token_ns=1 * S,
+                         chunk_ns=[1 * S, int((1 + gap_s) * S)], chunk_tokens=[1, 1], done_ns=int(e2e_s * S),
+                         completion_tokens=2)
+
+
+def test_bisection_probes_log_many_levels():
+    probed = []
+
+    def usable(level: int) -> bool:
+        probed.append(level)
+        return level <= 4
+
+    assert bisect_levels([1, 2, 4, 8, 12], usable) == 4
+    assert probed == [4, 8]
+    probed.clear()
+    assert bisect_levels([1, 2, 4, 8, 12], lambda c: probed.append(c) or c <= 1) == 1
+    assert probed == [4, 1, 2]
+    assert bisect_levels([1, 2], lambda c: False) is None
+
+
+def test_bound_on_requests_uses_half_the_fastest_request():
+    progress = LevelProgress(2, [finished(0.1, e2e_s=10.0)], [], now_ns=0, remaining_s=100.0, time_scale=1.0)
+    assert max_requests(progress) == 1 + 0 + 2 * int(100 / 5.0 + 1)
+
+
+def test_failure_settles_once_enough_requests_broke_the_gap_bar():
+    bar = Thresholds()
+    done = [finished(12.0) for _ in range(3)] + [finished(0.2) for _ in range(5)]
+    far_from_end = LevelProgress(2, done, [], now_ns=0, remaining_s=200.0, time_scale=1.0)
+    assert settled_failure(far_from_end, bar) is None  # up to 8 + 2*21 requests: 3 broken is not yet >5 %
+    near_end = LevelProgress(2, done, [], now_ns=0, remaining_s=5.0, time_scale=1.0)
+    assert "already broke max_gap_p95" in settled_failure(near_end, bar)
+
+
+def test_a_stall_still_running_counts_as_broken():
+    stalled = [RequestRecord(request_id="s", kind="agent", send_ns=0, first_token_ns=S, chunk_ns=[S],
+                             chunk_tokens=[1]) for _ in range(2)]
+    progress = LevelProgress(1, [finished(0.1)], stalled, now_ns=11 * S, remaining_s=0.0, time_scale=1.0)
+    assert settled_failure(progress, Thresholds()) == "2 of at most 4 requests already broke max_gap_p95"
+    not_yet = LevelProgress(1, [finished(0.1)], stalled, now_ns=8 * S, remaining_s=0.0, time_scale=1.0)
+    assert settled_failure(not_yet, Thresholds()) is None
+
+
+def test_a_pass_is_never_settled_early():
+    done = [finished(0.2) for _ in range(50)]
+    assert settled_failure(LevelProgress(4, done, [], 0, 0.0, 1.0), Thresholds()) is None
