@@ -17,6 +17,7 @@ import itertools
 import json
 import sys
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,13 +109,11 @@ class Replay:
     """Feeds timed requests to an Engine and records what a streaming client would see."""
 
     def __init__(self, engine: Engine, gauge_interval: float = 1.5,
-                 ids: itertools.count[int] | None = None,
-                 ctx_ids: dict[str, int] | None = None) -> None:
+                 ids: itertools.count[int] | None = None) -> None:
         self.engine = engine
         self.events: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
         self._ids = ids if ids is not None else itertools.count()
-        self._ctx_ids: dict[str, int] = ctx_ids if ctx_ids is not None else {}
         self.live: dict[str, tuple[Rec, Callable[[Rec], None] | None]] = {}
         self.records: list[Rec] = []
         self.gauge_interval = gauge_interval
@@ -133,7 +132,7 @@ class Replay:
         """Send now (engine time): prompt = system + context + a unique task suffix."""
         n = next(self._ids)
         rid = f"{kind}-{n}"
-        ctx = self._ctx_ids.setdefault(context, len(self._ctx_ids))
+        ctx = zlib.crc32(context.encode())  # stable across runs: reruns hit warm caches
         shared = SYSTEM_TOKENS + context_tokens
         prompt = shared + SUFFIX_TOKENS
         keys = [hash((ctx, i)) for i in range(shared // PAGE)]
@@ -199,13 +198,15 @@ class Replay:
 
 # ---- workloads -------------------------------------------------------------------------
 
-def run_mixed(config: EngineConfig, *, seed: int = 0, duration: float = 600.0,
+def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = None,
+              duration: float = 600.0,
               contexts: int = 4, workers: int = 3, context_tokens: int = 100_000,
               max_tokens: int = 2048, spike_every: float = 30.0, spike_tokens: int = 64,
               revisit_every: float = 45.0) -> dict[str, Any]:
-    """Workload 1 as pytest_glmperf.workloads.run_mixed drives it."""
-    engine = Engine(config, seed=seed)
-    replay = Replay(engine)
+    """Workload 1 as pytest_glmperf.workloads.run_mixed drives it (on ``engine`` if given,
+    so a second run finds the caches the first one left)."""
+    engine = engine or Engine(config, seed=seed)
+    replay = Replay(engine, ids=_ids_for(engine))
     last_used = dict.fromkeys(range(contexts), 0.0)
     start = engine.now
 
@@ -234,16 +235,26 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, duration: float = 600.0,
         replay.at(start + n * revisit_every, lambda: send_over(
             "revisit", min(last_used, key=last_used.__getitem__), None))
     replay.start_sampling(start)
+    before = _cache_counters(engine)
     t0 = time.perf_counter()
     replay.run()
     wall = time.perf_counter() - t0
-    return _mixed_summary(replay, engine, start, wall)
+    return _mixed_summary(replay, engine, start, wall, before)
 
 
-def _mixed_summary(replay: Replay, engine: Engine, start: float, wall: float) -> dict[str, Any]:
+def _cache_counters(engine: Engine) -> dict[str, int]:
+    c = engine.counters
+    return {"cached_device": c.cached_tokens_device, "cached_host": c.cached_tokens_host,
+            "evicted": c.evicted_tokens, "load_back": c.load_back_tokens}
+
+
+def _mixed_summary(replay: Replay, engine: Engine, start: float, wall: float,
+                   before: dict[str, int]) -> dict[str, Any]:
+    """The field report's table for one run; cache counters as deltas over the run."""
     recs = [r for r in replay.records if r.done is not None]
     end = max(r.done for r in recs)
     c = engine.counters
+    after = _cache_counters(engine)
     samples = replay.samples
     return {
         "client_tok_s": sum(r.tokens for r in recs) / (end - start),
@@ -262,8 +273,7 @@ def _mixed_summary(replay: Replay, engine: Engine, start: float, wall: float) ->
                         "gap_p50": percentile((r.max_gap for r in v), 50)}
                     for k in ("decode", "spike", "revisit")
                     if (v := [r for r in recs if r.kind == k])},
-        "cache": {"cached_device": c.cached_tokens_device, "cached_host": c.cached_tokens_host,
-                  "evicted": c.evicted_tokens, "load_back": c.load_back_tokens,
+        "cache": {**{k: after[k] - before[k] for k in after},
                   "host_used": engine.cache.host_used_tokens},
         "pool_tokens": engine.config.device_pool_tokens,
         "steps": replay.steps,
@@ -272,17 +282,25 @@ def _mixed_summary(replay: Replay, engine: Engine, start: float, wall: float) ->
     }
 
 
-def run_capacity(config: EngineConfig, *, seed: int = 0, levels: tuple[int, ...] = (1, 2, 4, 8, 12),
+def _ids_for(engine: Engine) -> itertools.count[int]:
+    """Request ids unique per engine across runs."""
+    ids = getattr(engine, "_replay_ids", None)
+    if ids is None:
+        ids = itertools.count()
+        engine._replay_ids = ids  # type: ignore[attr-defined]
+    return ids
+
+
+def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None = None,
+                 levels: tuple[int, ...] = (1, 2, 4, 8, 12),
                  level_duration: float = 240.0, contexts: int = 8,
                  context_tokens: int = 100_000, max_tokens: int = 1024,
                  spike_every: float = 25.0, spike_tokens: int = 64) -> list[dict[str, Any]]:
     """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes."""
-    engine = Engine(config, seed=seed)
-    ids: itertools.count[int] = itertools.count()
-    ctx_ids: dict[str, int] = {}
+    engine = engine or Engine(config, seed=seed)
     out = []
     for level in levels:
-        replay = Replay(engine, ids=ids, ctx_ids=ctx_ids)
+        replay = Replay(engine, ids=_ids_for(engine))
         start = engine.now
         deadline = start + level_duration
 
@@ -402,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="simulated profile (repeatable; default both)")
     parser.add_argument("--workload", choices=("mixed", "capacity", "both"), default="both")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=1,
+                        help="run each workload this many times on the same server without "
+                             "flushing its caches (run 2+ = an operator re-running a script)")
     parser.add_argument("--sim-arg", action="append", default=[],
                         help="extra server flag(s) appended to every profile, e.g. "
                              "--sim-arg=--chunked-prefill-size=4096")
@@ -409,32 +430,42 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     profiles = args.profile or ["sim-hicache", "sim-mtp"]
     configs = {p: parse_server_args(profile_args(p) + args.sim_arg) for p in profiles}
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"mixed": [], "capacity": []}
     if args.workload in ("mixed", "both"):
-        mixed = {p: run_mixed(cfg, seed=args.seed) for p, cfg in configs.items()}
-        out["mixed"] = mixed
-        print("## Mixed workload (600 s + drain)\n")
-        print(mixed_table(mixed))
-        print()
-        print(cache_table(mixed))
-        for p, res in mixed.items():
-            print(f"\n{p}: {res['requests']} requests, {res['duration']:.1f} s model time, "
-                  f"{res['steps']} steps in {res['wall_s']:.2f} s wall "
-                  f"(x{res['duration'] / res['wall_s']:.0f} real time), pool "
-                  f"{res['pool_tokens']:,} tokens, by kind {json.dumps(res['by_kind'])}")
+        engines = {p: Engine(cfg, seed=args.seed) for p, cfg in configs.items()}
+        for run in range(1, args.runs + 1):
+            mixed = {p: run_mixed(cfg, engine=engines[p]) for p, cfg in configs.items()}
+            out["mixed"].append(mixed)
+            _print_mixed(mixed, run)
     if args.workload in ("capacity", "both"):
-        out["capacity"] = {}
-        print("\n## Capacity workload (levels 1, 2, 4, 8, 12 x 240 s)\n")
-        for p, cfg in configs.items():
-            levels = run_capacity(cfg, seed=args.seed)
-            out["capacity"][p] = levels
-            print(capacity_table(p, levels))
-            wall = sum(lv["wall_s"] for lv in levels)
-            model = sum(lv["duration"] for lv in levels)
-            print(f"{model:.0f} s model time in {wall:.2f} s wall (x{model / wall:.0f})\n")
+        engines = {p: Engine(cfg, seed=args.seed) for p, cfg in configs.items()}
+        for run in range(1, args.runs + 1):
+            print(f"\n## Capacity workload, run {run} (levels 1, 2, 4, 8, 12 x 240 s)\n")
+            levels_by_profile = {}
+            for p, cfg in configs.items():
+                levels = run_capacity(cfg, engine=engines[p])
+                levels_by_profile[p] = levels
+                print(capacity_table(p, levels))
+                wall = sum(lv["wall_s"] for lv in levels)
+                model = sum(lv["duration"] for lv in levels)
+                print(f"{model:.0f} s model time in {wall:.2f} s wall (x{model / wall:.0f})\n")
+            out["capacity"].append(levels_by_profile)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2, default=str))
     return 0
+
+
+def _print_mixed(mixed: dict[str, dict[str, Any]], run: int) -> None:
+    print(f"## Mixed workload, run {run} (600 s + drain)\n")
+    print(mixed_table(mixed))
+    print()
+    print(cache_table(mixed))
+    for p, res in mixed.items():
+        print(f"\n{p}: {res['requests']} requests, {res['duration']:.1f} s model time, "
+              f"{res['steps']} steps in {res['wall_s']:.2f} s wall "
+              f"(x{res['duration'] / res['wall_s']:.0f} real time), pool "
+              f"{res['pool_tokens']:,} tokens, by kind {json.dumps(res['by_kind'])}")
+    print()
 
 
 if __name__ == "__main__":

@@ -179,7 +179,10 @@ def glmperf_target(request: pytest.FixtureRequest, glmperf_run: GlmperfRun) -> T
 @pytest.fixture(scope="session")
 def glmperf_server(glmperf_run: GlmperfRun, glmperf_target: Target) -> Iterator[GlmperfServer]:
     """The live server of one target: started once, stopped when the next target starts."""
-    server = glmperf_run.open_server(glmperf_target)
+    try:
+        server = glmperf_run.open_server(glmperf_target)
+    except GlmperfError as exc:  # the message carries the reason and log tail; no traceback of ours
+        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
     try:
         yield server
     finally:

@@ -195,6 +195,8 @@ class Check:
     def _tolerance_text(self) -> str:
         if self.tolerance is None:
             return "–"
+        if self.tolerance == 0:
+            return "0 % (must not drop)" if self.higher_is_better else "0 % (must not rise)"
         sign = "-" if self.higher_is_better else "+"
         return f"{sign}{self.tolerance * 100:g} %"
 
@@ -205,6 +207,8 @@ class Check:
 def _num(value: float | None, pattern: str | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
+    if isinstance(value, int) and not pattern:
+        return str(value)
     if pattern:
         return pattern.format(value)
     magnitude = abs(value)

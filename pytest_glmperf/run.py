@@ -22,13 +22,14 @@ from .clock import ModelClock
 from .contexts import ContextFactory, calibrate
 from .errors import ConfigError
 from .profiles import ProfileRegistry, ServerProfile
+from .provenance import fetch_server_info, redact
 from .records import RecordLog, RequestRecord
 from .report import RunReport
 from .results import LevelResult
 from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after
 from .search import bisect_levels, stop_check
 from .selfcheck import ClientHealth, ClientMonitor
-from .server import ExternalServer, ServerHandle, SimulatedServer, fetch_server_info
+from .server import ExternalServer, ServerHandle, SimulatedServer
 from .settings import RunSettings, Settings
 from .stats import LevelStats, MixedStats, StreamStats
 from .workloads import FAILURE_PAUSE_S, Load, run_capacity_level, run_mixed
@@ -111,11 +112,13 @@ class GlmperfRun:
             return SimulatedServer(target.profile, time_scale=run.time_scale, log_path=log_path).start()
         from .compose import ComposeServer
 
+        # A containerised simulator runs at the requested time scale; real servers ignore it.
+        env = {"GLMPERF_TIME_SCALE": str(run.time_scale)}
         return ComposeServer(target.profile, report_dir=self.report_dir, image=target.image,
                              startup_timeout_s=self.settings.get("startup_timeout"),
                              keep_running=self.settings.get("keep_running"),
                              reuse_running=self.settings.get("reuse_running"),
-                             progress=self.progress).start()
+                             env=env, progress=self.progress).start()
 
     def close_server(self, server: GlmperfServer) -> None:
         self._servers.pop(server.target.key, None)
@@ -147,7 +150,8 @@ class GlmperfServer:
         self.run, self.target, self.handle = run, target, handle
         self.settings: RunSettings = run.run_settings[target.key]
         self.base_url = handle.base_url
-        self.server_info = fetch_server_info(self.base_url, run.auth_headers())
+        _, info = fetch_server_info(self.base_url, headers=run.auth_headers())
+        self.server_info = info or {}
         # A simulator says how fast its model time runs; a real server runs at 1.
         self.time_scale = float(self.server_info.get("sim_time_scale") or 1.0)
         self._contexts: ContextFactory | None = None
@@ -162,7 +166,7 @@ class GlmperfServer:
         return self.settings.thresholds
 
     def provenance(self) -> dict[str, Any]:
-        info = {k: v for k, v in self.server_info.items() if k != "internal_states"}
+        info = redact({k: v for k, v in self.server_info.items() if k != "internal_states"})
         return {**self.handle.provenance(), "base_url": self.base_url, "version": info.get("version"),
                 "time_scale": self.time_scale, "server_args": info}
 

@@ -67,19 +67,6 @@ def wait_until_ready(base_url: str, timeout_s: float, *, alive: Callable[[], boo
     raise ServerNotReady(f"{base_url} not ready after {timeout_s:g} s: {last}.{describe_death()}")
 
 
-def fetch_server_info(base_url: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """GET /server_info (or /get_server_info on old images); {} when neither answers."""
-    with httpx.Client(timeout=10.0, headers=headers) as http:
-        for path in ("/server_info", "/get_server_info"):
-            try:
-                response = http.get(base_url + path)
-            except httpx.HTTPError:
-                continue
-            if response.status_code == 200:
-                return response.json()
-    return {}
-
-
 class SimulatedServer:
     """The built-in simulator in a child process on 127.0.0.1, on a free port."""
 

@@ -96,10 +96,24 @@ def make(docker_client: Any, sim_profile: ServerProfile, port: int, tmp_path: Pa
             network.remove()
 
 
-def _snapshot(client: Any) -> tuple[set[str], set[str], set[str]]:
-    """What `docker ps -a`, `docker network ls` and `docker volume ls` show."""
-    return ({c.id for c in client.containers.list(all=True)}, {n.id for n in client.networks.list()},
-            {v.name for v in client.volumes.list()})
+def _snapshot(client: Any) -> dict[str, dict[str, str]]:
+    """What `docker ps -a`, `docker network ls` and `docker volume ls` show: id -> compose project."""
+    def project(item: Any) -> str:
+        return (item.attrs.get("Labels") or item.attrs.get("Config", {}).get("Labels") or {}).get(
+            "com.docker.compose.project", "")
+
+    return {"container": {c.id: project(c) for c in client.containers.list(all=True)},
+            "network": {n.id: project(n) for n in client.networks.list()},
+            "volume": {v.name: project(v) for v in client.volumes.list()}}
+
+
+def _assert_as_before(client: Any, before: dict[str, dict[str, str]], *ours: str) -> None:
+    """Nothing new is left, except what other users of this engine (another project) made meanwhile."""
+    after = _snapshot(client)
+    for kind, items in after.items():
+        new = {key: project for key, project in items.items() if key not in before[kind]}
+        left = {key: project for key, project in new.items() if project in ours or not project.startswith("glmperf-")}
+        assert not left, f"{kind}s left behind: {left}"
 
 
 def _project_leftovers(client: Any, project: str) -> list[str]:
@@ -137,7 +151,7 @@ def test_sim_up_ready_provenance_down_leaves_nothing(docker_client: Any, make: A
     assert record["gpus"]["count"] == 0 or record["gpus"]["source"] == "nvidia-smi"
     assert record["container"]["image_id"] == record["image"]["id"]
     assert any("ready at" in message for message in messages)
-    assert _snapshot(docker_client) == before, "down left containers, networks or volumes behind"
+    _assert_as_before(docker_client, before, server.project)
 
 
 def test_server_killed_mid_run_says_why(docker_client: Any, make: Any) -> None:
@@ -166,7 +180,7 @@ def test_keep_running_then_reuse_then_restart(docker_client: Any, make: Any) -> 
     assert fresh.project != first.project and not fresh.reused
     assert not _project_leftovers(docker_client, first.project)
     fresh.stop()
-    assert _snapshot(docker_client) == before
+    _assert_as_before(docker_client, before, first.project, fresh.project)
 
 
 def test_unknown_profile_and_non_compose_profile() -> None:  # needs no engine
@@ -312,4 +326,4 @@ def test_signal_during_a_run_tears_down(docker_client: Any, tmp_path: Path, port
             child.kill()
     assert child.returncode != 0, output
     assert not _project_leftovers(docker_client, project), output
-    assert _snapshot(docker_client) == before
+    _assert_as_before(docker_client, before, project)

@@ -171,7 +171,7 @@ def test_too_few_requests_is_inconclusive_with_the_reason():
 
 
 def test_missing_metric_or_records_is_inconclusive():
-    base_report, base_records = run(7, levels=(1, 2))
+    base_report, _ = run(7, levels=(1, 2))
     report, records = run(8, levels=(1, 2, 4))
     report["targets"]["sim"]["capacity"]["levels"][0]["gap_p95_s"] = None
     checks = compare_reports(report, records, Baseline("b", base_report, []))
@@ -231,6 +231,7 @@ def test_max_usable_drop_fails_when_the_lost_level_is_clearly_over_the_bar():
     assert (check.baseline, check.current) == (4, 2)
     assert "c=4 is no longer usable" in check.reason and "gap_p95_s" in check.reason
     assert "max_gap_p95 8 s" in check.reason
+    assert check.message().startswith("sim max_usable: 4 -> 2 (-50.0 %) exceeds tolerance 0 % (must not drop): c=4")
 
 
 def test_max_usable_drop_within_noise_is_inconclusive():
@@ -248,7 +249,7 @@ def test_max_usable_held_passes():
     base_report, base_records = run(17)
     report, records = run(18)
     check = by_metric(compare_reports(report, records, Baseline("b", base_report, base_records)), "max_usable")[0]
-    assert check.outcome == PASS and check.message() == "sim max_usable: 4.00 -> 4.00 (+0.0 %) within tolerance -0 %"
+    assert check.outcome == PASS and check.message() == "sim max_usable: 4 -> 4 (+0.0 %) within tolerance 0 % (must not drop)"
 
 
 def test_check_message_names_values_change_interval_and_tolerance():

@@ -30,6 +30,7 @@ MEM_LAYOUTS = ("layer_first", "page_first", "page_first_direct", "page_first_kv_
 SCHEDULE_POLICIES = ("fcfs", "lpm", "random", "dfs-weight", "lof", "priority", "routing-key")
 KV_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", "bf16", "bfloat16")
 INTERLEAVE = ("auto", "prefill-first", "mixed")
+DSA_KV_DEFAULTS = ("fp8_e4m3", "bfloat16", "sm")
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class EngineConfig:
     hardware: HardwareSpec = field(default_factory=lambda: get_hardware("h200x8"))
     model: ModelSpec = GLM51_FP8
     seed: int = 0
-    spec_accept_prob: float = 0.8        # per-draft acceptance probability (see speculative.py)
+    spec_accept_prob: float = 0.75       # per-draft acceptance probability (see speculative.py)
+    dsa_kv_default: str = "fp8_e4m3"     # what kv_cache_dtype=auto resolves to (see below)
     decode_interleave: str = "auto"      # see engine.py: how decode shares steps with prefill
     unmodelled_args: tuple[str, ...] = ()
 
@@ -116,12 +118,21 @@ class EngineConfig:
 
     @property
     def resolved_kv_dtype(self) -> str:
-        """DSA default: fp8_e4m3 on SM>=100, bfloat16 on Hopper (arg_groups/overrides.py)."""
+        """What ``--kv-cache-dtype auto`` means for a DSA model: ``dsa_kv_default``.
+
+        SGLang 0.5.23 (arg_groups/overrides.py) picks fp8_e4m3 on SM>=100 and bfloat16 on
+        Hopper; its own warning text still says "DeepSeek V3.2 defaults to FP8 KV cache",
+        and the field report's cache counters fit an FP8 pool (docs/simulator.md), so the
+        simulator defaults to the image the field ran: fp8_e4m3 everywhere.
+        ``--sim-dsa-kv-default sm`` selects 0.5.23's rule.
+        """
         if self.kv_cache_dtype in ("bf16", "bfloat16"):
             return "bfloat16"
-        if self.kv_cache_dtype == "auto":
+        if self.kv_cache_dtype != "auto":
+            return self.kv_cache_dtype
+        if self.dsa_kv_default == "sm":
             return "fp8_e4m3" if self.hardware.sm_major >= 10 else "bfloat16"
-        return self.kv_cache_dtype
+        return self.dsa_kv_default
 
     @property
     def resolved_mem_fraction_static(self) -> float:
@@ -207,12 +218,19 @@ class EngineConfig:
 
     @property
     def interleave(self) -> str:
-        """How decode shares steps with a pending prefill; see engine.py."""
+        """How decode shares steps with a pending prefill (engine.py).
+
+        ``auto``: EAGLE runs prefill-first (mixed batches unsupported with speculative
+        decoding in the field's image: every chunk of a long prompt runs while all decode
+        streams wait). Without speculation the simulator lets decode ride along with each
+        prefill chunk ("mixed"), as the field report's HiCache profile measured (max chunk
+        gaps well under a second during 100k-token prefills), although SGLang's source
+        does this only with ``--enable-mixed-chunk``; ``--sim-decode-interleave
+        prefill-first`` models the source rule instead (docs/simulator.md).
+        """
         if self.decode_interleave != "auto":
             return self.decode_interleave
-        if self.enable_mixed_chunk and not self.spec_enabled:
-            return "mixed"
-        return "mixed" if not self.spec_enabled else "prefill-first"
+        return "prefill-first" if self.spec_enabled else "mixed"
 
     def validate(self) -> EngineConfig:
         """Refuse configurations SGLang would refuse to start with; return self."""
@@ -317,6 +335,7 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--sim-seed": ("seed", _int),
     "--sim-spec-accept-prob": ("spec_accept_prob", _probability),
     "--sim-decode-interleave": ("decode_interleave", _choice(INTERLEAVE)),
+    "--sim-dsa-kv-default": ("dsa_kv_default", _choice(DSA_KV_DEFAULTS)),
 }
 _SWITCHES: dict[str, str] = {
     "--enable-metrics": "enable_metrics",
@@ -411,7 +430,7 @@ def with_overrides(config: EngineConfig, **changes: Any) -> EngineConfig:
 
 
 _HIDDEN = {"hardware", "model", "seed", "spec_accept_prob", "decode_interleave",
-           "unmodelled_args"}
+           "dsa_kv_default", "unmodelled_args"}
 
 
 def server_args_dict(config: EngineConfig) -> dict[str, Any]:

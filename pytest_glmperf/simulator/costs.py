@@ -27,11 +27,16 @@ from .hardware import HardwareSpec, ModelSpec
 
 # ---- efficiencies (fraction of datasheet peak) -----------------------------------------
 # FP8 grouped GEMMs of a 256-expert top-8 MoE under TP8 with 8192-token chunks: each
-# expert sees ~256 tokens, DeepGEMM reaches ~40-60 % of FP8 peak at that shape.
-MFU_PREFILL_LINEAR = 0.40
-# DeepGEMM fp8_mqa_logits (the DSA indexer) reaches ~40-55 % of FP8 peak on H800/H200
-# (DeepSeek-V3.2 release notes); the top-k kernel then reads the logits back.
-MFU_INDEXER = 0.40
+# expert sees ~256 tokens per chunk and each GPU holds 1/8 of every expert, so the GEMMs
+# are small and skinny; with the shared expert, routing, quantisation of activations and
+# the dense projections this lands at ~25-35 % of FP8 peak. Calibrated: 0.27.
+MFU_PREFILL_LINEAR = 0.27
+# The DSA lightning indexer in prefill: DeepGEMM fp8_mqa_logits + the per-row top-2048
+# selection + logit clean-up, *replicated* on every TP rank (ReplicatedLinear projections,
+# no head split in dsa_indexer.py). Effective fraction of FP8 peak over the whole indexer
+# path, calibrated to the field report's ~12 s freeze for a fresh ~100k-token prompt:
+# 0.25 (the logits GEMM alone reaches ~40-60 %).
+MFU_INDEXER = 0.25
 # FlashMLA sparse prefill kernel, BF16: ~40-60 % of BF16 peak.
 MFU_SPARSE_ATTN = 0.45
 # Ring all-reduce bus bandwidth NCCL reaches on 8x NVLink-4 for 100 MB messages:
@@ -39,11 +44,12 @@ MFU_SPARSE_ATTN = 0.45
 ALLREDUCE_EFF = 0.80
 # Streaming reads (weights, KV, logits) reach ~80-90 % of HBM peak.
 HBM_EFF = 0.80
-# Decode per-layer latency floor: ~12 kernel launches (~5 us each inside a CUDA graph:
-# norms, MLA projections, indexer, top-k, attention, router, MoE, shared expert) + two
-# 8-way all-reduces of a few KB (~20 us each with custom all-reduce) ~ 0.1-0.3 ms per
-# layer at batch 1. 78 layers + lm_head + sampling.
-DECODE_LAYER_FLOOR_S = 250e-6
+# Decode per-layer latency floor: ~15-20 kernels inside a CUDA graph (norms, MLA
+# projections, indexer logits, top-k, sparse attention, router, grouped MoE, shared
+# expert) at ~10-15 us each for tiny batches, plus two 8-way all-reduces (~20-30 us each).
+# SGLang serves DeepSeek-V3 (61 layers) on 8x H200 at ~25-30 ms per token at batch 1,
+# i.e. ~0.4-0.5 ms per layer; GLM-5.1's 78 layers at 0.35 ms give ~28 ms per token.
+DECODE_LAYER_FLOOR_S = 350e-6
 # Top-k (2048 of L) per layer in decode: one radix-select launch over the batch's fp32
 # scores (the score traffic itself is counted with the indexer).
 TOPK_LAUNCH_S = 6e-6
@@ -51,9 +57,12 @@ TOPK_LAUNCH_S = 6e-6
 # (radix match, allocation, metadata) ~ a few ms; decode steps ~ 0.5 ms.
 PREFILL_BATCH_OVERHEAD_S = 4e-3
 DECODE_BATCH_OVERHEAD_S = 0.5e-3
-# EAGLE draft forward (one MTP decoder layer + lm_head over 154,880 x 6144 BF16, TP-split):
-# one layer's latency floor plus the lm_head read.
-DRAFT_PASS_LAYERS = 1.5          # MTP layer + eh_proj/norms, in units of a decode layer
+# EAGLE draft forward: one MTP decoder layer (DSA + MoE) + eh_proj + lm_head over a
+# 154,880-token vocabulary + top-1 sampling, in units of a decode layer's floor (~1 ms).
+DRAFT_PASS_LAYERS = 3.0
+# Per verify step: building the draft chain, verification sampling and the accept/
+# rewind bookkeeping of the KV slots (eagle_worker_v2 verify + draft-extend glue).
+SPEC_STEP_OVERHEAD_S = 3e-3
 
 
 @dataclass(frozen=True)
@@ -104,7 +113,7 @@ class CostModel:
         t += pairs * self._index_per_pair + keys * self._attn_per_key
         t += self._layer_floor  # a prefill forward is never shorter than a decode one
         if with_draft:  # EAGLE draft extend: the MTP layer over the same tokens
-            t *= 1 + DRAFT_PASS_LAYERS / self.model.layers
+            t *= 1 + 1 / self.model.layers
         return t + PREFILL_BATCH_OVERHEAD_S
 
     # ---- decode / verify ----------------------------------------------------------------
@@ -144,6 +153,16 @@ class CostModel:
         if batch == 0 or passes <= 0:
             return 0.0
         return passes * (self._draft_pass + batch * self._linear_per_token / self.model.layers)
+
+    def verify_step_time(self, batch: int, context_tokens: int, draft_tokens: int,
+                         draft_passes: int) -> float:
+        """One EAGLE decode step: draft passes, the target verify over draft_tokens per
+        request, and the draft-extend over the same tokens."""
+        if batch == 0:
+            return 0.0
+        return (self.draft_time(batch, draft_passes)
+                + self.decode_time(batch, context_tokens, draft_tokens)
+                + self.draft_time(batch * draft_tokens, 1) + SPEC_STEP_OVERHEAD_S)
 
     def _decode_weight_bytes(self, tokens: int) -> float:
         """Per-GPU weight bytes one decode forward reads: attention and shared expert

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from .config import CLIP_MAX_NEW_TOKENS, EngineConfig
 from .costs import CostModel, Segment
 from .hardware import GIB
-from .prefix_cache import PrefixCache
+from .prefix_cache import Match, PrefixCache
 from .speculative import SpecDecoder
 from .types import EngineCounters, EngineGauges, SimRequest, StepResult, TokenEmission
 
@@ -53,6 +53,7 @@ class _Req:
     cached_device: int = 0
     cached_host: int = 0
     verify_calls: int = 0
+    memo: tuple[int, Match] | None = None   # (cache version, match) of the last attempt
 
     @property
     def rid(self) -> str:
@@ -254,10 +255,17 @@ class Engine:
         """Match, lock and budget-check ``req``; load host pages. None = does not fit."""
         cache, page = self.cache, self.config.page_size
         keys = req.sim.page_keys
-        match = cache.match(keys, (req.target - 1) // page)
-        cache.lock(keys, match.device_pages, self.now)
+        if req.memo is not None and req.memo[0] == cache.version:
+            match = req.memo[1]  # a blocked queue head is retried every step: memoised
+        else:
+            match = cache.match(keys, (req.target - 1) // page)
+            req.memo = (cache.version, match)
         device_tokens = match.device_pages * page
         need = self._admission_need(req.target - device_tokens, req.remaining_new)
+        room = cache.free_tokens + cache.evictable_tokens - reserved
+        if need >= room:  # locking the prefix can only shrink the room: fail fast
+            return None
+        cache.lock(keys, match.device_pages, self.now)
         room = cache.free_tokens + cache.evictable_tokens - reserved
         if need >= room:
             cache.unlock(keys, match.device_pages, self.now)
@@ -301,8 +309,12 @@ class Engine:
         self.counters.prefill_compute_tokens += prefill_tokens
         self._drop_finished()
         for req, _ in batch:
-            if req.done >= req.target and req.remaining_new > 0 and req not in self.running:
+            if req.done < req.target:
+                continue
+            if req.remaining_new > 0:
                 self.running.append(req)
+            else:  # max_new_tokens == 1: done at its prefill
+                self._complete(req)
         return StepResult(start_s=start, duration_s=duration,
                           kind="mixed" if decoding else "prefill",
                           prefill_tokens=prefill_tokens, decode_requests=len(decoding),
@@ -326,10 +338,11 @@ class Engine:
         self._ensure_decode_room(self.running, per_req)
         batch = list(self.running)
         ctx = _ctx(batch)
-        duration = self.cost.decode_time(len(batch), ctx, per_req)
         if self.spec is not None:
-            duration += self.cost.draft_time(len(batch), self.spec.draft_passes)
-            duration += self.cost.draft_time(len(batch) * per_req, 1)
+            duration = self.cost.verify_step_time(len(batch), ctx, per_req,
+                                                  self.spec.draft_passes)
+        else:
+            duration = self.cost.decode_time(len(batch), ctx)
         self.now = start + duration
         emissions = []
         generated = 0

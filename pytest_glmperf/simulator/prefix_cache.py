@@ -68,6 +68,7 @@ class PrefixCache:
         self.evicted_tokens = 0
         self.backup_tokens = 0
         self.load_back_tokens = 0
+        self.version = 0             # bumped whenever residency changes (match memo key)
 
     # ---- pool accounting ----------------------------------------------------------------
 
@@ -210,10 +211,12 @@ class PrefixCache:
                 page.parent.dev_children += int(page.on_dev)
         self._dev_heap.clear()
         self._host_heap.clear()
+        self.version += 1
 
     # ---- internals ----------------------------------------------------------------------
 
     def _set_dev(self, page: _Page, on: bool) -> None:
+        self.version += 1
         page.on_dev = on
         delta = 1 if on else -1
         self.dev_pages += delta
@@ -270,6 +273,7 @@ class PrefixCache:
         if self.host_pages >= self.host_capacity // self.page_size:
             return
         page.on_host = True
+        self.version += 1
         self.host_pages += 1
         self.backup_tokens += self.page_size
 
@@ -283,6 +287,7 @@ class PrefixCache:
                     or page.lock or page.last != last):
                 continue
             page.on_host = False
+            self.version += 1
             self.host_pages -= 1
             self._delete(page)
             freed += 1

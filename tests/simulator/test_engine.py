@@ -1,0 +1,242 @@
+"""Hand-checked behaviour of the engine model (pytest_glmperf.simulator.engine)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from pytest_glmperf.simulator.config import parse_server_args
+from pytest_glmperf.simulator.costs import Segment
+from pytest_glmperf.simulator.engine import Engine, QueueFullError
+from pytest_glmperf.simulator.types import SimRequest, StepResult
+
+HICACHE = ["--tp-size", "8", "--enable-hierarchical-cache", "--hicache-size", "200",
+           "--hicache-io-backend", "direct", "--hicache-mem-layout", "page_first",
+           "--hicache-write-policy", "write_through", "--mem-fraction-static", "0.85"]
+MTP = ["--tp-size", "8", "--speculative-algorithm", "EAGLE", "--speculative-num-steps", "3",
+       "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]
+# --mem-fraction-static 0.70 leaves ~8 GiB per GPU for KV: ~140k FP8 tokens, one context.
+SMALL_POOL = ["--mem-fraction-static", "0.70"]
+
+
+def request(rid: str, prompt: int, new: int, ctx: int | None = None) -> SimRequest:
+    """A request whose full pages are keyed by context ``ctx`` (None: uncacheable)."""
+    keys = [] if ctx is None else [hash((ctx, i)) for i in range(prompt // 64)]
+    return SimRequest(rid=rid, prompt_tokens=prompt, max_new_tokens=new, page_keys=keys)
+
+
+def run(engine: Engine, until: str | None = None) -> list[StepResult]:
+    """Step until idle (or until request ``until`` finishes); return the steps."""
+    steps = []
+    while engine.has_work():
+        step = engine.step()
+        steps.append(step)
+        if until and any(e.rid == until and e.finished for e in step.emissions):
+            break
+    return steps
+
+
+def emissions_of(steps: list[StepResult], rid: str) -> list[tuple[float, int]]:
+    return [(s.end_s, e.tokens) for s in steps for e in s.emissions if e.rid == rid]
+
+
+def start_decoding(engine: Engine, rid: str = "a") -> list[StepResult]:
+    """Admit a short request and run it until it has produced a few tokens."""
+    engine.add_request(request(rid, 1000, 2000))
+    return [engine.step() for _ in range(5)]
+
+
+# ---- chunked prefill stalls decode ----------------------------------------------------
+
+def test_100k_prefill_freezes_decode_for_every_chunk_with_eagle() -> None:
+    engine = Engine(parse_server_args(MTP))
+    before = start_decoding(engine)
+    engine.add_request(request("b", 100_000, 64))
+    steps = run(engine, until="b")
+    prefill = [s for s in steps if s.kind == "prefill"]
+    # 100,000 = 12 x 8192 + 1,696: thirteen chunks, back to back, no decode in between.
+    assert [s.prefill_tokens for s in prefill] == [8192] * 12 + [1696]
+    assert steps[:13] == prefill
+    expected = sum(engine.cost.prefill_time([Segment(i * 8192, n)], with_draft=True)
+                   for i, n in enumerate([8192] * 12 + [1696]))
+    a = emissions_of(before + steps, "a")
+    gaps = [t2 - t1 for (t1, _), (t2, _) in itertools.pairwise(a)]
+    # a's stall is the 13 prefill steps plus its own next verify step.
+    verify = steps[13].duration_s
+    assert max(gaps) == pytest.approx(expected + verify)
+    assert 9.0 < expected < 14.0  # the field report's ~12 s freeze
+
+
+def test_100k_prefill_lets_decode_ride_along_without_speculation() -> None:
+    engine = Engine(parse_server_args(HICACHE))
+    before = start_decoding(engine)
+    engine.add_request(request("b", 100_000, 64))
+    steps = run(engine, until="b")
+    mixed = [s for s in steps if s.prefill_tokens]
+    assert all(s.kind == "mixed" and s.decode_requests == 1 for s in mixed)
+    # Mixed chunk: the chunk budget gives one token per running request to decode.
+    assert [s.prefill_tokens for s in mixed][:12] == [8128] * 12
+    a = emissions_of(before + steps, "a")
+    gaps = [t2 - t1 for (t1, _), (t2, _) in itertools.pairwise(a)]
+    assert max(gaps) == pytest.approx(max(s.duration_s for s in mixed))
+    assert max(gaps) < 2.0
+
+
+# ---- HiCache: eviction to host and load-back ------------------------------------------
+
+def test_revisit_after_eviction_loads_back_from_host() -> None:
+    engine = Engine(parse_server_args(HICACHE + SMALL_POOL))
+    pool = engine.config.device_pool_tokens
+    assert 100_000 < pool < 200_000  # room for one 100k context at a time
+    engine.add_request(request("first", 100_000, 8, ctx=1))
+    run(engine)
+    engine.add_request(request("other", 100_000, 8, ctx=2))  # evicts context 1 to host
+    run(engine)
+    assert engine.counters.evicted_tokens >= 100_000 // 64 * 64 - pool + 100_000 // 2
+    engine.add_request(request("revisit", 100_000, 8, ctx=1))
+    steps = run(engine)
+    first = next(e for s in steps for e in s.emissions if e.first)
+    assert first.cached_tokens == 99_968  # 1562 full pages; the last token is recomputed
+    c = engine.counters
+    # The head of context 1 stayed on device (LRU evicts leaf pages first), the rest
+    # came back from host; every host-hit token was loaded back.
+    assert c.cached_tokens_device + c.cached_tokens_host == 99_968
+    assert c.cached_tokens_host > 50_000
+    assert c.load_back_tokens == c.cached_tokens_host
+    # The H2D copy (61,464 B per token per rank at 27.5 GB/s) delays the first step.
+    load = engine.cost.load_back_time(c.cached_tokens_host, engine.config.cell_bytes_per_token)
+    assert steps[0].duration_s >= load > 0.1
+    assert steps[0].prefill_tokens == 32
+
+
+def test_without_hicache_an_evicted_prefix_is_recomputed() -> None:
+    engine = Engine(parse_server_args(MTP + SMALL_POOL))
+    for rid, ctx in (("first", 1), ("other", 2), ("revisit", 1)):
+        engine.add_request(request(rid, 100_000, 8, ctx=ctx))
+        steps = run(engine)
+    assert engine.counters.cached_tokens_host == 0
+    assert engine.counters.load_back_tokens == 0
+    first = next(e for s in steps for e in s.emissions if e.first)
+    computed = sum(s.prefill_tokens for s in steps)
+    # What context 2 pushed out of the pool is gone: recomputed, not loaded.
+    assert computed + first.cached_tokens == 100_000
+    assert computed > 50_000
+
+
+def test_device_hit_skips_the_cached_prefix() -> None:
+    engine = Engine(parse_server_args(HICACHE))
+    engine.add_request(request("a", 50_000, 4, ctx=7))
+    run(engine)
+    engine.add_request(request("b", 50_000, 4, ctx=7))
+    steps = run(engine)
+    assert sum(s.prefill_tokens for s in steps) == 50_000 - 49_984
+    assert engine.counters.cached_tokens_device == 49_984
+
+
+# ---- speculative decoding ------------------------------------------------------------
+
+def test_speculative_steps_carry_several_tokens() -> None:
+    engine = Engine(parse_server_args(MTP), seed=3)
+    engine.add_request(request("a", 1000, 2000))
+    steps = run(engine)
+    tokens = [t for _, t in emissions_of(steps, "a")]
+    assert tokens[0] == 1 and sum(tokens) == 2000
+    assert set(tokens[1:]) <= {1, 2, 3, 4} and max(tokens) == 4
+    mean = (sum(tokens) - 1) / (len(tokens) - 1)
+    assert mean == pytest.approx(engine.spec.mean_accept_length, rel=0.08)
+    assert engine.counters.spec_verify_calls == len(tokens) - 1
+    assert engine.gauges.spec_accept_length > 1.5
+    assert engine.internal_state()["avg_spec_accept_length"] == pytest.approx(mean, rel=0.01)
+
+
+# ---- admission -----------------------------------------------------------------------
+
+def test_kv_admission_queues_a_request_that_does_not_fit() -> None:
+    engine = Engine(parse_server_args(HICACHE + SMALL_POOL))
+    engine.add_request(request("a", 100_000, 200, ctx=1))
+    engine.step()
+    engine.add_request(request("b", 100_000, 10, ctx=2))
+    steps = run(engine, until="a")
+    assert engine.gauges.num_queue_reqs == 1
+    assert not any(e.rid == "b" for s in steps for e in s.emissions)
+    rest = run(engine)
+    assert rest[0].prefill_tokens == 8192  # b starts once a has finished and left
+    assert any(e.rid == "b" and e.finished for s in rest for e in s.emissions)
+
+
+def test_request_over_the_context_length_is_refused() -> None:
+    engine = Engine(parse_server_args(MTP))
+    with pytest.raises(ValueError, match="maximum context length of 202752"):
+        engine.add_request(request("a", 200_000, 4096))
+
+
+def test_queue_limit_raises_queue_full() -> None:
+    engine = Engine(parse_server_args([*MTP, "--max-queued-requests", "1"]))
+    engine.add_request(request("a", 10, 4))
+    with pytest.raises(QueueFullError):
+        engine.add_request(request("b", 10, 4))
+
+
+def test_abort_frees_the_kv_of_a_running_request() -> None:
+    engine = Engine(parse_server_args(HICACHE))
+    start_decoding(engine)
+    used = engine.cache.capacity - engine.cache.free_tokens
+    assert used > 1000
+    engine.abort("a")
+    assert not engine.has_work()
+    assert engine.cache.request_tokens == 0
+    assert engine.counters.aborted_requests == 1
+
+
+# ---- cache flush and gauges ----------------------------------------------------------
+
+def test_flush_cache_refuses_while_busy_and_empties_both_tiers_when_idle() -> None:
+    engine = Engine(parse_server_args(HICACHE))
+    engine.add_request(request("a", 10_000, 4, ctx=1))
+    engine.step()
+    assert engine.flush_cache() is False
+    run(engine)
+    assert engine.cache.host_used_tokens > 0
+    assert engine.flush_cache() is True
+    assert engine.cache.host_used_tokens == 0 and engine.cache.dev_pages == 0
+    assert engine.cache.free_tokens == engine.cache.capacity
+
+
+def test_gen_throughput_refreshes_every_40_decode_steps_and_zeroes_when_idle() -> None:
+    engine = Engine(parse_server_args(HICACHE))
+    engine.add_request(request("a", 100, 200))
+    engine.step()  # prefill
+    decode = [engine.step() for _ in range(39)]
+    assert engine.gauges.gen_throughput == 0.0
+    decode.append(engine.step())
+    assert engine.gauges.gen_throughput == pytest.approx(40 / engine.now)
+    run(engine)
+    engine.advance_to(engine.now + 30)
+    assert engine.gauges.gen_throughput == 0.0
+    assert engine.gauges.num_running_reqs == 0
+
+
+def test_internal_state_reports_memory_like_sglang() -> None:
+    engine = Engine(parse_server_args(HICACHE))
+    state = engine.internal_state()
+    memory = state["memory_usage"]
+    assert isinstance(memory, dict)
+    assert memory["token_capacity"] == engine.config.device_pool_tokens
+    assert 85 < memory["weight"] < 92  # GiB of FP8 weights per GPU
+    assert "avg_spec_accept_length" not in state
+    assert state["effective_max_running_requests_per_dp"] == 2048
+
+
+def test_one_token_request_finishes_at_its_prefill() -> None:
+    engine = Engine(parse_server_args(HICACHE))
+    engine.add_request(request("a", 500, 1, ctx=1))
+    step = engine.step()
+    assert [(e.tokens, e.first, e.finished) for e in step.emissions] == [(1, True, True)]
+    assert not engine.has_work()
+    assert engine.counters.requests == 1 and engine.cache.request_tokens == 0
+
+
+def test_step_is_idle_without_work() -> None:
+    engine = Engine(parse_server_args(MTP))
+    assert engine.step().kind == "idle"

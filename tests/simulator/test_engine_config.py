@@ -1,0 +1,72 @@
+"""Server-argument parsing and the memory model (pytest_glmperf.simulator.config)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_glmperf.simulator.config import parse_server_args, server_args_dict
+from pytest_glmperf.simulator.hardware import GLM51_FP8, kv_bytes_per_token
+
+
+def test_kv_bytes_per_token_match_the_fact_sheet() -> None:
+    assert kv_bytes_per_token(GLM51_FP8, "fp8_e4m3") == 61_464
+    assert kv_bytes_per_token(GLM51_FP8, "bfloat16") == 100_152
+
+
+def test_compose_profile_flags_parse() -> None:
+    config = parse_server_args([
+        "--model-path", "/models/GLM-5.1", "--tp-size", "8", "--served-model-name", "glm-5.1",
+        "--reasoning-parser", "glm45", "--tool-call-parser", "glm47", "--host", "0.0.0.0",
+        "--port", "8000", "--enable-metrics", "--enable-hierarchical-cache",
+        "--hicache-size", "200", "--hicache-io-backend", "direct", "--hicache-mem-layout",
+        "page_first", "--hicache-write-policy", "write_through", "--mem-fraction-static",
+        "0.85", "--watchdog-timeout", "1800", "--trust-remote-code", "--foo=bar",
+    ])
+    assert config.tp_size == 8 and config.port == 8000
+    assert config.enable_hierarchical_cache and config.hicache_size == 200
+    assert config.unmodelled_args == ("--trust-remote-code", "--foo=bar")
+    # 200 GB per rank / 61,464 B per token, in whole pages.
+    assert config.host_pool_tokens == 200e9 // 61_464 // 64 * 64
+    assert 450_000 < config.device_pool_tokens < 550_000
+
+
+def test_memory_defaults_follow_sglang() -> None:
+    plain = parse_server_args([])
+    spec = parse_server_args(["--speculative-algorithm", "NEXTN"])
+    assert plain.resolved_chunked_prefill_size == 8192
+    assert plain.resolved_mem_fraction_static == pytest.approx(0.897, abs=1e-3)
+    assert spec.speculative_algorithm == "EAGLE"
+    assert spec.effective_max_running_requests == 48
+    assert (spec.spec_num_steps, spec.spec_topk, spec.spec_draft_tokens) == (3, 1, 4)
+    bf16 = parse_server_args(["--kv-cache-dtype", "bfloat16", "--mem-fraction-static", "0.85"])
+    assert 280_000 < bf16.device_pool_tokens < 330_000  # ~3 contexts of 100k
+    sm_rule = parse_server_args(["--sim-dsa-kv-default", "sm"])
+    assert sm_rule.resolved_kv_dtype == "bfloat16"  # 0.5.23's rule on Hopper
+
+
+@pytest.mark.parametrize(("argv", "flag"), [
+    (["--mem-fraction-static", "1.5"], "--mem-fraction-static"),
+    (["--tp-size", "zero"], "--tp-size"),
+    (["--hicache-write-policy", "sometimes"], "--hicache-write-policy"),
+    (["--speculative-algorithm", "MAGIC"], "--speculative-algorithm"),
+    (["--page-size", "16"], "--page-size"),
+    (["--sim-hardware", "tpu"], "--sim-hardware"),
+    (["--sim-spec-accept-prob", "2"], "--sim-spec-accept-prob"),
+    (["--context-length"], "--context-length"),
+    (["--enable-metrics=maybe"], "--enable-metrics"),
+    (["--sim-hardware", "h100x8"], "--mem-fraction-static"),  # weights do not fit at tp 8
+])
+def test_bad_values_name_the_flag(argv: list[str], flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        parse_server_args(argv)
+
+
+def test_server_args_dict_uses_sglang_names() -> None:
+    info = server_args_dict(parse_server_args(["--served-model-name", "glm-5.1",
+                                               "--speculative-algorithm", "EAGLE"]))
+    assert info["served_model_name"] == "glm-5.1"
+    assert info["speculative_num_draft_tokens"] == 4
+    assert info["chunked_prefill_size"] == 8192
+    assert info["max_running_requests"] == 48
+    assert info["sim_hardware"] == "h200x8"
+    assert "hardware" not in info
