@@ -10,7 +10,7 @@ Public API (everything else is internal)::
 from .client import StreamingClient
 from .errors import ConfigError, GlmperfError, MeasurementInvalid, ServerNotReady, ServerStartError
 from .records import RequestRecord
-from .results import LevelResult
+from .results import InconclusiveWarning, LevelResult, RegressionResult
 from .run import Agent, GlmperfServer
 from .thresholds import Thresholds
 
@@ -19,8 +19,10 @@ __all__ = [
     "ConfigError",
     "GlmperfError",
     "GlmperfServer",
+    "InconclusiveWarning",
     "LevelResult",
     "MeasurementInvalid",
+    "RegressionResult",
     "RequestRecord",
     "ServerNotReady",
     "ServerStartError",

@@ -16,8 +16,9 @@ import pytest_asyncio
 from .client import StreamingClient
 from .errors import GlmperfError, MeasurementInvalid
 from .profiles import load_registry
+from .regression import METRICS
 from .report import render_terminal
-from .results import LevelResult
+from .results import LevelResult, RegressionResult
 from .run import Agent, GlmperfRun, GlmperfServer, Target
 from .settings import OPTIONS, Settings, resolve
 from .thresholds import Thresholds
@@ -32,6 +33,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option in OPTIONS:
         default = option.default if not isinstance(option.default, tuple) else ",".join(map(str, option.default))
         text = option.help if default is None else f"{option.help}. Default: {default}"
+        text = text.replace("%", "%%")  # argparse formats help strings with %
         if option.flag:
             group.addoption(option.cli, action="store_true", default=None, dest=f"glmperf_{option.key}", help=text)
         else:
@@ -111,6 +113,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "glmperf_level" in metafunc.fixturenames:
         levels = sorted({n for s in run.run_settings.values() for n in s.levels})
         metafunc.parametrize("glmperf_level", levels, ids=[f"c{n}" for n in levels], indirect=True)
+    if "glmperf_regression" in metafunc.fixturenames:
+        levels = sorted({n for s in run.run_settings.values() for n in s.levels})
+        cases = [(n, m.name) for n in levels for m in METRICS] + [(None, "max_usable")]
+        metafunc.parametrize("glmperf_regression", cases, indirect=True,
+                             ids=[f"c{n}-{m}" if n else m for n, m in cases])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -123,7 +130,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = getattr(item, "callspec", None)
         target = params.params.get("glmperf_target") if params else None
         level = params.params.get("glmperf_level") if params else None
+        check = params.params.get("glmperf_regression") if params else None
+        if check is not None:
+            level = check[0]
         planned = target is None or level is None or level in run.run_settings[target.key].levels
+        if check is not None and run.baseline is None:
+            planned = False  # regression items exist only with --compare
         (keep if planned else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -240,6 +252,17 @@ def glmperf_scenario(glmperf_server: GlmperfServer, record_property: Any
         result = await glmperf_server.scenario(agent, concurrency=concurrency, duration_s=duration_s, name=name)
         return _recorded(result, record_property)
     return run
+
+
+@pytest.fixture
+def glmperf_regression(request: pytest.FixtureRequest, glmperf_run: GlmperfRun, glmperf_server: GlmperfServer
+                       ) -> RegressionResult:
+    """One regression check against --compare's baseline (its level must have run before)."""
+    level, metric = request.param
+    checks = glmperf_run.regression_checks(glmperf_server.target)
+    found = next((c for c in checks if c.level == level and c.metric == metric), None)
+    name = f"{glmperf_server.target.key}{f'-c{level}' if level else ''}-{metric}"
+    return RegressionResult(name, found, glmperf_run.inconclusive_fails)
 
 
 def _recorded(result: LevelResult, record_property: Callable[[str, Any], None]) -> LevelResult:

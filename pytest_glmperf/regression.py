@@ -53,6 +53,9 @@ class Metric:
     pct: float = 50.0
     agents_only: bool = True      # the streams a user sits behind; spikes are background load
     min_requests: int = 20
+    # The smallest change a user can notice, in the metric's unit: a relative tolerance of a
+    # tiny baseline (a 0.12 s gap, a 0.2 s TTFT) would otherwise gate on clock jitter.
+    floor: float = 0.0
 
     def reduce(self, samples: np.ndarray, occupancy: float | None = None) -> np.ndarray:
         """The statistic of each resample (the last axis holds requests; rates carry (tokens, e2e) pairs).
@@ -77,8 +80,8 @@ def _ok(get: Callable[[RequestRecord], float | None]) -> Callable[[RequestRecord
 TOK_S = Metric("tok_s_p50", True, " tok/s", lambda r: r.output_tok_s, pct=50, min_requests=10)
 AGGREGATE = Metric("aggregate_tok_s", True, " tok/s", lambda r: float(r.output_tokens) if r.ok else 0.0,
                    reducer="rate", agents_only=False, min_requests=10)
-TTFT = Metric("ttft_p95_s", False, " s", _ok(lambda r: r.ttft_s), pct=95)
-GAP = Metric("gap_p95_s", False, " s", _ok(lambda r: r.max_gap_s), pct=95)
+TTFT = Metric("ttft_p95_s", False, " s", _ok(lambda r: r.ttft_s), pct=95, floor=1.0)
+GAP = Metric("gap_p95_s", False, " s", _ok(lambda r: r.max_gap_s), pct=95, floor=0.5)
 FAILURES = Metric("failure_rate", False, "", lambda r: 0.0 if r.ok else 1.0, reducer="mean",
                   agents_only=False, min_requests=10)
 METRICS: tuple[Metric, ...] = (TOK_S, AGGREGATE, TTFT, GAP)
@@ -228,6 +231,7 @@ def _signed(value: float) -> str:
 # -- records per run -------------------------------------------------------------------------
 
 Records = Sequence[RequestRecord] | Sequence[Sequence[RequestRecord]]
+Sample = tuple[np.ndarray, float | None]  # one run's per-request values (and occupancy, for a rate)
 
 
 def split_runs(records: Records) -> list[list[RequestRecord]]:
@@ -280,9 +284,6 @@ class Side:
         figures = [float(metric.reduce(values, occupancy)) for values, occupancy in samples if len(values)]
         figures = [f for f in figures if math.isfinite(f)]
         return sum(figures) / len(figures) if figures else None
-
-
-Sample = tuple[np.ndarray, float | None]
 
 
 def _sample(metric: Metric, records: Sequence[RequestRecord], duration_s: float | None) -> Sample:
@@ -444,7 +445,7 @@ def _judge(metric: Metric, then: Side, now: Side, level: int, base: float | None
     low, high = ci
     if low is None or high is None:
         return INCONCLUSIVE, "no bootstrap interval could be computed"
-    limit = tol * abs(base or 0.0)
+    limit = max(tol * abs(base or 0.0), metric.floor)
     harm_low, harm_high = (-high, -low) if metric.higher_is_better else (low, high)
     if harm_low > limit:
         return FAIL, ""

@@ -141,7 +141,46 @@ def side_by_side(targets: dict[str, dict[str, Any]], fmt: str = "github") -> lis
         rows = [[c, *(cell(n, c) for n in names)] for c in levels]
         rows.append(["max usable", *(_fmt(targets[n]["capacity"].get("max_usable"), "{}") for n in names)])
         tables.append(tabulate(rows, headers=["concurrency", *names], tablefmt=fmt, disable_numparse=True))
+        tables.append(delta_table(targets, levels, fmt))
     return tables
+
+
+DELTA_METRICS = [("tok_s_p50", "{:.2f}"), ("ttft_p95_s", "{:.2f}"), ("gap_p95_s", "{:.2f}"),
+                 ("aggregate_tok_s", "{:.1f}")]
+
+
+def delta_table(targets: dict[str, dict[str, Any]], levels: list[int], fmt: str = "github") -> str:
+    """Per level and metric: the first target's value, then each other's with its change."""
+    names = list(targets)
+    base = names[0]
+
+    def value(name: str, level: int, key: str) -> Any:
+        found = [lv for lv in targets[name]["capacity"]["levels"] if lv["concurrency"] == level]
+        return found[0].get(key) if found else None
+
+    rows = []
+    for level in levels:
+        for key, pattern in DELTA_METRICS:
+            old = value(base, level, key)
+            cells = [_fmt(old, pattern)]
+            for name in names[1:]:
+                new = value(name, level, key)
+                change = f" ({(new - old) / old:+.0%})" if new is not None and old else ""
+                cells.append(_fmt(new, pattern) + change)
+            rows.append([f"c{level}", key, *cells])
+    return tabulate(rows, headers=["level", "metric", *names], tablefmt=fmt, disable_numparse=True)
+
+
+def provenance_line(provenance: dict[str, Any]) -> str:
+    """'server: compose · version 0.5.16 · image lmsysorg/sglang:v0.5.16 (sha256:1234abcd…, commit abc)'."""
+    line = f"server: {provenance.get('kind', '?')} · version {provenance.get('version') or '?'}"
+    image = provenance.get("image")
+    if isinstance(image, dict):
+        ident = (image.get("id") or "")[:19]
+        commit = f", commit {image['build_commit']}" if image.get("build_commit") else ""
+        digest = f", {image['repo_digests'][0]}" if image.get("repo_digests") else ""
+        line += f" · image {image.get('reference')} ({ident}{digest}{commit})"
+    return line
 
 
 def render_markdown(data: dict[str, Any]) -> str:
@@ -151,8 +190,7 @@ def render_markdown(data: dict[str, Any]) -> str:
         out += [f"## {name}", ""]
         provenance = target.get("provenance") or {}
         if provenance:
-            out += [f"server: {provenance.get('kind', '?')} · version {provenance.get('version', '?')}"
-                    f" · image {provenance.get('image', '–')}", ""]
+            out += [provenance_line(provenance), ""]
         capacity = target["capacity"]
         if capacity["levels"]:
             out += ["### Capacity", "", level_table(capacity["levels"]), "",

@@ -7,6 +7,7 @@ the required concurrency ("beyond required capacity").
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 
 from .errors import MeasurementInvalid
 from .records import RequestRecord
+from .regression import FAIL, PASS, Check
 from .selfcheck import ClientHealth
 from .stats import LevelStats, StreamStats
 from .thresholds import Thresholds, Verdict
@@ -107,3 +109,31 @@ class LevelResult:
         return {**data, "concurrency": self.concurrency, "usable": self.usable, "status": self.status,
                 "explain": self.explain(), "required": self.required, "cut_short": self.cut_reason,
                 "client": self.client.as_dict() if self.client else None}
+
+
+class InconclusiveWarning(UserWarning):
+    """A regression check could not tell a change from noise."""
+
+
+@dataclass
+class RegressionResult:
+    """One (target, level, metric) regression check, as a pytest outcome."""
+
+    name: str
+    check: Check | None
+    inconclusive_fails: bool = False
+
+    def assert_ok(self) -> None:
+        """Fail on a regression; an inconclusive check passes with a warning, or fails by option."""
+        check = self.check
+        if check is None:
+            message = f"{self.name}: inconclusive: not measured in this run or in the baseline"
+        elif check.outcome == FAIL:
+            pytest.fail(check.message(), pytrace=False)
+        elif check.outcome == PASS:
+            return
+        else:
+            message = check.message()
+        if self.inconclusive_fails:
+            pytest.fail(f"{message} (--inconclusive=fail)", pytrace=False)
+        warnings.warn(InconclusiveWarning(message), stacklevel=2)

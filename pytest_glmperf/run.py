@@ -10,31 +10,38 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from .attribution import attribute_stalls
+from .baseline import load_baseline, save_baseline
 from .client import StreamingClient
 from .clock import ModelClock
 from .contexts import ContextFactory, calibrate
 from .errors import ConfigError
+from .htmlreport import write_html
+from .outputs import chart_links, publish_summary, write_charts
 from .profiles import ProfileRegistry, ServerProfile
 from .provenance import fetch_server_info, redact
-from .records import RecordLog, RequestRecord
-from .report import RunReport
+from .records import RecordLog, RequestRecord, read_records
+from .regression import Check, Tolerances, compare_reports
+from .report import RunReport, render_markdown
 from .results import LevelResult
 from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after
 from .search import bisect_levels, stop_check
 from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer
 from .settings import RunSettings, Settings
-from .stats import LevelStats, MixedStats, StreamStats
+from .stats import GaugeSeries, LevelStats, MixedStats, StreamStats
 from .workloads import FAILURE_PAUSE_S, Load, run_capacity_level, run_mixed
 
 Progress = Callable[[str], None]
+STALLS_KEPT = 10
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,22 @@ class GlmperfRun:
         self.registry = registry
         self.rootdir = rootdir
         self.progress = progress or (lambda text: None)
-        self.report_dir = rootdir / settings.report_dir if not settings.report_dir.is_absolute() \
-            else settings.report_dir
+        self.report_dir = self._rooted(settings.get("report_dir"))
         self.targets = self._plan_targets()
         self.run_settings = {t.key: settings.for_profile(t.profile) for t in self.targets}
         self.report = RunReport.start({k: v.as_dict() for k, v in self.run_settings.items()})
+        self.baseline_store = self._rooted(settings.get("baseline_store"))
+        self.compare_ref = settings.get("compare")
+        # Loaded now, so an unknown baseline is a usage error before any server starts.
+        self.baseline = load_baseline(self.compare_ref, self.baseline_store) if self.compare_ref else None
+        self.tolerances = Tolerances.from_mapping(settings.get("tolerances") or {})
+        self.inconclusive_fails = settings.get("inconclusive") == "fail"
+        self.checks: dict[str, list[Check]] = {}
         self._records: RecordLog | None = None
         self._servers: dict[str, GlmperfServer] = {}
+
+    def _rooted(self, path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else self.rootdir / path
 
     def _plan_targets(self) -> list[Target]:
         profiles = self.registry.select(self.settings.profile_names)
@@ -138,9 +154,39 @@ class GlmperfRun:
             return
         self.report.status = "interrupted" if interrupted else "complete"
         self.report.metadata["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.write_report()
         if self._records:
             self._records.close()
+        self.write_report()
+        self._write_outputs()
+
+    def _write_outputs(self) -> None:
+        """Charts, report.html, the GitHub summary and the baseline, from the final report."""
+        data = self.report.as_dict()
+        svgs = write_charts(self.report_dir, data)
+        markdown = render_markdown(data) + "\n" + chart_links(svgs) + "\n"
+        (self.report_dir / "report.md").write_text(markdown, encoding="utf-8")
+        write_html(self.report_dir, markdown, svgs)
+        checks = [c for group in self.checks.values() for c in group]
+        publish_summary(data, checks, inconclusive_fails=self.inconclusive_fails, baseline_ref=self.compare_ref)
+        name = self.settings.get("save_baseline")
+        if name and self.report.status == "complete":
+            path = save_baseline(self.report_dir, name, self.baseline_store)
+            self.progress(f"glmperf: baseline {name!r} saved in {path}")
+
+    def regression_checks(self, target: Target) -> list[Check]:
+        """This target's run against the baseline (computed once, after its levels ran)."""
+        if self.baseline is None:
+            return []
+        if target.key not in self.checks:
+            data = self.report.as_dict()
+            data["targets"] = {target.key: data["targets"].get(target.key, self.report.target(target.key))}
+            records = [r for r in read_records(self.records.path) if r.profile == target.key]
+            checks = compare_reports(data, records, self.baseline, self.tolerances)
+            self.checks[target.key] = checks
+            self.report.target(target.key)["regression"] = {
+                "baseline": self.compare_ref, "checks": [c.as_dict() for c in checks]}
+            self.write_report()
+        return self.checks[target.key]
 
 
 class GlmperfServer:
@@ -228,41 +274,50 @@ class GlmperfServer:
         return self._search
 
     async def capacity(self, concurrency: int, early_stop: bool = False) -> LevelResult:
-        """One capacity level: the workload, its statistics and the verdict."""
+        """One capacity level (``repeats`` times): the workload, its statistics and the verdict."""
         spec = self.settings.capacity
+        windows: list[Window] = []
         async with self.client(concurrency + 4) as client:
             contexts = await self.contexts(client)
-            if self.settings.flush_cache:
-                await self.flush_cache(client)
-            load = self._load(client, contexts, "capacity", level=concurrency)
-            interrupted = True
-            monitor = ClientMonitor()
             try:
-                check = stop_check(concurrency, self.settings.thresholds, spec.level_duration_s, self.time_scale,
-                                   lambda: list(load.active.values()), lambda: load.run.records,
-                                   lambda: load.run.start_ns) if early_stop else None
-                async with monitor:
-                    await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"), check)
-                interrupted = False
+                for repeat in range(self.settings.repeats):
+                    if self.settings.flush_cache:
+                        await self.flush_cache(client)
+                    load = self._load(client, contexts, "capacity", level=concurrency, repeat=repeat)
+                    check = stop_check(concurrency, self.settings.thresholds, spec.level_duration_s,
+                                       self.time_scale, lambda load=load: list(load.active.values()),
+                                       lambda load=load: load.run.records,
+                                       lambda load=load: load.run.start_ns) if early_stop else None
+                    window = Window(load, "agent", concurrency, spec.level_duration_s)
+                    windows.append(window)
+                    async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
+                        await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"), check)
+                    if load.cut_reason:
+                        break
             finally:
-                health = self._health(monitor, load, "agent", concurrency, spec.level_duration_s)
-                result = self._judge_level(concurrency, load, interrupted, health)
+                result = self._judge_level(concurrency, windows)
         return result
 
-    def _health(self, monitor: ClientMonitor, load: Load, kind: str, target: int, window_s: float) -> ClientHealth:
-        window = (load.run.start_ns, load.run.start_ns + int(load.clock.to_wall(window_s) * 1e9))
-        return monitor.health([r for r in load.run.records if r.kind == kind], window, target)
-
-    def _judge_level(self, concurrency: int, load: Load, interrupted: bool, health: ClientHealth) -> LevelResult:
-        stats = LevelStats.of_level(concurrency, load.run.records, load.run.start_ns)
+    def _judge_level(self, concurrency: int, windows: list[Window]) -> LevelResult:
+        records = [r for w in windows for r in w.load.run.records]
+        stats = LevelStats.of_runs(concurrency, [(w.load.run.records, w.load.run.start_ns) for w in windows])
         result = LevelResult.judge(self.target.key, concurrency, stats, self.settings.thresholds,
-                                   self.settings.require_concurrency, load.run.records)
-        result.interrupted = interrupted
-        result.client = health
-        result.cut_reason = load.cut_reason
-        self.run.report.record_level(self.target.key, result.as_report())
+                                   self.settings.require_concurrency, records)
+        result.interrupted = any(w.interrupted for w in windows)
+        result.client = windows[-1].health if windows else None
+        result.cut_reason = next((w.load.cut_reason for w in windows if w.load.cut_reason), None)
+        entry = result.as_report()
+        entry["stalls"] = self._stalls(windows)
+        self.run.report.record_level(self.target.key, entry)
         self.run.write_report()
         return result
+
+    def _stalls(self, windows: list[Window]) -> dict[str, Any]:
+        """Why the worst gaps happened (at most STALLS_KEPT of them, longest first)."""
+        found = [stall for w in windows for stall in attribute_stalls(
+            w.load.run.records, w.gauge_samples(), self.settings.thresholds.max_gap_p95, w.load.run.start_ns)]
+        found.sort(key=lambda stall: -stall["gap_s"])
+        return {"count": len(found), "worst": found[:STALLS_KEPT]}
 
     async def mixed(self) -> LevelResult:
         """The mixed coding-agent workload; the verdict is on its decode streams."""
@@ -272,34 +327,28 @@ class GlmperfServer:
             if self.settings.flush_cache:
                 await self.flush_cache(client)
             load = self._load(client, contexts, "mixed")
-            sampler = GaugeSampler(client.metrics_text, load.clock, spec.gauge_interval_s)
+            window = Window(load, "decode", spec.decode_workers, spec.duration_s)
             before = await self._snapshot(client)
-            sampler.start()
-            monitor = ClientMonitor()
-            interrupted = True
             try:
-                async with monitor:
+                async with window.observe(client, spec_interval_s=spec.gauge_interval_s):
                     await run_mixed(load, spec, self._progress("mixed"))
-                interrupted = False
             finally:
-                gauges = await sampler.stop()
                 after = await self._snapshot(client)
-                stats = MixedStats.of(load.run.records, load.run.start_ns, gauges, self._cache(before, after))
-                health = self._health(monitor, load, "decode", spec.decode_workers, spec.duration_s)
-                result = self._judge_mixed(stats, load.run.records, health, interrupted)
-                self.run.report.target(self.target.key)["mixed"]["gauge_series"] = {
-                    name: series.samples for name, series in gauges.items()}
+                stats = MixedStats.of(load.run.records, load.run.start_ns, window.gauges,
+                                      self._cache(before, after))
+                result = self._judge_mixed(stats, window)
         return result
 
-    def _judge_mixed(self, stats: MixedStats, records: list[RequestRecord], health: ClientHealth,
-                     interrupted: bool) -> LevelResult:
+    def _judge_mixed(self, stats: MixedStats, window: Window) -> LevelResult:
         decode = StreamStats(**stats.decode_streams)
         result = LevelResult.judge(f"{self.target.key} mixed", self.settings.mixed.decode_workers, decode,
-                                   self.settings.thresholds, None, records)
-        result.client, result.interrupted = health, interrupted
+                                   self.settings.thresholds, None, window.load.run.records)
+        result.client, result.interrupted = window.health, window.interrupted
         entry = stats.as_dict()
         entry.update(usable=result.usable, explain=result.explain(), status=result.status,
-                     client=health.as_dict())
+                     client=window.health.as_dict() if window.health else None,
+                     stalls=self._stalls([window]), gauge_series=window.gauge_samples(),
+                     run_start_ns=window.load.run.start_ns)
         self.run.report.target(self.target.key)["mixed"] = entry
         self.run.write_report()
         return result
@@ -338,12 +387,46 @@ class GlmperfServer:
                                      records=load.run.records)
 
     def _load(self, client: StreamingClient, contexts: ContextFactory, scenario: str,
-              level: int | None = None) -> Load:
+              level: int | None = None, repeat: int | None = None) -> Load:
         return Load(client, contexts, ModelClock(self.time_scale), profile=self.target.key, scenario=scenario,
-                    on_record=self.run.records.append, temperature=self.settings.temperature, level=level)
+                    on_record=self.run.records.append, temperature=self.settings.temperature, level=level,
+                    tags={"repeat": repeat} if repeat is not None else None)
 
     def _progress(self, label: str) -> Progress:
         return lambda text: self.run.progress(f"glmperf {self.target.key} {label}: {text}")
+
+
+class Window:
+    """One load window under observation: server gauges sampled, the client checking itself."""
+
+    def __init__(self, load: Load, kind: str, target_concurrency: int, window_s: float) -> None:
+        self.load, self.kind = load, kind
+        self.target_concurrency, self.window_s = target_concurrency, window_s
+        self.gauges: dict[str, GaugeSeries] = {}
+        self.health: ClientHealth | None = None
+        self.interrupted = True
+
+    @asynccontextmanager
+    async def observe(self, client: StreamingClient, spec_interval_s: float) -> AsyncIterator[Window]:
+        """Sample gauges and watch the client while the body runs; judge the client after."""
+        sampler = GaugeSampler(client.metrics_text, self.load.clock, spec_interval_s)
+        monitor = ClientMonitor()
+        sampler.start()
+        try:
+            async with monitor:
+                yield self
+            self.interrupted = False
+        finally:
+            self.gauges = await sampler.stop()
+            run = self.load.run
+            span = (run.start_ns, run.start_ns + int(self.load.clock.to_wall(self.window_s) * 1e9))
+            self.health = monitor.health([r for r in run.records if r.kind == self.kind], span,
+                                         self.target_concurrency)
+
+    def gauge_samples(self) -> dict[str, list[tuple[float, float]]]:
+        """Gauge samples in model seconds since the load window started (the records' origin)."""
+        offset = (self.load.run.start_ns - self.load.clock.start_ns) / 1e9 * self.load.clock.time_scale
+        return {name: [(t - offset, v) for t, v in series.samples] for name, series in self.gauges.items()}
 
 
 class Agent:

@@ -68,6 +68,24 @@ def _flag(key: str, value: Any) -> bool:
     raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
+def _mapping(key: str, value: Any) -> dict[str, str]:
+    """'tok_s_p50=10%,ttft_p95_s=0.2' -> {'tok_s_p50': '10%', 'ttft_p95_s': '0.2'}."""
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    pairs = [item.strip() for item in str(value).split(",") if item.strip()]
+    if any("=" not in pair for pair in pairs):
+        raise ConfigError(f"{key} must look like metric=10%,metric=0.2, got {value!r}")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
+def _choice(*choices: str) -> Callable[[str, Any], str]:
+    def parse(key: str, value: Any) -> str:
+        if str(value) not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        return str(value)
+    return parse
+
+
 positive_int = _number(int, 0, strict=True)
 positive_float = _number(float, 0, strict=True)
 non_negative_float = _number(float, 0, strict=False)
@@ -117,6 +135,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run", metavar="BOOL"),
     Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
     Option("quick", _flag, False, "small preset: levels 1,2,4, 60 s levels, 20k-token contexts (under 90 s on the simulator)", flag=True),
+    Option("save_baseline", _text, None, "keep this run's report and records as baseline NAME", metavar="NAME"),
+    Option("compare", _text, None, "compare with a saved baseline NAME or a report PATH; adds regression checks", metavar="NAME|PATH"),
+    Option("baseline_store", _text, ".glmperf", "folder of saved baselines (relative to the rootdir)", metavar="DIR"),
+    Option("tolerances", _mapping, None, "regression tolerances, e.g. tok_s_p50=10%,ttft_p95_s=15%,confidence=0.95 (default 10 % each)", metavar="K=V,..."),
+    Option("inconclusive", _choice("pass", "fail"), "pass", "how an inconclusive regression check counts", metavar="pass|fail"),
+    Option("repeats", positive_int, 1, "run each capacity level N times; statistics and the gate pool them", metavar="N"),
     Option("images", _names, None, "run the suite on each image in turn (compose profiles)", metavar="REF[,REF...]"),
     Option("startup_timeout", positive_float, 1800.0, "seconds to wait for GET /health_generate == 200", metavar="S"),
     Option("keep_running", _flag, False, "leave compose servers up at the end", flag=True),
@@ -124,7 +148,8 @@ OPTIONS: tuple[Option, ...] = (
 )
 BY_KEY = {option.key: option for option in OPTIONS}
 GLOBAL_KEYS = {"profile", "profiles_file", "base_url", "report_dir", "quick", "images",
-               "startup_timeout", "keep_running", "reuse_running"}
+               "startup_timeout", "keep_running", "reuse_running", "save_baseline", "compare",
+               "baseline_store", "tolerances", "inconclusive"}
 
 
 @dataclass(frozen=True)
@@ -142,6 +167,7 @@ class RunSettings:
     temperature: float
     flush_cache: bool
     capacity_search: bool = False
+    repeats: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -184,9 +210,10 @@ class Settings:
 
     def for_profile(self, profile: ServerProfile) -> RunSettings:
         """Apply the profile's own option defaults under whatever the user set."""
-        unknown = set(profile.options) - set(BY_KEY)
+        unknown = set(profile.options) - (set(BY_KEY) - GLOBAL_KEYS)
         if unknown:
-            raise ConfigError(f"profile {profile.name!r}: unknown option {sorted(unknown)[0]!r}")
+            raise ConfigError(f"profile {profile.name!r}: option {sorted(unknown)[0]!r} is unknown or "
+                              "session-wide (set it on the command line or in the ini file)")
 
         def value(key: str) -> Any:
             option = BY_KEY[key]
@@ -220,6 +247,7 @@ class Settings:
             temperature=value("temperature"),
             flush_cache=value("flush_cache"),
             capacity_search=value("capacity_search"),
+            repeats=value("repeats"),
         )
 
 

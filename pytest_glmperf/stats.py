@@ -120,12 +120,19 @@ class LevelStats(StreamStats):
     def of_level(
         cls, concurrency: int, records: Sequence[RequestRecord], start_ns: int
     ) -> LevelStats:
-        records = [r for r in records if r.counted]
+        return cls.of_runs(concurrency, [(records, start_ns)])
+
+    @classmethod
+    def of_runs(cls, concurrency: int, runs: Sequence[tuple[Sequence[RequestRecord], int]]) -> LevelStats:
+        """Pool one or more runs of the level (``--repeats``): percentiles over all requests,
+        aggregate tok/s over the summed durations."""
+        records = [r for rs, _ in runs for r in rs if r.counted]
         agents = [r for r in records if r.kind != "spike"]
         spikes = [r for r in records if r.kind == "spike"]
         base = StreamStats.of(agents)
         failures = sum(not r.ok for r in records)
-        duration = span_s(records, start_ns)
+        spans = [span_s([r for r in rs if r.counted], start) for rs, start in runs]
+        duration = sum(s for s in spans if s) or None
         tokens = sum(r.output_tokens for r in records if r.ok)
         stats = cls(**base.as_dict())
         stats.requests = len(records)

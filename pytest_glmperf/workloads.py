@@ -99,10 +99,11 @@ class Load:
     def __init__(self, client: StreamClient, factory: ContextFactory, clock: ModelClock, *,
                  profile: str, scenario: str, on_record: Callable[[RequestRecord], None],
                  temperature: float = 0.0, extra_body: dict[str, Any] | None = None,
-                 level: int | None = None) -> None:
+                 level: int | None = None, tags: dict[str, Any] | None = None) -> None:
         self.client, self.factory, self.clock = client, factory, clock
         self.profile, self.scenario, self.level = profile, scenario, level
         self.on_record, self.temperature, self.extra_body = on_record, temperature, extra_body
+        self.tags = tags or {}  # copied into every record's ``extra`` (e.g. the repeat number)
         self.run = WorkloadRun(start_ns=time.perf_counter_ns())
         self._ids = itertools.count()
         self._context_text = lru_cache(maxsize=64)(factory.text)
@@ -126,6 +127,7 @@ class Load:
             request_id=f"{self.profile}-{self.scenario}-{self.level or 0}-{kind}-{next(self._ids)}",
             scenario=self.scenario, kind=kind, profile=self.profile, level=self.level,
             context_id=context_id, time_scale=self.clock.time_scale, max_tokens=max_tokens,
+            extra=dict(self.tags),
         )
         self.active[id(record)] = record
         try:

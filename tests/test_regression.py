@@ -249,7 +249,8 @@ def test_max_usable_held_passes():
     base_report, base_records = run(17)
     report, records = run(18)
     check = by_metric(compare_reports(report, records, Baseline("b", base_report, base_records)), "max_usable")[0]
-    assert check.outcome == PASS and check.message() == "sim max_usable: 4 -> 4 (+0.0 %) within tolerance 0 % (must not drop)"
+    assert check.outcome == PASS
+    assert check.message() == "sim max_usable: 4 -> 4 (+0.0 %) within tolerance 0 % (must not drop)"
 
 
 def test_check_message_names_values_change_interval_and_tolerance():

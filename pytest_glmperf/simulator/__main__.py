@@ -8,6 +8,8 @@ SIGINT stops it cleanly (exit status 0); a bad flag exits with status 2.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,10 +36,16 @@ class _Server(uvicorn.Server):
         if self.started:
             print(json.dumps(self.announce), flush=True)
 
+    app: SimulatorApp | None = None
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        """Stop gracefully and exit with status 0 (uvicorn would re-raise the signal)."""
+        """End open streams at once, stop, and exit with status 0 (uvicorn would re-raise
+        the signal). Streams cut this way end without [DONE], as on a real server going down."""
         super().handle_exit(sig, frame)
         self._captured_signals.clear()
+        if self.app is not None:
+            with contextlib.suppress(RuntimeError):  # no running loop: nothing to stop
+                asyncio.get_running_loop().call_soon_threadsafe(self.app.stop_streams)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -63,6 +71,7 @@ def serve(app: SimulatorApp) -> None:
     config = uvicorn.Config(app, loop="asyncio", http="h11", lifespan="on", log_level="warning",
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = _Server(config)
+    server.app = app
     port = sock.getsockname()[1]
     app.config = replace(app.config, port=port)
     server.announce = {"event": "listening", "host": opts.host, "port": port, "pid": os.getpid()}

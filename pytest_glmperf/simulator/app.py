@@ -20,29 +20,47 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
 import uuid
-from array import array
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from .config import EngineConfig, parse_server_args, server_args_dict
-from .driver import Driver, Pacer, RequestStream
+from .driver import Driver, EngineSource, Pacer, ReasoningSplit
 from .engine import Engine, QueueFullError
-from .faults import Fault, FaultBoard, FaultSpecError, StreamFaults, error_type, parse_faults
-from .metrics import LatencyHistograms, MetricSources, SimHealth, build_registry, render
+from .faults import (
+    Fault,
+    FaultBoard,
+    FaultSpecError,
+    ScriptError,
+    ScriptSource,
+    StreamFaults,
+    error_type,
+    parse_faults,
+    script_faults,
+    validate_script,
+)
+from .metrics import (
+    LatencyHistograms,
+    MetricSources,
+    SendLog,
+    SendRecord,
+    SimHealth,
+    build_registry,
+    render,
+)
 from .tokenizer import apply_chat_template, count_tokens, output_text, tokenize_async
-from .types import SimRequest
+from .types import SimRequest, TokenEmission
 
 log = logging.getLogger("glmperf.sim")
 
-try:  # the package version, without importing the plugin's heavier modules twice
+try:  # the package version (the parent package is imported anyway)
     from .. import __version__ as _PKG_VERSION
 except ImportError:  # pragma: no cover
     _PKG_VERSION = "0.0.0"
@@ -70,12 +88,20 @@ class SimOptions:
     reasoning_share: float = 0.25
     spin_ns: int = 1_000_000
     lag_warn_s: float = 0.1
-    keep_sends: int = 4096
+    keep_sends: int = 1024
     seed: int = 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises ValueError instead of exiting, so create_app() can be called from
+    Python; the command line turns it into exit status 2 all the same."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(message)
+
+
 def _http_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m pytest_glmperf.simulator", allow_abbrev=False,
         description="SGLang-compatible simulator. Other flags are SGLang launch_server flags.",
     )
@@ -95,7 +121,7 @@ def _http_parser() -> argparse.ArgumentParser:
                    help="busy-wait this long before each send deadline for precision")
     p.add_argument("--sim-lag-warn", type=float, default=0.1, metavar="S",
                    help="warn when a step is delivered more than S model seconds late")
-    p.add_argument("--sim-keep-sends", type=int, default=4096, metavar="N",
+    p.add_argument("--sim-keep-sends", type=int, default=1024, metavar="N",
                    help="requests whose chunk send stamps are kept for /glmperf/sends")
     return p
 
@@ -321,48 +347,6 @@ def stream_error(code: int, message: str) -> bytes:
     return b"data: " + json.dumps({"error": err}).encode() + b"\n\n"
 
 
-# -- send stamps ------------------------------------------------------------------------------
-
-class SendRecord:
-    """Send instants (perf_counter_ns right after the write) of one response's chunks."""
-
-    __slots__ = ("kinds", "stamps", "tokens")
-
-    def __init__(self) -> None:
-        self.stamps = array("q")
-        self.kinds: list[str] = []
-        self.tokens = array("i")
-
-    def add(self, stamp: int, events: list[tuple[str, bytes, int]]) -> None:
-        for kind, _, tokens in events:
-            self.stamps.append(stamp)
-            self.kinds.append(kind)
-            self.tokens.append(tokens)
-
-    def as_json(self, rid: str) -> dict[str, Any]:
-        return {"rid": rid, "send_ns": self.stamps.tolist(), "kinds": self.kinds,
-                "tokens": self.tokens.tolist()}
-
-
-class SendLog:
-    """The last *keep* requests' send records, by request id."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self._records: OrderedDict[str, SendRecord] = OrderedDict()
-
-    def open(self, rid: str) -> SendRecord:
-        record = SendRecord()
-        if self.keep:
-            self._records[rid] = record
-            while len(self._records) > self.keep:
-                self._records.popitem(last=False)
-        return record
-
-    def get(self, rid: str) -> SendRecord | None:
-        return self._records.get(rid)
-
-
 class SSEWriter:
     """Writes one SSE response: headers lazily with the first chunk, stamps every write."""
 
@@ -386,141 +370,6 @@ class SSEWriter:
         self.record.add(time.perf_counter_ns(), events)
         events.clear()
         self.ended = not more
-
-
-# -- token sources: the engine, or a script -------------------------------------------------
-
-Parts = list[tuple[bool, int]]        # (is_reasoning, tokens) per chunk
-
-
-class ReasoningSplit:
-    """Sends the first ``budget`` output tokens as reasoning, the rest as content."""
-
-    def __init__(self, budget: int, stream_reasoning: bool) -> None:
-        self.left = budget
-        self.stream_reasoning = stream_reasoning
-        self.held = 0
-
-    def split(self, tokens: int, finished: bool) -> Parts:
-        r = min(tokens, self.left)
-        self.left -= r
-        c = tokens - r
-        if not self.stream_reasoning:  # buffered until reasoning ends, then one chunk
-            self.held += r
-            r = 0
-            if c or finished or not self.left:
-                r, self.held = self.held, 0
-        parts: Parts = []
-        if r:
-            parts.append((True, r))
-        if c:
-            parts.append((False, c))
-        return parts
-
-
-class EngineSource:
-    """Token batches of one engine request, as the pacing driver delivers them."""
-
-    def __init__(self, stream: RequestStream, split: ReasoningSplit, fmt: ChunkFormat,
-                 abort: Callable[[], None]) -> None:
-        self.stream = stream
-        self.split = split
-        self.fmt = fmt
-        self.abort = abort
-        self._first = True
-
-    async def next(self) -> tuple[Parts, bool] | None:
-        items = await self.stream.take()
-        if not items:
-            return None
-        if self._first:
-            self._first = False
-            self.fmt.cached_tokens = items[0].cached_tokens
-        tokens = sum(e.tokens for e in items)
-        finished = items[-1].finished
-        return self.split.split(tokens, finished), finished
-
-    def shift(self, ns: int) -> None:
-        """A stall does not move the engine: its backlog is coalesced after the stall."""
-
-
-class ScriptSource:
-    """Exactly the chunks of a ``glmperf_script``, at their model-time instants."""
-
-    def __init__(self, script: dict[str, Any], t0_ns: int, scale: float, pacer: Pacer) -> None:
-        self.chunks: list[dict[str, Any]] = script.get("chunks") or []
-        self.ttft_s = float(script.get("ttft_s", 0.0))
-        self.t0_ns = t0_ns
-        self.scale = scale
-        self.pacer = pacer
-        self.i = 0
-        self.model_s = self.ttft_s
-        self.offset_ns = 0
-
-    async def next(self) -> tuple[Parts, bool] | None:
-        if self.i >= len(self.chunks):
-            if self.i == 0:  # no chunks at all: finish at TTFT
-                self.i = 1
-                await self.pacer.until(self._deadline())
-                return [], True
-            return None
-        chunk = self.chunks[self.i]
-        self.model_s += float(chunk.get("gap_s", 0.0))
-        await self.pacer.until(self._deadline())
-        self.i += 1
-        reasoning = chunk.get("channel", "content") == "reasoning"
-        return [(reasoning, int(chunk.get("tokens", 1)))], self.i >= len(self.chunks)
-
-    def _deadline(self) -> int:
-        return self.t0_ns + self.offset_ns + round(self.model_s / self.scale * 1e9)
-
-    def shift(self, ns: int) -> None:
-        """A stall delays every later scripted chunk by its length."""
-        self.offset_ns += ns
-
-    def abort(self) -> None:
-        self.i = len(self.chunks) + 1
-
-
-def validate_script(script: dict[str, Any]) -> dict[str, Any]:
-    """Reject scripts that cannot be played; returns the script."""
-    def number(value: Any, name: str, integer: bool = False) -> None:
-        ok = isinstance(value, int) if integer else isinstance(value, int | float)
-        if isinstance(value, bool) or not ok or value < 0:
-            raise HTTPError(400, f"glmperf_script.{name} must be a non-negative "
-                                 f"{'integer' if integer else 'number'}", "Bad Request")
-    number(script.get("ttft_s", 0.0), "ttft_s")
-    chunks = script.get("chunks", [])
-    if not isinstance(chunks, list):
-        raise HTTPError(400, "glmperf_script.chunks must be a list", "Bad Request")
-    for i, chunk in enumerate(chunks):
-        if not isinstance(chunk, dict):
-            raise HTTPError(400, f"glmperf_script.chunks[{i}] must be an object", "Bad Request")
-        number(chunk.get("gap_s", 0.0), f"chunks[{i}].gap_s")
-        number(chunk.get("tokens", 1), f"chunks[{i}].tokens", integer=True)
-        if chunk.get("tokens", 1) < 1 or chunk.get("channel", "content") not in (
-                "content", "reasoning"):
-            raise HTTPError(400, f"glmperf_script.chunks[{i}]: tokens >= 1, channel "
-                                 "content|reasoning", "Bad Request")
-    for key in ("error_after", "truncate_after", "malformed_after", "prompt_tokens",
-                "cached_tokens", "error_code"):
-        if script.get(key) is not None:
-            number(script[key], key, integer=True)
-    return script
-
-
-def script_faults(script: dict[str, Any]) -> list[Fault]:
-    """The faults a script asks for, as ordinary Fault objects."""
-    out: list[Fault] = []
-    if script.get("error_after") is not None:
-        out.append(Fault("mid_stream_error", after=script["error_after"],
-                         code=int(script.get("error_code") or 500),
-                         message=str(script.get("error_message") or "")))
-    if script.get("truncate_after") is not None:
-        out.append(Fault("truncate", after=script["truncate_after"]))
-    if script.get("malformed_after") is not None:
-        out.append(Fault("malformed", after=script["malformed_after"]))
-    return out
 
 
 # -- one streamed response --------------------------------------------------------------------
@@ -575,6 +424,8 @@ class SimulatorApp:
             latency=self.latency, health=self.health,
         ))
         self.ready_at_s = 0.0
+        self.stopping = False
+        self._scripts: set[ScriptSource] = set()
         self.crash_at_s: float | None = None
         self._crash_timer: asyncio.TimerHandle | None = None
         self._routes: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
@@ -621,6 +472,13 @@ class SimulatorApp:
             await respond(send, exc.code, error_body(exc.message, exc.type, exc.code))
         except ConnectionResetError:
             return
+        except Exception as exc:
+            # Like SGLang: a 500 JSON error before the stream; once streaming has begun the
+            # start message below is refused and the connection just drops (no [DONE]).
+            log.exception("unhandled error in %s %s", scope["method"], path)
+            with contextlib.suppress(RuntimeError):
+                await respond(send, 500, error_body(f"{type(exc).__name__}: {exc}",
+                                                    "InternalServerError", 500))
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -648,8 +506,18 @@ class SimulatorApp:
 
     async def shutdown(self) -> None:
         """Stop the driver; open streams end."""
+        self.stop_streams()
         if self.driver is not None:
             await self.driver.stop()
+
+    def stop_streams(self) -> None:
+        """Server going down: every open stream ends now, without [DONE]."""
+        self.stopping = True
+        if self.driver is not None:
+            for rid in list(self.driver.streams):
+                self.driver.abort(rid)
+        for source in list(self._scripts):
+            source.abort()
 
     def schedule_crash(self, after_s: float) -> None:
         """Exit the process *after_s* model seconds from now (server crash fault)."""
@@ -800,7 +668,10 @@ class SimulatorApp:
 
     async def _scripted(self, params: ChatParams, faults: StreamFaults, receive: Receive,
                         send: Send) -> None:
-        script = validate_script(params.script or {})
+        try:
+            script = validate_script(params.script or {})
+        except ScriptError as exc:
+            raise HTTPError(400, str(exc), "Bad Request") from None
         t0 = time.perf_counter_ns()
         prompt = script.get("prompt_tokens")
         if prompt is None:
@@ -814,11 +685,14 @@ class SimulatorApp:
         source = ScriptSource(script, t0, self.options.time_scale, self.pacer)
         ctx = StreamCtx(params, fmt, source, faults, params.max_new_tokens,
                         finish_reason=script.get("finish_reason"))
-        await self._respond_stream(ctx, receive, send, abort=source.abort)
+        self._scripts.add(source)
+        try:
+            await self._respond_stream(ctx, receive, send, abort=source.abort)
+        finally:
+            self._scripts.discard(source)
 
     async def _from_engine(self, params: ChatParams, faults: StreamFaults, receive: Receive,
                            send: Send) -> None:
-        self.startup()
         driver = self.driver
         assert driver is not None
         prompt = apply_chat_template(params.messages, params.tools, params.thinking)
@@ -846,7 +720,11 @@ class SimulatorApp:
         def abort() -> None:
             driver.abort(params.rid)
 
-        ctx = StreamCtx(params, fmt, EngineSource(stream, split, fmt, abort), faults, max_new)
+        def on_first(emission: TokenEmission) -> None:
+            fmt.cached_tokens = emission.cached_tokens
+
+        source = EngineSource(stream, split, on_first, abort)
+        ctx = StreamCtx(params, fmt, source, faults, max_new)
         try:
             await self._respond_stream(ctx, receive, send, abort=abort)
         finally:
@@ -888,7 +766,7 @@ class SimulatorApp:
         first = True
         while True:
             batch = await ctx.source.next()
-            if batch is None:  # aborted: client gone, or the driver stopped
+            if batch is None or self.stopping:  # aborted: client gone, or shutting down
                 await w.flush(events, more=False)
                 return
             parts, finished = batch

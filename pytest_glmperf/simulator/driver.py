@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from .metrics import LatencyHistograms, SimHealth
@@ -51,8 +51,11 @@ class Pacer:
     def __init__(self, spin_ns: int = SPIN_NS) -> None:
         self.spin_ns = spin_ns
 
-    def until(self, deadline_ns: int) -> Awaitable[None]:
-        """An awaitable that completes at *deadline_ns*, and always yields to the loop once."""
+    def until(self, deadline_ns: int) -> asyncio.Future[None]:
+        """A future that completes at *deadline_ns* (always after yielding to the loop once).
+
+        Whoever holds it may complete it early with ``set_result(None)`` to cut a wait short.
+        """
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         remaining = deadline_ns - time.perf_counter_ns()
@@ -65,6 +68,8 @@ class Pacer:
         return fut
 
     def _fire(self, fut: asyncio.Future[None], deadline_ns: int) -> None:
+        if fut.done():  # completed early by its owner
+            return
         remaining = deadline_ns - time.perf_counter_ns()
         if remaining > self.spin_ns:  # woke early (never expected): sleep again
             asyncio.get_running_loop().call_later(
@@ -85,8 +90,7 @@ class RequestStream:
     """The emissions of one engine request, waiting to be written by its HTTP handler."""
 
     __slots__ = (
-        "_waiter", "aborted", "arrival_s", "cached_tokens", "finished", "items", "last_s",
-        "rid", "tokens",
+        "_waiter", "aborted", "arrival_s", "finished", "items", "last_s", "rid", "tokens",
     )
 
     def __init__(self, rid: str, arrival_s: float) -> None:
@@ -95,7 +99,6 @@ class RequestStream:
         self.items: deque[TokenEmission] = deque()
         self.tokens = 0
         self.last_s: float | None = None
-        self.cached_tokens = 0
         self.finished = False
         self.aborted = False
         self._waiter: asyncio.Future[None] | None = None
@@ -269,7 +272,6 @@ class Driver:
                 continue
             if stream.last_s is None:
                 latency.observe_ttft(end - stream.arrival_s)
-                stream.cached_tokens = em.cached_tokens
             else:
                 latency.observe_itl(end - stream.last_s, em.tokens)
             stream.last_s = end
@@ -279,3 +281,63 @@ class Driver:
                 latency.observe_e2e(end - stream.arrival_s)
                 del self.streams[em.rid]
             stream.push(em)
+
+
+# -- what the HTTP layer reads from a request stream -------------------------------------
+
+Parts = list[tuple[bool, int]]        # (is_reasoning, tokens) per chunk
+
+
+class ReasoningSplit:
+    """Sends the first ``budget`` output tokens as reasoning, the rest as content."""
+
+    def __init__(self, budget: int, stream_reasoning: bool) -> None:
+        self.left = budget
+        self.stream_reasoning = stream_reasoning
+        self.held = 0
+
+    def split(self, tokens: int, finished: bool) -> Parts:
+        r = min(tokens, self.left)
+        self.left -= r
+        c = tokens - r
+        if not self.stream_reasoning:  # buffered until reasoning ends, then one chunk
+            self.held += r
+            r = 0
+            if c or finished or not self.left:
+                r, self.held = self.held, 0
+        parts: Parts = []
+        if r:
+            parts.append((True, r))
+        if c:
+            parts.append((False, c))
+        return parts
+
+
+class EngineSource:
+    """Token batches of one engine request, as the pacing driver delivers them.
+
+    ``next()`` returns ``(parts, finished)`` where parts are ``(is_reasoning, tokens)`` per
+    chunk to write, or None once the request was aborted.
+    """
+
+    def __init__(self, stream: RequestStream, split: ReasoningSplit,
+                 on_first: Callable[[TokenEmission], None], abort: Callable[[], None]) -> None:
+        self.stream = stream
+        self.split = split
+        self.on_first = on_first
+        self.abort = abort
+        self._first = True
+
+    async def next(self) -> tuple[Parts, bool] | None:
+        items = await self.stream.take()
+        if not items:
+            return None
+        if self._first:
+            self._first = False
+            self.on_first(items[0])
+        tokens = sum(e.tokens for e in items)
+        finished = items[-1].finished
+        return self.split.split(tokens, finished), finished
+
+    def shift(self, ns: int) -> None:
+        """A stall does not move the engine: its backlog is coalesced after the stall."""

@@ -26,9 +26,13 @@ A fault whose ``after`` is never reached (the stream ends first) does not fire.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field, replace
 from http import HTTPStatus
+from typing import Any
+
+from .driver import Pacer, Parts
 
 KINDS = ("mid_stream_error", "queue_full", "stall", "truncate", "malformed", "crash")
 _INT_KEYS = {"after", "code"}
@@ -196,3 +200,113 @@ def error_type(code: int) -> str:
         return HTTPStatus(code).name
     except ValueError:
         return "INTERNAL_SERVER_ERROR"
+
+
+# -- scripted streams --------------------------------------------------------------------------
+#
+# A request body may carry ``glmperf_script`` (an SGLang-style extension field); the server then
+# bypasses the engine and plays exactly this stream, times in model seconds:
+#
+#   {"ttft_s": 0.2, "chunks": [{"gap_s": 0.05, "tokens": 1, "channel": "content"}, ...],
+#    "error_after": N?, "error_code": 500?, "error_message": "..."?, "truncate_after": N?,
+#    "malformed_after": N?, "prompt_tokens": P?, "cached_tokens": K?, "finish_reason": "..."?}
+#
+# Chunk i is sent at ttft_s + sum(gap_s of chunks 0..i) after the request was read (so with
+# chunks[0].gap_s == 0 the first token arrives at exactly ttft_s); an injected stall delays
+# every later chunk by its length. The *_after keys are the faults above with after=N.
+
+
+class ScriptError(ValueError):
+    """A glmperf_script that cannot be played; the message names the bad field."""
+
+
+class ScriptSource:
+    """Exactly the chunks of a ``glmperf_script``, at their model-time instants."""
+
+    def __init__(self, script: dict[str, Any], t0_ns: int, scale: float, pacer: Pacer) -> None:
+        self.chunks: list[dict[str, Any]] = script.get("chunks") or []
+        self.ttft_s = float(script.get("ttft_s", 0.0))
+        self.t0_ns = t0_ns
+        self.scale = scale
+        self.pacer = pacer
+        self.i = 0
+        self.model_s = self.ttft_s
+        self.offset_ns = 0
+        self.aborted = False
+        self._wait: asyncio.Future[None] | None = None  # the pending pacer wait
+
+    async def next(self) -> tuple[Parts, bool] | None:
+        """The next chunk ``([(is_reasoning, tokens)], finished)`` at its instant; None when
+        aborted or played out."""
+        if self.aborted or (self.i >= len(self.chunks) and self.i > 0):
+            return None
+        if not self.chunks:  # no chunks at all: finish at TTFT
+            self.i = 1
+            await self._until(self._deadline())
+            return None if self.aborted else ([], True)
+        chunk = self.chunks[self.i]
+        self.model_s += float(chunk.get("gap_s", 0.0))
+        await self._until(self._deadline())
+        if self.aborted:
+            return None
+        self.i += 1
+        reasoning = chunk.get("channel", "content") == "reasoning"
+        return [(reasoning, int(chunk.get("tokens", 1)))], self.i >= len(self.chunks)
+
+    async def _until(self, deadline_ns: int) -> None:
+        self._wait = self.pacer.until(deadline_ns)
+        await self._wait
+
+    def _deadline(self) -> int:
+        return self.t0_ns + self.offset_ns + round(self.model_s / self.scale * 1e9)
+
+    def shift(self, ns: int) -> None:
+        """A stall delays every later scripted chunk by its length."""
+        self.offset_ns += ns
+
+    def abort(self) -> None:
+        """Stop playing (fault, client gone, shutdown); a pending wait ends at once."""
+        self.aborted = True
+        if self._wait is not None and not self._wait.done():
+            self._wait.set_result(None)
+
+
+def validate_script(script: dict[str, Any]) -> dict[str, Any]:
+    """Reject scripts that cannot be played; returns the script."""
+    def number(value: Any, name: str, integer: bool = False) -> None:
+        ok = isinstance(value, int) if integer else isinstance(value, int | float)
+        if isinstance(value, bool) or not ok or value < 0:
+            raise ScriptError(f"glmperf_script.{name} must be a non-negative "
+                              f"{'integer' if integer else 'number'}")
+    number(script.get("ttft_s", 0.0), "ttft_s")
+    chunks = script.get("chunks", [])
+    if not isinstance(chunks, list):
+        raise ScriptError("glmperf_script.chunks must be a list")
+    for i, chunk in enumerate(chunks):
+        if not isinstance(chunk, dict):
+            raise ScriptError(f"glmperf_script.chunks[{i}] must be an object")
+        number(chunk.get("gap_s", 0.0), f"chunks[{i}].gap_s")
+        number(chunk.get("tokens", 1), f"chunks[{i}].tokens", integer=True)
+        if chunk.get("tokens", 1) < 1 or chunk.get("channel", "content") not in (
+                "content", "reasoning"):
+            raise ScriptError(f"glmperf_script.chunks[{i}]: tokens >= 1, channel "
+                              "content|reasoning")
+    for key in ("error_after", "truncate_after", "malformed_after", "prompt_tokens",
+                "cached_tokens", "error_code"):
+        if script.get(key) is not None:
+            number(script[key], key, integer=True)
+    return script
+
+
+def script_faults(script: dict[str, Any]) -> list[Fault]:
+    """The faults a script asks for, as ordinary Fault objects."""
+    out: list[Fault] = []
+    if script.get("error_after") is not None:
+        out.append(Fault("mid_stream_error", after=script["error_after"],
+                         code=int(script.get("error_code") or 500),
+                         message=str(script.get("error_message") or "")))
+    if script.get("truncate_after") is not None:
+        out.append(Fault("truncate", after=script["truncate_after"]))
+    if script.get("malformed_after") is not None:
+        out.append(Fault("malformed", after=script["malformed_after"]))
+    return out

@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import bisect
 import os
+from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -259,6 +262,57 @@ class SGLangCollector:
                                   "Model seconds per wall second of the simulator.")
         scale.add_metric([], h.time_scale)
         yield scale
+
+
+SEND_KINDS = ("role", "reasoning", "content", "finish", "usage", "error", "malformed", "done")
+_KIND_CODE = {kind: i for i, kind in enumerate(SEND_KINDS)}
+
+
+class SendRecord:
+    """Send instants (perf_counter_ns right after the write) of one response's SSE events.
+
+    Why: tests and the client-overhead bench compare the client's arrival stamps with the
+    server's true send instants (same CLOCK_MONOTONIC on one host). Events written together
+    share one stamp. About 13 bytes per event, so a 2048-token stream costs ~27 KB.
+    """
+
+    __slots__ = ("kinds", "stamps", "tokens")
+
+    def __init__(self) -> None:
+        self.stamps = array("q")
+        self.kinds = bytearray()
+        self.tokens = array("i")
+
+    def add(self, stamp: int, events: list[tuple[str, bytes, int]]) -> None:
+        """Record one write holding *events* (kind, bytes, tokens)."""
+        for kind, _, tokens in events:
+            self.stamps.append(stamp)
+            self.kinds.append(_KIND_CODE[kind])
+            self.tokens.append(tokens)
+
+    def as_json(self, rid: str) -> dict[str, Any]:
+        """``GET /glmperf/sends/{rid}``: parallel lists, one entry per SSE event."""
+        return {"rid": rid, "send_ns": self.stamps.tolist(),
+                "kinds": [SEND_KINDS[k] for k in self.kinds], "tokens": self.tokens.tolist()}
+
+
+class SendLog:
+    """The last *keep* requests' send records, by request id (older ones are dropped)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self._records: OrderedDict[str, SendRecord] = OrderedDict()
+
+    def open(self, rid: str) -> SendRecord:
+        record = SendRecord()
+        if self.keep:
+            self._records[rid] = record
+            while len(self._records) > self.keep:
+                self._records.popitem(last=False)
+        return record
+
+    def get(self, rid: str) -> SendRecord | None:
+        return self._records.get(rid)
 
 
 def build_registry(src: MetricSources) -> CollectorRegistry:

@@ -229,13 +229,13 @@ def test_scripted_stream_is_played_exactly(sim_realtime, client_for):
     kinds = ["r" if c["choices"][0]["delta"]["reasoning_content"] else "c"
              for c in s.token_chunks()]
     assert kinds == ["r"] * 5 + ["c"] * 6
-    # Client arrivals vs the script (time scale 1: model s == wall s). TTFT also holds the
-    # client's own request overhead, so it gets a looser bound than the gaps between chunks.
-    arrivals = [(t - sent) / 1e9 for t in s.token_stamps()]
-    want = _script_times()
-    assert arrivals[0] - want[0] == pytest.approx(0.0, abs=0.025)
-    _assert_precise([(got - arrivals[0]) - (expect - want[0])
-                     for got, expect in zip(arrivals, want, strict=True)])
+    # Client arrivals vs the script (time scale 1: model s == wall s). The client's own
+    # overhead (request building, response set-up) shifts every arrival alike, so TTFT gets
+    # a looser bound and the gaps are judged around the median offset.
+    offsets = [(t - sent) / 1e9 - w for t, w in zip(s.token_stamps(), _script_times(), strict=True)]
+    assert offsets[0] == pytest.approx(0.0, abs=0.025)
+    median = sorted(offsets)[len(offsets) // 2]
+    _assert_precise([o - median for o in offsets])
 
 
 def test_server_send_stamps_match_the_script(sim_realtime, client_for):

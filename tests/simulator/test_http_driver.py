@@ -1,0 +1,143 @@
+"""The pacing driver in-process, with a stub engine of fixed step length.
+
+Why a stub here: these tests pin the driver's own contract (deliver each step at the wall
+instant of its end, mid-step arrivals join the next step, lateness is measured and never
+hidden), independent of the engine model's costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+
+import pytest
+
+from pytest_glmperf.simulator.driver import Driver, Pacer
+from pytest_glmperf.simulator.metrics import LatencyHistograms, SimHealth
+from pytest_glmperf.simulator.types import SimRequest, StepResult, TokenEmission
+
+STEP_S = 0.1     # model seconds per step
+SCALE = 10.0     # -> 10 ms of wall time per step
+
+
+class StubEngine:
+    """Every step takes STEP_S; each request emits one token per step for max_new steps."""
+
+    def __init__(self, block_s: float = 0.0) -> None:
+        self.now = 0.0
+        self.block_s = block_s   # wall time step() burns, to make the loop fall behind
+        self.pending: list[SimRequest] = []
+        self.running: dict[str, int] = {}
+        self.aborted: list[str] = []
+
+    def add_request(self, req: SimRequest) -> None:
+        self.pending.append(req)
+
+    def abort(self, rid: str) -> None:
+        self.aborted.append(rid)
+        self.running.pop(rid, None)
+
+    def has_work(self) -> bool:
+        return bool(self.pending or self.running)
+
+    def advance_to(self, t: float) -> None:
+        self.now = max(self.now, t)
+
+    def step(self) -> StepResult:
+        if self.block_s:
+            time.sleep(self.block_s)
+        new = {req.rid for req in self.pending}
+        for req in self.pending:
+            self.running[req.rid] = req.max_new_tokens
+        self.pending = []
+        emissions = []
+        for rid in list(self.running):
+            self.running[rid] -= 1
+            done = self.running[rid] <= 0
+            emissions.append(TokenEmission(rid, 1, first=rid in new, finished=done))
+            if done:
+                del self.running[rid]
+        start, self.now = self.now, self.now + STEP_S
+        return StepResult(start_s=start, duration_s=STEP_S, kind="decode", emissions=emissions)
+
+
+async def _collect(driver: Driver, rid: str, max_new: int) -> list[int]:
+    stream = driver.submit(SimRequest(rid=rid, prompt_tokens=10, max_new_tokens=max_new))
+    stamps = []
+    while True:
+        items = await stream.take()
+        if not items:
+            return stamps
+        stamps.extend(time.perf_counter_ns() for _ in items)
+        if items[-1].finished:
+            return stamps
+
+
+def _driver(engine: StubEngine) -> Driver:
+    return Driver(engine, SCALE, LatencyHistograms(), SimHealth(time_scale=SCALE), Pacer())
+
+
+def test_steps_are_delivered_at_the_wall_instant_of_their_end():
+    async def run() -> tuple[Driver, list[int]]:
+        driver = _driver(StubEngine())
+        driver.start()
+        stamps = await _collect(driver, "a", 20)
+        await driver.stop()
+        return driver, stamps
+
+    driver, stamps = asyncio.run(run())
+    assert len(stamps) == 20
+    gaps_ms = [(b - a) / 1e6 for a, b in itertools.pairwise(stamps)]
+    assert sorted(gaps_ms)[len(gaps_ms) // 2] == pytest.approx(STEP_S / SCALE * 1e3, abs=0.5)
+    ends = [driver.wall_ns(driver.anchor_model_s + STEP_S * (k + 1)) for k in range(20)]
+    # Absolute schedule: delivery k happens at the end of step k (never drifts).
+    offsets_ms = sorted(abs(s - e) / 1e6 for s, e in zip(stamps, ends, strict=True))
+    assert offsets_ms[len(offsets_ms) // 2] < 2.0
+
+
+def test_a_request_arriving_mid_step_joins_the_next_step():
+    async def run() -> tuple[list[int], list[int]]:
+        driver = _driver(StubEngine())
+        driver.start()
+        first = asyncio.create_task(_collect(driver, "a", 10))
+        await asyncio.sleep(0.025)   # 2.5 steps in: step 3 is "running"
+        second = await _collect(driver, "b", 3)
+        a = await first
+        await driver.stop()
+        return a, second
+
+    a, b = asyncio.run(run())
+    # b's first token comes with the step after the one running when it arrived: a's 4th.
+    assert abs(b[0] - a[3]) / 1e6 < 2.0
+
+
+def test_falling_behind_is_measured_and_exported():
+    async def run() -> SimHealth:
+        engine = StubEngine(block_s=0.03)   # 30 ms of work per 10 ms step: 3x too slow
+        driver = _driver(engine)
+        driver.start()
+        await _collect(driver, "a", 5)
+        await driver.stop()
+        return driver.health
+
+    health = asyncio.run(run())
+    assert health.lag_max_s >= 0.5   # 20 ms wall behind per step, growing: > 0.5 model s
+    assert health.late_steps >= 3
+
+
+def test_abort_reaches_the_engine_and_ends_the_stream():
+    async def run() -> tuple[list[int], StubEngine]:
+        engine = StubEngine()
+        driver = _driver(engine)
+        driver.start()
+        task = asyncio.create_task(_collect(driver, "a", 1000))
+        await asyncio.sleep(0.03)
+        driver.abort("a")
+        stamps = await task
+        await driver.stop()
+        return stamps, engine
+
+    stamps, engine = asyncio.run(run())
+    assert engine.aborted == ["a"]
+    assert 0 < len(stamps) < 1000
