@@ -239,8 +239,11 @@ def _error_message(error: Any) -> str:
 class _StreamParser:
     """Turns response body pieces into record fields; one instance per request.
 
-    ``feed`` is the hot path: join, split on blank lines, parse each event's JSON with the C
-    parser and look only at the few keys that matter. Everything else waits for ``finish``.
+    ``feed`` is the hot path: join, split on blank lines, parse each event's JSON with a C
+    parser and look only at the few keys that matter; usage totals wait for ``finish``.
+    Parsing every event inline is deliberate: arrival stamps come from the socket read, so
+    parsing never delays them, a C parse costs 1-3 us (the httpx stack ~8 us per chunk
+    costs more), and only a real parse catches a malformed event, which is a failure.
     """
 
     def __init__(self, record: RequestRecord) -> None:

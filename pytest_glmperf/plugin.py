@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from .ci_summary import final_line
 from .client import StreamingClient
 from .errors import GlmperfError, MeasurementInvalid
 from .profiles import load_registry
@@ -168,6 +169,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         elif cap["levels"]:
             terminalreporter.write_line(f"glmperf verdict: {key} usable at no measured concurrency level")
     terminalreporter.write_line(f"glmperf report: {run.report_dir / 'report.md'}")
+    checks = [c for group in run.checks.values() for c in group]
+    terminalreporter.write_line(final_line(run.report.as_dict(), checks, inconclusive_fails=run.inconclusive_fails),
+                                bold=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -34,6 +34,7 @@ class LevelResult:
     interrupted: bool = False
     client: ClientHealth | None = None
     cut_reason: str | None = None  # stopped early: its failure was already settled
+    server_note: str | None = None  # the server died during the level (exit reason, log tail)
 
     @classmethod
     def judge(cls, name: str, concurrency: int, stats: StreamStats, thresholds: Thresholds,
@@ -75,6 +76,8 @@ class LevelResult:
         if self.cut_reason:
             lines.append(f"  stopped early, failure settled: {self.cut_reason}")
         lines += [f"  {check.message()}" for check in self.verdict.broken]
+        if self.server_note:
+            lines.append(f"  server died during the level: {self.server_note}")
         return "\n".join(lines)
 
     def raise_if_invalid(self) -> None:
@@ -108,6 +111,7 @@ class LevelResult:
             data["concurrency"] = self.concurrency
         return {**data, "concurrency": self.concurrency, "usable": self.usable, "status": self.status,
                 "explain": self.explain(), "required": self.required, "cut_short": self.cut_reason,
+                "server_died": self.server_note,
                 "client": self.client.as_dict() if self.client else None}
 
 

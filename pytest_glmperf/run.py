@@ -306,6 +306,7 @@ class GlmperfServer:
         result.interrupted = any(w.interrupted for w in windows)
         result.client = windows[-1].health if windows else None
         result.cut_reason = next((w.load.cut_reason for w in windows if w.load.cut_reason), None)
+        result.server_note = self.server_down_note()
         entry = result.as_report()
         entry["stalls"] = self._stalls(windows)
         self.run.report.record_level(self.target.key, entry)
@@ -352,6 +353,14 @@ class GlmperfServer:
         self.run.report.target(self.target.key)["mixed"] = entry
         self.run.write_report()
         return result
+
+    def server_down_note(self) -> str | None:
+        """Why the server is gone, if it died (a container or process we can ask); else None."""
+        alive = getattr(self.handle, "alive", None)
+        if alive is None or alive():
+            return None
+        reason = getattr(self.handle, "exit_reason", lambda: None)()
+        return reason or "the server process is no longer running"
 
     @staticmethod
     def _cache(before: MetricsSnapshot | None, after: MetricsSnapshot | None) -> dict[str, float | None]:

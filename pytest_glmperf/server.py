@@ -128,6 +128,10 @@ class SimulatedServer:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    def exit_reason(self, lines: int = 40) -> str | None:
+        """None while the simulator runs; else its exit status and last log lines."""
+        return None if self.alive() else f"the simulator process exited;{self._death_note()}"
+
     def _death_note(self) -> str:
         code = self._process.poll() if self._process else None
         status = "" if code is None else f" exit code {code};"
