@@ -199,13 +199,15 @@ class Replay:
 # ---- workloads -------------------------------------------------------------------------
 
 def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = None,
-              duration: float = 600.0,
+              duration: float = 600.0, flush: bool = True,
               contexts: int = 4, workers: int = 3, context_tokens: int = 100_000,
               max_tokens: int = 2048, spike_every: float = 30.0, spike_tokens: int = 64,
               revisit_every: float = 45.0) -> dict[str, Any]:
     """Workload 1 as pytest_glmperf.workloads.run_mixed drives it (on ``engine`` if given,
     so a second run finds the caches the first one left)."""
     engine = engine or Engine(config, seed=seed)
+    if flush:  # workloads.py: POST /flush_cache before the mixed run
+        engine.flush_cache()
     replay = Replay(engine, ids=_ids_for(engine))
     last_used = dict.fromkeys(range(contexts), 0.0)
     start = engine.now
@@ -295,11 +297,14 @@ def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None =
                  levels: tuple[int, ...] = (1, 2, 4, 8, 12),
                  level_duration: float = 240.0, contexts: int = 8,
                  context_tokens: int = 100_000, max_tokens: int = 1024,
-                 spike_every: float = 25.0, spike_tokens: int = 64) -> list[dict[str, Any]]:
+                 spike_every: float = 25.0, spike_tokens: int = 64,
+                 flush: bool = True) -> list[dict[str, Any]]:
     """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes."""
     engine = engine or Engine(config, seed=seed)
     out = []
     for level in levels:
+        if flush:  # workloads.py: POST /flush_cache before each level
+            engine.flush_cache()
         replay = Replay(engine, ids=_ids_for(engine))
         start = engine.now
         deadline = start + level_duration
@@ -434,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload in ("mixed", "both"):
         engines = {p: Engine(cfg, seed=args.seed) for p, cfg in configs.items()}
         for run in range(1, args.runs + 1):
-            mixed = {p: run_mixed(cfg, engine=engines[p]) for p, cfg in configs.items()}
+            mixed = {p: run_mixed(cfg, engine=engines[p], flush=run == 1)
+                     for p, cfg in configs.items()}
             out["mixed"].append(mixed)
             _print_mixed(mixed, run)
     if args.workload in ("capacity", "both"):
@@ -443,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## Capacity workload, run {run} (levels 1, 2, 4, 8, 12 x 240 s)\n")
             levels_by_profile = {}
             for p, cfg in configs.items():
-                levels = run_capacity(cfg, engine=engines[p])
+                levels = run_capacity(cfg, engine=engines[p], flush=run == 1)
                 levels_by_profile[p] = levels
                 print(capacity_table(p, levels))
                 wall = sum(lv["wall_s"] for lv in levels)
