@@ -573,6 +573,12 @@ class StreamingClient:
         return PreparedRequest(body=body, max_tokens=max_tokens,
                                headers=(("content-type", "application/json"), *extra_headers))
 
+    async def send(self, messages: Sequence[dict[str, Any]], *, max_tokens: int, temperature: float = 0.0,
+                   extra_body: dict[str, Any] | None = None, request_id: str = "request") -> RequestRecord:
+        """Prepare and stream one chat request in one call (for users' own tests)."""
+        prepared = self.prepare(messages, max_tokens=max_tokens, temperature=temperature, extra_body=extra_body)
+        return await self.stream(prepared, RequestRecord(request_id=request_id))
+
     async def stream(self, prepared: PreparedRequest, record: RequestRecord) -> RequestRecord:
         """Send one prepared request and fill ``record``; failures are recorded, not raised.
 

@@ -216,11 +216,14 @@ class GlmperfServer:
         return {**self.handle.provenance(), "base_url": self.base_url, "version": info.get("version"),
                 "time_scale": self.time_scale, "server_args": info}
 
-    def client(self, concurrency: int) -> StreamingClient:
-        """A streaming client bound to this server (use as ``async with``)."""
-        return StreamingClient(self.base_url, concurrency=concurrency, time_scale=self.time_scale,
-                               api_key=self.run.settings.api_key,
-                               request_timeout_s=self.settings.request_timeout_s)
+    @asynccontextmanager
+    async def client(self, concurrency: int) -> AsyncIterator[StreamingClient]:
+        """A streaming client bound to this server, its connections opened ahead."""
+        async with StreamingClient(self.base_url, concurrency=concurrency, time_scale=self.time_scale,
+                                   api_key=self.run.settings.api_key,
+                                   request_timeout_s=self.settings.request_timeout_s) as client:
+            await client.warm_up()
+            yield client
 
     def metrics(self) -> MetricsSnapshot | None:
         """One scrape of /metrics (None when the server has no metrics endpoint)."""
