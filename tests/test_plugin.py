@@ -162,3 +162,28 @@ def test_starved_client_makes_the_level_invalid_not_failed(pytester: pytest.Pyte
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
     assert level["status"] == "invalid" and level["usable"] is False
+
+
+def test_server_errors_mid_run_are_recorded_and_the_run_goes_on(pytester: pytest.Pytester):
+    import yaml
+
+    profiles = yaml.safe_load(REGISTRY.read_text())["profiles"]
+    flaky = dict(profiles["sim-hicache"], server_args=[*profiles["sim-hicache"]["server_args"],
+                                                       "--sim-fault", "mid_stream_error:after=3,p=0.5"])
+    (pytester.path / "profiles.yaml").write_text(yaml.safe_dump({"profiles": {"flaky": flaky}}))
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = pytester.runpytest_subprocess("--profiles-file=profiles.yaml", "--profile=flaky", "--report-dir=out",
+                                           *TINY, timeout=300)
+    result.assert_outcomes(failed=2)  # both levels ran to the end despite the errors
+    result.stdout.fnmatch_lines(["*failure_rate = 0.* > max_failure_rate 0.05*"])
+    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    errors = [r for r in records if r["outcome"] == "failed"]
+    assert errors and all("error in stream" in r["error"] for r in errors)
+    assert any(r["outcome"] == "ok" for r in records)
+
+
+@pytest.mark.parametrize("profile", ["sim-hicache-mtp", "sim-hicache-400g"])
+def test_profiles_declared_in_yaml_alone_run(pytester: pytest.Pytester, profile: str):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, f"--profile={profile}", "--concurrency-levels=1")
+    result.assert_outcomes(passed=1)

@@ -1,0 +1,22 @@
+"""The main job itself: ``pytest perf_tests --quick`` on the embedded simulator."""
+
+import json
+
+import pytest
+
+from tests.conftest import REPO
+
+
+@pytest.mark.slow
+def test_quick_perf_suite_passes_and_writes_every_report(pytester: pytest.Pytester):
+    result = pytester.runpytest_subprocess(str(REPO / "perf_tests"), f"--rootdir={REPO}", "--quick",
+                                           f"--report-dir={pytester.path / 'out'}", "-p", "no:cacheprovider",
+                                           timeout=600)
+    result.assert_outcomes(passed=5)
+    out = pytester.path / "out"
+    for name in ("records.jsonl", "report.json", "report.md", "report.html", "capacity.svg",
+                 "timeline-sim-hicache.svg", "sim-hicache/server.log"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["status"] == "complete"
+    assert report["targets"]["sim-hicache"]["capacity"]["max_usable"] == 4
