@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pytest_glmperf import client as client_module
+from pytest_glmperf import sse as client_module
 from pytest_glmperf.client import StreamingClient
 from pytest_glmperf.records import RequestRecord
 

@@ -21,6 +21,17 @@ DEFAULT_DECODE_GRAPH_MAX_BS = 512   # decode CUDA-graph max batch on H200 at tp 
 # Device memory taken outside weights/KV before the pool is sized: NCCL communicators,
 # custom all-reduce IPC buffers, DeepGEMM/FlashInfer workspaces (typically 1-2 GiB at TP8).
 RUNTIME_BUFFERS_BYTES = int(1.5 * GIB)
+# Memory resident when the KV pool is profiled that the itemisation above and the weight
+# arithmetic (hardware.py) do not name: allocator fragmentation after FP8 weight
+# post-processing (DeepGEMM scale re-layout), MoE/DSA workspaces created at model init,
+# BF16 modules of the FP8 checkpoint beyond embedding/lm_head. No source itemises it; it is
+# CALIBRATED (docs/simulator.md, "Memory"): the field's mtp run queued requests (queue
+# mean 0.49, TTFT P50 9 s) yet never chained two fresh prefills (gap P95 12.84 s), which
+# brackets its pool between ~486k and ~510k tokens; 4.5 GiB puts it at ~495k.
+UNITEMISED_RESIDENT_BYTES = int(4.5 * GIB)
+# June-2026 images (server_args.py before the arg_groups refactor) reserved 2 GiB more
+# for EAGLE-family speculative decoding: "eagle draft models and cuda graphs".
+SPEC_RESERVED_MIB = 2 * 1024
 
 SPEC_ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN", "STANDALONE", "NGRAM")
 WRITE_POLICIES = ("write_back", "write_through", "write_through_selective")
@@ -75,7 +86,7 @@ class EngineConfig:
     hardware: HardwareSpec = field(default_factory=lambda: get_hardware("h200x8"))
     model: ModelSpec = GLM51_FP8
     seed: int = 0
-    spec_accept_prob: float = 0.75       # per-draft acceptance probability (see speculative.py)
+    spec_accept_prob: float = 0.85       # per-draft acceptance probability (see speculative.py)
     dsa_kv_default: str = "fp8_e4m3"     # what kv_cache_dtype=auto resolves to (see below)
     decode_interleave: str = "auto"      # see engine.py: how decode shares steps with prefill
     unmodelled_args: tuple[str, ...] = ()
@@ -136,9 +147,11 @@ class EngineConfig:
 
     @property
     def resolved_mem_fraction_static(self) -> float:
-        """SGLang's auto value (arg_groups/memory_hook.py, 0.5.23), in MiB of GPU memory:
-        reserved = 512 + 1.5 x max(chunked_prefill, 2048) + tp/8 x 1024 + 2 x decode graph
-        max_bs, at least 10 GiB on GPUs over 60 GB; fraction = (gpu - reserved) / gpu."""
+        """SGLang's auto value, in MiB of GPU memory: reserved = 512 + 1.5 x
+        max(chunked_prefill, 2048) + tp/8 x 1024 + 2 x decode graph max_bs, at least 10 GiB
+        on GPUs over 60 GB (arg_groups/memory_hook.py, 0.5.23; the same terms in older
+        server_args.py), then + 2 GiB with EAGLE as the pre-refactor server_args.py did
+        ("eagle draft models and cuda graphs"); fraction = (gpu - reserved) / gpu."""
         if self.mem_fraction_static is not None:
             return self.mem_fraction_static
         gpu_mib = self.hardware.hbm_bytes / MIB
@@ -147,6 +160,8 @@ class EngineConfig:
         reserved += self.tp_size / 8 * 1024 + 2 * max_bs
         if gpu_mib > 60 * 1024:
             reserved = max(reserved, 10 * 1024)
+        if self.spec_enabled:
+            reserved += SPEC_RESERVED_MIB
         return round((gpu_mib - reserved) / gpu_mib, 3)
 
     @property
@@ -180,10 +195,11 @@ class EngineConfig:
     @property
     def kv_pool_bytes(self) -> float:
         """model_runner / kv_cache_configurator._profile_available_bytes: free memory after
-        weights minus pre_model_load_memory x (1 - mem_fraction_static)."""
+        weights (and what else is resident then) minus pre_model_load_memory x
+        (1 - mem_fraction_static)."""
         hw = self.hardware
         pre_load = hw.hbm_bytes - hw.cuda_context_bytes - RUNTIME_BUFFERS_BYTES
-        free_after = pre_load - self.weight_bytes
+        free_after = pre_load - self.weight_bytes - UNITEMISED_RESIDENT_BYTES
         return free_after - pre_load * (1 - self.resolved_mem_fraction_static)
 
     @property

@@ -49,7 +49,7 @@ HBM_EFF = 0.80
 # expert) at ~10-15 us each for tiny batches, plus two 8-way all-reduces (~20-30 us each).
 # SGLang serves DeepSeek-V3 (61 layers) on 8x H200 at ~25-30 ms per token at batch 1,
 # i.e. ~0.4-0.5 ms per layer; GLM-5.1's 78 layers at 0.35 ms give ~28 ms per token.
-DECODE_LAYER_FLOOR_S = 350e-6
+DECODE_LAYER_FLOOR_S = 280e-6
 # Top-k (2048 of L) per layer in decode: one radix-select launch over the batch's fp32
 # scores (the score traffic itself is counted with the indexer).
 TOPK_LAUNCH_S = 6e-6
@@ -62,7 +62,7 @@ DECODE_BATCH_OVERHEAD_S = 0.5e-3
 DRAFT_PASS_LAYERS = 3.0
 # Per verify step: building the draft chain, verification sampling and the accept/
 # rewind bookkeeping of the KV slots (eagle_worker_v2 verify + draft-extend glue).
-SPEC_STEP_OVERHEAD_S = 3e-3
+SPEC_STEP_OVERHEAD_S = 2e-3
 
 
 @dataclass(frozen=True)
