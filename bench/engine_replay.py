@@ -2,10 +2,12 @@
 
 No HTTP, no sleeping: requests are fed to ``Engine`` in model time, emissions are stamped
 with the end of the step that produced them, and the client-side figures are computed the
-way the plugin computes them (pytest_glmperf.stats percentiles). Use it to calibrate the
-cost model; the end-to-end HTTP bench comes later.
+way the plugin computes them (pytest_glmperf.stats percentiles), with /flush_cache before
+each capacity level and the mixed run as workloads.py does. Use it to search calibrations
+fast (~3 s for everything); bench/suite_vs_brief.py is the end-to-end check.
 
     python bench/engine_replay.py                 # both profiles, both workloads
+    python bench/engine_replay.py --runs 2        # run 2: same workloads, warm (no flush)
     python bench/engine_replay.py --profile sim-hicache --workload mixed --json out.json
 """
 
@@ -33,8 +35,11 @@ from pytest_glmperf.simulator.types import SimRequest  # noqa: E402
 from pytest_glmperf.stats import mean, percentile  # noqa: E402
 
 PAGE = 64
-SYSTEM_TOKENS = 20          # system prompt + chat template around the context
-SUFFIX_TOKENS = 20          # the per-request task line ("decode request 7: continue ...")
+# Prompt sizes as the end-to-end suite sends them: a "100k-token" context measures
+# 100,490-101,010 prompt tokens on the simulator (the client's chars-per-token calibration
+# and the chat template overshoot by ~0.7 %), so the KV arithmetic sees ~100.76k per prompt.
+SYSTEM_TOKENS = 720         # system prompt, chat template, calibration overshoot
+SUFFIX_TOKENS = 40          # the per-request task line ("decode request 7: continue ...")
 
 # The brief's numbers (workloads-and-results.md), for the side-by-side tables.
 BRIEF_MIXED = {
@@ -426,8 +431,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workload", choices=("mixed", "capacity", "both"), default="both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=1,
-                        help="run each workload this many times on the same server without "
-                             "flushing its caches (run 2+ = an operator re-running a script)")
+                        help="run each workload this many times on the same server; runs 2+ "
+                             "skip /flush_cache (an operator re-running a script)")
     parser.add_argument("--sim-arg", action="append", default=[],
                         help="extra server flag(s) appended to every profile, e.g. "
                              "--sim-arg=--chunked-prefill-size=4096")

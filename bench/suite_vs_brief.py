@@ -1,17 +1,22 @@
 """Run the full seed-shaped suite on both simulated profiles and compare with the field report.
 
     python bench/suite_vs_brief.py [--quick] [--report-dir DIR] [--write-docs]
+                                   [--profile sim-mtp] [--time-scale 30] [-- PYTEST_ARGS...]
 
 Runs ``pytest perf_tests --profile sim-hicache,sim-mtp`` (5 levels x 240 s + 600 s mixed per
 profile, in model time), then prints the brief's mixed table beside the simulator's, the
 cache counter deltas, and the per-level capacity verdicts, with the wall time and achieved
-time scale. ``--write-docs`` replaces the table between the markers in docs/simulator.md.
+time scale. ``--write-docs`` replaces the table between the markers in docs/simulator.md
+(only from a full run of both profiles at the default time scale). ``--profile`` and
+``--time-scale`` are for quick iteration; arguments after ``--`` go to pytest unchanged.
+``--no-run`` re-prints the tables of an existing report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -41,11 +46,18 @@ BRIEF_MAX_USABLE = {"sim-hicache": 4, "sim-mtp": 1}
 TARGETED = ("client_tok_s", "ttft_p50_s", "ttft_p95_s", "gap_p50_s", "gap_p95_s")
 
 
-def run_suite(report_dir: Path, quick: bool) -> float:
-    command = [sys.executable, "-m", "pytest", "perf_tests", "--profile", "sim-hicache,sim-mtp",
+DEFAULT_TIME_SCALE = 10.0
+
+
+def run_suite(report_dir: Path, quick: bool, profiles: str = "sim-hicache,sim-mtp",
+              time_scale: float | None = None, extra: list[str] | None = None) -> float:
+    command = [sys.executable, "-m", "pytest", "perf_tests", "--profile", profiles,
                f"--report-dir={report_dir}", "-q", "-p", "no:cacheprovider", "-rxX"]
     if quick:
         command.append("--quick")
+    if time_scale is not None:
+        command.append(f"--time-scale={time_scale:g}")
+    command += extra or []
     began = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=False)
     return time.monotonic() - began
@@ -58,6 +70,8 @@ def fmt(value: float | None) -> str:
 def mixed_table(report: dict) -> str:
     rows = []
     for profile, brief in BRIEF_MIXED.items():
+        if profile not in report["targets"]:
+            continue
         mixed = (report["targets"].get(profile) or {}).get("mixed") or {}
         for key, want in brief.items():
             got = mixed.get(key)
@@ -70,6 +84,8 @@ def mixed_table(report: dict) -> str:
 def cache_table(report: dict) -> str:
     rows = []
     for profile, brief in BRIEF_CACHE.items():
+        if profile not in report["targets"]:
+            continue
         cache = ((report["targets"].get(profile) or {}).get("mixed") or {}).get("cache") or {}
         rows += [[profile, key, f"{want:,}", fmt(cache.get(key))] for key, want in brief.items()]
     return tabulate(rows, headers=["profile", "counter delta", "brief", "simulator"], tablefmt="github")
@@ -78,6 +94,8 @@ def cache_table(report: dict) -> str:
 def capacity_table(report: dict) -> str:
     rows = []
     for profile, want in BRIEF_MAX_USABLE.items():
+        if profile not in report["targets"]:
+            continue
         capacity = (report["targets"].get(profile) or {}).get("capacity") or {}
         verdicts = ", ".join(f"c{lv['concurrency']}:{'usable' if lv['usable'] else 'no'}"
                              f" ({fmt(lv.get('aggregate_tok_s'))} tok/s)" for lv in capacity.get("levels", []))
@@ -86,20 +104,43 @@ def capacity_table(report: dict) -> str:
     return tabulate(rows, headers=["profile", "brief max usable", "simulator", "", "levels"], tablefmt="github")
 
 
+def lag_note(report_dir: Path, report: dict) -> str:
+    """The simulator's own lag warnings (server.log): timings are stretched when it falls behind."""
+    notes = []
+    for profile in report["targets"]:
+        log = report_dir / profile / "server.log"
+        lines = [ln for ln in log.read_text(errors="replace").splitlines()
+                 if "behind wall time" in ln] if log.exists() else []
+        worst = max((float(m.group(1)) for ln in lines
+                     if (m := re.search(r"\(max ([0-9.]+) s", ln))), default=0.0)
+        notes.append(f"{profile}: {len(lines)} lag warnings, worst {worst:.2f} model s")
+    return "Simulator lag: " + "; ".join(notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--report-dir", type=Path, default=ROOT / "perf-report" / "calibration")
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--no-run", action="store_true", help="only print tables from an existing report")
+    parser.add_argument("--profile", default="sim-hicache,sim-mtp",
+                        help="simulated profile(s), comma-separated (default both)")
+    parser.add_argument("--time-scale", type=float, default=None,
+                        help=f"simulator time scale (default the plugin's, {DEFAULT_TIME_SCALE:g})")
+    parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
     args = parser.parse_args()
-    wall = None if args.no_run else run_suite(args.report_dir, args.quick)
+    if args.write_docs and (args.quick or args.profile != "sim-hicache,sim-mtp"
+                            or args.time_scale not in (None, DEFAULT_TIME_SCALE)):
+        parser.error("--write-docs needs the full run: both profiles, default time scale, no --quick")
+    wall = None if args.no_run else run_suite(args.report_dir, args.quick, args.profile,
+                                              args.time_scale, args.pytest_args)
     report = json.loads((args.report_dir / "report.json").read_text())
     scale = next(iter(report["settings"].values()))["time_scale"]
     text = "\n\n".join([
         f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}"
         + (f" · wall {wall:.0f} s for both profiles" if wall else ""),
-        mixed_table(report), cache_table(report), capacity_table(report)])
+        mixed_table(report), cache_table(report), capacity_table(report),
+        lag_note(args.report_dir, report)])
     print(text)
     if args.write_docs:
         doc = ROOT / "docs" / "simulator.md"

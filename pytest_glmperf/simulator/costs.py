@@ -34,9 +34,10 @@ MFU_PREFILL_LINEAR = 0.27
 # The DSA lightning indexer in prefill: DeepGEMM fp8_mqa_logits + the per-row top-2048
 # selection + logit clean-up, *replicated* on every TP rank (ReplicatedLinear projections,
 # no head split in dsa_indexer.py). Effective fraction of FP8 peak over the whole indexer
-# path, calibrated to the field report's ~12 s freeze for a fresh ~100k-token prompt:
-# 0.25 (the logits GEMM alone reaches ~40-60 %).
-MFU_INDEXER = 0.25
+# path, calibrated to the field report's mtp freezes (P50 11.95 s, P95 12.84 s: one fresh
+# ~100k-token prefill each) and its TTFT P50 (9.1 s, just under one prefill): 0.27 puts
+# the prefill at ~10.7 s (the logits GEMM alone reaches ~40-60 %).
+MFU_INDEXER = 0.27
 # FlashMLA sparse prefill kernel, BF16: ~40-60 % of BF16 peak.
 MFU_SPARSE_ATTN = 0.45
 # Ring all-reduce bus bandwidth NCCL reaches on 8x NVLink-4 for 100 MB messages:
@@ -47,9 +48,11 @@ HBM_EFF = 0.80
 # Decode per-layer latency floor: ~15-20 kernels inside a CUDA graph (norms, MLA
 # projections, indexer logits, top-k, sparse attention, router, grouped MoE, shared
 # expert) at ~10-15 us each for tiny batches, plus two 8-way all-reduces (~20-30 us each).
-# SGLang serves DeepSeek-V3 (61 layers) on 8x H200 at ~25-30 ms per token at batch 1,
-# i.e. ~0.4-0.5 ms per layer; GLM-5.1's 78 layers at 0.35 ms give ~28 ms per token.
-DECODE_LAYER_FLOOR_S = 280e-6
+# SGLang serves DeepSeek-V3 (61 layers) on 8x H200 at ~20-22 ms per token at batch 1,
+# ~0.3 ms per layer with the weight reads; the field's hicache streams (no speculation)
+# decoded at ~36-40 tok/s each at batch 3-4. 0.25 ms x 78 layers = 19.5 ms, ~23 ms per
+# token at batch 1 and ~26 ms at batch 4 with 100k contexts.
+DECODE_LAYER_FLOOR_S = 250e-6
 # Top-k (2048 of L) per layer in decode: one radix-select launch over the batch's fp32
 # scores (the score traffic itself is counted with the indexer).
 TOPK_LAUNCH_S = 6e-6
@@ -57,12 +60,17 @@ TOPK_LAUNCH_S = 6e-6
 # (radix match, allocation, metadata) ~ a few ms; decode steps ~ 0.5 ms.
 PREFILL_BATCH_OVERHEAD_S = 4e-3
 DECODE_BATCH_OVERHEAD_S = 0.5e-3
-# EAGLE draft forward: one MTP decoder layer (DSA + MoE) + eh_proj + lm_head over a
-# 154,880-token vocabulary + top-1 sampling, in units of a decode layer's floor (~1 ms).
-DRAFT_PASS_LAYERS = 3.0
+# EAGLE draft forward: one MTP decoder layer (DSA indexer, sparse MLA, 256-expert MoE) +
+# eh_proj + norm + top-1 sampling, each pass its own CUDA-graph replay, in units of a
+# decode layer's floor: 5 (~1.25 ms, + the lm_head read).
+DRAFT_PASS_LAYERS = 5.0
 # Per verify step: building the draft chain, verification sampling and the accept/
-# rewind bookkeeping of the KV slots (eagle_worker_v2 verify + draft-extend glue).
-SPEC_STEP_OVERHEAD_S = 2e-3
+# rewind bookkeeping of the KV slots, the host sync for accept lengths (eagle_worker_v2
+# verify + draft-extend glue). With the draft passes this makes an EAGLE step at batch 1
+# 1.5x a plain decode step (34 vs 23 ms), in line with the ~1.8x batch-1 speedups reported
+# for DeepSeek-V3 MTP at accept length ~2.8; calibrated with the field's mtp decode rate
+# (~75-85 tok/s per stream alone and at batch 4; docs/simulator.md).
+SPEC_STEP_OVERHEAD_S = 5e-3
 
 
 @dataclass(frozen=True)

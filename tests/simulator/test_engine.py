@@ -16,8 +16,9 @@ HICACHE = ["--tp-size", "8", "--enable-hierarchical-cache", "--hicache-size", "2
            "--hicache-write-policy", "write_through", "--mem-fraction-static", "0.85"]
 MTP = ["--tp-size", "8", "--speculative-algorithm", "EAGLE", "--speculative-num-steps", "3",
        "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]
-# --mem-fraction-static 0.70 leaves ~8 GiB per GPU for KV: ~140k FP8 tokens, one context.
-SMALL_POOL = ["--mem-fraction-static", "0.70"]
+# --mem-fraction-static 0.73 leaves ~8 GiB per GPU for KV: ~140k FP8 tokens (~120k with
+# the EAGLE draft's extra layer), one 100k context at a time.
+SMALL_POOL = ["--mem-fraction-static", "0.73"]
 
 
 def request(rid: str, prompt: int, new: int, ctx: int | None = None) -> SimRequest:
