@@ -266,7 +266,7 @@ class GlmperfServer:
                 results[level] = asyncio.run(self.capacity(level, early_stop=True))
                 return results[level].usable
 
-            best = bisect_levels(self.settings.levels, usable)
+            best = bisect_levels(self.settings.levels, usable, start=self.settings.require_concurrency)
             skipped = [c for c in self.settings.levels if c not in results]
             self.run.report.target(self.target.key)["capacity"]["search"] = {
                 "max_usable": best, "probed": list(results), "skipped": skipped,

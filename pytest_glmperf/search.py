@@ -10,8 +10,11 @@ bound grows with n, reaching it at ``n_max`` settles the failure for any final n
 the failure rate exceeds 5 % for good once ``failures > 0.05 n_max``. A pass is never
 settled early: a later stall could still break it.
 
-Bisection. Assuming usability falls with concurrency, the highest usable level among the
-allowed ones is found by binary search, running about log2(levels) levels instead of all.
+Search order. Assuming usability falls with concurrency, the highest usable level is found
+by a binary search that starts at the required level (the answer the user expects, so the
+likeliest one) and, after its first success, probes the top level next: a server that holds
+the top level is then settled in two runs, and one that does not has its upper bound early.
+Failed probes are cheap because they are cut short; every pass costs a full level.
 """
 
 from __future__ import annotations
@@ -84,19 +87,23 @@ def settled_failure(progress: LevelProgress, thresholds: Thresholds) -> str | No
     return None
 
 
-def bisect_levels(levels: Sequence[int], usable: Callable[[int], bool]) -> int | None:
+def bisect_levels(levels: Sequence[int], usable: Callable[[int], bool], start: int | None = None) -> int | None:
     """Highest level for which ``usable(level)`` holds, probing O(log n) levels.
 
-    Assumes monotonicity (usable at c implies usable below c). Returns None if none is usable.
+    Assumes monotonicity (usable at c implies usable below c). ``start`` is probed first when it
+    is one of the levels. Returns None if none is usable.
     """
     ordered = sorted(levels)
     low, high = -1, len(ordered)  # ordered[low] usable (or none), ordered[high] not (or none)
+    probe = ordered.index(start) if start in ordered else (low + high) // 2
     while high - low > 1:
-        middle = (low + high) // 2
-        if usable(ordered[middle]):
-            low = middle
+        if usable(ordered[probe]):
+            low = probe
+            top_unknown = high == len(ordered) and probe < len(ordered) - 1
+            probe = len(ordered) - 1 if top_unknown else (low + high) // 2
         else:
-            high = middle
+            high = probe
+            probe = (low + high) // 2
     return ordered[low] if low >= 0 else None
 
 

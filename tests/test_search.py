@@ -13,19 +13,27 @@ def finished(gap_s: float, e2e_s: float = 20.0) -> RequestRecord:
                          completion_tokens=2)
 
 
-def test_bisection_probes_log_many_levels():
-    probed = []
+def probes(levels, best, start=None):
+    seen = []
+    answer = bisect_levels(levels, lambda c: seen.append(c) or (best is not None and c <= best), start)
+    return answer, seen
 
-    def usable(level: int) -> bool:
-        probed.append(level)
-        return level <= 4
 
-    assert bisect_levels([1, 2, 4, 8, 12], usable) == 4
-    assert probed == [4, 8]
-    probed.clear()
-    assert bisect_levels([1, 2, 4, 8, 12], lambda c: probed.append(c) or c <= 1) == 1
-    assert probed == [4, 1, 2]
-    assert bisect_levels([1, 2], lambda c: False) is None
+def test_search_starts_at_the_required_level_then_probes_the_top():
+    levels = [1, 2, 4, 8, 12]
+    assert probes(levels, 4, start=4) == (4, [4, 12, 8])
+    assert probes(levels, 12, start=4) == (12, [4, 12])
+    assert probes(levels, 1, start=1) == (1, [1, 12, 4, 2])
+    assert probes(levels, None, start=1) == (None, [1])
+    assert probes(levels, 2, start=4) == (2, [4, 1, 2])
+
+
+def test_search_without_start_is_plain_bisection_and_always_right():
+    levels = [1, 2, 4, 8, 12]
+    assert probes(levels, 4) == (4, [4, 12, 8])
+    for best in [None, *levels]:
+        for start in [None, *levels]:
+            assert probes(levels, best, start)[0] == best
 
 
 def test_bound_on_requests_uses_half_the_fastest_request():
