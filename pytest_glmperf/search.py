@@ -10,11 +10,11 @@ bound grows with n, reaching it at ``n_max`` settles the failure for any final n
 the failure rate exceeds 5 % for good once ``failures > 0.05 n_max``. A pass is never
 settled early: a later stall could still break it.
 
-Search order. Assuming usability falls with concurrency, the highest usable level is found
-by a binary search that starts at the required level (the answer the user expects, so the
-likeliest one) and, after its first success, probes the top level next: a server that holds
-the top level is then settled in two runs, and one that does not has its upper bound early.
-Failed probes are cheap because they are cut short; every pass costs a full level.
+Search order. Assuming usability falls with concurrency, the highest usable level is found by
+binary search over the allowed levels, ordered to spend few passes: a failed probe is cut
+short and cheap, a passing one costs a full level and its drain. So the top level goes first
+(a server that holds it is settled in one run), then the required level (the answer the user
+expects), and after every pass the top of what remains, before plain halving resumes.
 """
 
 from __future__ import annotations
@@ -88,22 +88,22 @@ def settled_failure(progress: LevelProgress, thresholds: Thresholds) -> str | No
 
 
 def bisect_levels(levels: Sequence[int], usable: Callable[[int], bool], start: int | None = None) -> int | None:
-    """Highest level for which ``usable(level)`` holds, probing O(log n) levels.
+    """Highest level for which ``usable(level)`` holds, in O(log n) probes (see the module docstring).
 
-    Assumes monotonicity (usable at c implies usable below c). ``start`` is probed first when it
-    is one of the levels. Returns None if none is usable.
+    Assumes monotonicity (usable at c implies usable below c). Returns None if none is usable.
     """
     ordered = sorted(levels)
     low, high = -1, len(ordered)  # ordered[low] usable (or none), ordered[high] not (or none)
-    probe = ordered.index(start) if start in ordered else (low + high) // 2
+    preferred = [len(ordered) - 1] + ([ordered.index(start)] if start in ordered else [])
     while high - low > 1:
+        candidates = [i for i in preferred if low < i < high]
+        probe = candidates[0] if candidates else (low + high) // 2
+        preferred = [i for i in preferred if i != probe]
         if usable(ordered[probe]):
             low = probe
-            top_unknown = high == len(ordered) and probe < len(ordered) - 1
-            probe = len(ordered) - 1 if top_unknown else (low + high) // 2
+            preferred.insert(0, high - 1)  # after a pass: the top of what remains
         else:
             high = probe
-            probe = (low + high) // 2
     return ordered[low] if low >= 0 else None
 
 

@@ -19,21 +19,22 @@ def probes(levels, best, start=None):
     return answer, seen
 
 
-def test_search_starts_at_the_required_level_then_probes_the_top():
+def test_search_probes_top_then_required_then_top_of_what_remains():
     levels = [1, 2, 4, 8, 12]
-    assert probes(levels, 4, start=4) == (4, [4, 12, 8])
-    assert probes(levels, 12, start=4) == (12, [4, 12])
-    assert probes(levels, 1, start=1) == (1, [1, 12, 4, 2])
-    assert probes(levels, None, start=1) == (None, [1])
-    assert probes(levels, 2, start=4) == (2, [4, 1, 2])
+    assert probes(levels, 4, start=4) == (4, [12, 4, 8])       # the field's hicache: one pass
+    assert probes(levels, 12, start=4) == (12, [12])           # a server that holds the top
+    assert probes(levels, 1, start=1) == (1, [12, 1, 8, 2])    # the field's mtp: one pass
+    assert probes(levels, None, start=1) == (None, [12, 1])
+    assert probes(levels, 2, start=4) == (2, [12, 4, 1, 2])
 
 
-def test_search_without_start_is_plain_bisection_and_always_right():
+def test_search_is_always_right():
     levels = [1, 2, 4, 8, 12]
-    assert probes(levels, 4) == (4, [4, 12, 8])
     for best in [None, *levels]:
         for start in [None, *levels]:
-            assert probes(levels, best, start)[0] == best
+            answer, seen = probes(levels, best, start)
+            assert answer == best
+            assert len(seen) <= len(levels) and len(seen) == len(set(seen))
 
 
 def test_bound_on_requests_uses_half_the_fastest_request():
