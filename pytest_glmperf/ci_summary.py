@@ -51,10 +51,14 @@ def final_line(report: Mapping[str, Any], checks: Sequence[Check] | None = None,
                     if (entry or {}).get("mixed") and entry["mixed"].get("usable") is False]
     invalid = [f"{t} c={lv['concurrency']}" for t in report.get("targets", {}) for lv in _levels(report, t)
                if lv.get("status") == "invalid"]
+    not_started = [t for t, entry in report.get("targets", {}).items() if (entry or {}).get("start_error")]
     regressions = [c for c in checks if c.outcome == FAIL]
     unsure = [c for c in checks if c.outcome == INCONCLUSIVE]
-    verdict = _overall(report, failed_levels + failed_mixed, regressions, unsure, invalid, inconclusive_fails)
+    verdict = _overall(report, failed_levels + failed_mixed + not_started, regressions, unsure, invalid,
+                       inconclusive_fails)
     parts = [_capacity_summary(report, checks)]
+    if not_started:
+        parts.append(f"server did not start: {_few(not_started)}")
     if failed_levels or failed_mixed:
         parts.append(f"not usable: {_few(failed_levels + failed_mixed)}")
     if invalid:

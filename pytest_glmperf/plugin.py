@@ -198,7 +198,11 @@ def glmperf_server(glmperf_run: GlmperfRun, glmperf_target: Target) -> Iterator[
     try:
         server = glmperf_run.open_server(glmperf_target)
     except GlmperfError as exc:  # the message carries the reason and log tail; no traceback of ours
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        reason = None
+    if reason:
+        pytest.fail(reason, pytrace=False)
     try:
         yield server
     finally:

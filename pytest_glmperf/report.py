@@ -191,6 +191,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         provenance = target.get("provenance") or {}
         if provenance:
             out += [provenance_line(provenance), ""]
+        if target.get("start_error"):
+            out += [f"**server did not start**: {target['start_error']}", ""]
         capacity = target["capacity"]
         if capacity["levels"]:
             out += ["### Capacity", "", level_table(capacity["levels"]), "",

@@ -23,7 +23,7 @@ from .baseline import load_baseline, save_baseline
 from .client import StreamingClient
 from .clock import ModelClock
 from .contexts import ContextFactory, calibrate
-from .errors import ConfigError
+from .errors import ConfigError, GlmperfError
 from .htmlreport import write_html
 from .outputs import chart_links, publish_summary, write_charts
 from .profiles import ProfileRegistry, ServerProfile
@@ -108,8 +108,16 @@ class GlmperfRun:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def open_server(self, target: Target) -> GlmperfServer:
-        """Bring the target's server up (or attach to --base-url) and wrap it."""
-        handle = self._start_handle(target)
+        """Bring the target's server up (or attach to --base-url) and wrap it.
+
+        A start failure is kept in the report (the target's ``start_error``) before it propagates.
+        """
+        try:
+            handle = self._start_handle(target)
+        except GlmperfError as exc:
+            self.report.target(target.key)["start_error"] = f"{type(exc).__name__}: {exc}"
+            self.write_report()
+            raise
         server = GlmperfServer(self, target, handle)
         self._servers[target.key] = server
         entry = self.report.target(target.key)

@@ -187,3 +187,22 @@ def test_profiles_declared_in_yaml_alone_run(pytester: pytest.Pytester, profile:
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, f"--profile={profile}", "--concurrency-levels=1")
     result.assert_outcomes(passed=1)
+
+
+def test_a_server_that_cannot_start_errors_its_tests_and_is_reported(pytester: pytest.Pytester):
+    import yaml
+
+    profiles = yaml.safe_load(REGISTRY.read_text())["profiles"]
+    broken = dict(profiles["sim-hicache"], server_args=["--mem-fraction-static", "banana"])
+    (pytester.path / "profiles.yaml").write_text(yaml.safe_dump({"profiles": {"broken": broken}}))
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = pytester.runpytest_subprocess("--profiles-file=profiles.yaml", "--profile=broken", "--report-dir=out",
+                                           *TINY, timeout=120)
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(["*ServerStartError: simulator for profile 'broken' did not start*",
+                                 "*--mem-fraction-static: invalid value 'banana'*"])
+    result.stdout.fnmatch_lines(["glmperf FAIL: *server did not start: broken*"])
+    result.stdout.no_fnmatch_line("*During handling of the above exception*")
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert "mem-fraction-static" in report["targets"]["broken"]["start_error"]
+    assert "server did not start" in (pytester.path / "out" / "report.md").read_text()
