@@ -206,3 +206,14 @@ def test_a_server_that_cannot_start_errors_its_tests_and_is_reported(pytester: p
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert "mem-fraction-static" in report["targets"]["broken"]["start_error"]
     assert "server did not start" in (pytester.path / "out" / "report.md").read_text()
+
+
+def test_repeats_run_each_level_again_and_pool_the_statistics(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--concurrency-levels=1", "--repeats=2")
+    result.assert_outcomes(passed=1)
+    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    repeats = {r["extra"].get("repeat") for r in records if r["scenario"] == "capacity"}
+    assert repeats == {0, 1}
+    level = json.loads((pytester.path / "out" / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]
+    assert level["levels"][0]["requests"] == sum(r["scenario"] == "capacity" for r in records)
