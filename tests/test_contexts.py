@@ -17,5 +17,5 @@ def test_contexts_are_deterministic_and_never_share_a_prefix():
     factory = ContextFactory()
     assert factory.text("repo-1", 5000) == ContextFactory().text("repo-1", 5000)
     first, second = factory.text("repo-1", 5000), factory.text("repo-2", 5000)
-    shared = next(i for i, (a, b) in enumerate(zip(first, second)) if a != b)
+    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=True)) if a != b)
     assert shared < 40  # they part within the header line, before the first cache page
