@@ -76,12 +76,17 @@ def _progress_sink(config: pytest.Config) -> Callable[[str], None]:
 
     def write(text: str) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
         label = text.split(":", 1)[0]
         now = time.monotonic()
         if reporter is None or now - last.get(label, 0.0) < PROGRESS_EVERY_S:
             return
         last[label] = now
-        reporter.write_line(text)
+        if capture is None:
+            reporter.write_line(text)
+            return
+        with capture.global_and_fixture_disabled():  # levels run in fixtures, under fd capture
+            reporter.write_line(text)
     return write
 
 
