@@ -65,6 +65,10 @@ def final_line(report: Mapping[str, Any], checks: Sequence[Check] | None = None,
         parts.append(f"invalid: {_few(invalid)}")
     if checks:
         parts.append(_checks_summary(regressions, unsure, checks))
+    mixed = [f"{t} mixed {'usable' if e['mixed'].get('usable') else 'not usable'}"
+             for t, e in report.get("targets", {}).items() if (e or {}).get("mixed")]
+    if not any(parts):
+        parts.append(", ".join(mixed) or "nothing measured")
     return f"glmperf {verdict}: " + "; ".join(p for p in parts if p)
 
 
