@@ -234,35 +234,38 @@ async def glmperf_client(glmperf_server: GlmperfServer) -> AsyncIterator[Streami
 
 
 @pytest.fixture
-def glmperf_capacity(glmperf_server: GlmperfServer, glmperf_level: int, record_property: Any) -> LevelResult:
+def glmperf_capacity(glmperf_server: GlmperfServer, glmperf_level: int, glmperf_thresholds: Thresholds,
+                     record_property: Any) -> LevelResult:
     """Run the capacity workload at this level; the result carries the verdict.
 
     With --capacity-search the first level item runs the whole bisection; levels it did not
     need are skipped with the reason.
     """
     if glmperf_server.settings.capacity_search:
-        results = glmperf_server.capacity_search()
+        results = glmperf_server.capacity_search(glmperf_thresholds)
         if glmperf_level not in results:
             best = glmperf_server.run.report.target(glmperf_server.target.key)["capacity"]["search"]["max_usable"]
             pytest.skip(f"not needed: capacity search settled max usable = {best} without c={glmperf_level}")
         return _recorded(results[glmperf_level], record_property)
-    return _recorded(glmperf_server.run_capacity(glmperf_level), record_property)
+    return _recorded(glmperf_server.run_capacity(glmperf_level, glmperf_thresholds), record_property)
 
 
 @pytest.fixture
-def glmperf_mixed(glmperf_server: GlmperfServer, record_property: Any) -> LevelResult:
+def glmperf_mixed(glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds, record_property: Any
+                  ) -> LevelResult:
     """Run the mixed coding-agent workload; the verdict is on its decode streams."""
-    return _recorded(glmperf_server.run_mixed(), record_property)
+    return _recorded(glmperf_server.run_mixed(glmperf_thresholds), record_property)
 
 
 @pytest.fixture
-def glmperf_scenario(glmperf_server: GlmperfServer, record_property: Any
+def glmperf_scenario(glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds, record_property: Any
                      ) -> Callable[..., Awaitable[LevelResult]]:
     """Run your own agent coroutine at a concurrency level: ``await glmperf_scenario(fn, concurrency=4,
     duration_s=60)``; then ``result.assert_usable()``."""
     async def run(agent: Callable[[Agent], Awaitable[None]], *, concurrency: int, duration_s: float,
                   name: str = "scenario") -> LevelResult:
-        result = await glmperf_server.scenario(agent, concurrency=concurrency, duration_s=duration_s, name=name)
+        result = await glmperf_server.scenario(agent, concurrency=concurrency, duration_s=duration_s, name=name,
+                                               thresholds=glmperf_thresholds)
         return _recorded(result, record_property)
     return run
 

@@ -38,6 +38,7 @@ from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer
 from .settings import RunSettings, Settings
 from .stats import GaugeSeries, LevelStats, MixedStats, StreamStats
+from .thresholds import Thresholds
 from .workloads import FAILURE_PAUSE_S, Load, run_capacity_level, run_mixed
 
 Progress = Callable[[str], None]
@@ -216,7 +217,8 @@ class GlmperfServer:
         return self.target.profile
 
     @property
-    def thresholds(self) -> Any:
+    def thresholds(self) -> Thresholds:
+        """The bar from the options and the profile (the glmperf_thresholds fixture's default)."""
         return self.settings.thresholds
 
     def provenance(self) -> dict[str, Any]:
@@ -240,11 +242,11 @@ class GlmperfServer:
         return MetricsSnapshot.parse(response.text) if response.status_code == 200 else None
 
     # -- workloads -----------------------------------------------------------------------
-    def run_capacity(self, concurrency: int) -> LevelResult:
-        return asyncio.run(self.capacity(concurrency))
+    def run_capacity(self, concurrency: int, thresholds: Thresholds | None = None) -> LevelResult:
+        return asyncio.run(self.capacity(concurrency, thresholds=thresholds))
 
-    def run_mixed(self) -> LevelResult:
-        return asyncio.run(self.mixed())
+    def run_mixed(self, thresholds: Thresholds | None = None) -> LevelResult:
+        return asyncio.run(self.mixed(thresholds))
 
     async def contexts(self, client: StreamingClient) -> ContextFactory:
         """Calibrate characters per token once per server, then reuse."""
@@ -265,13 +267,13 @@ class GlmperfServer:
             await asyncio.sleep(0.1)
         return False
 
-    def capacity_search(self) -> dict[int, LevelResult]:
+    def capacity_search(self, thresholds: Thresholds | None = None) -> dict[int, LevelResult]:
         """--capacity-search: bisect the levels, each stopped once its failure is settled (cached)."""
         if self._search is None:
             results: dict[int, LevelResult] = {}
 
             def usable(level: int) -> bool:
-                results[level] = asyncio.run(self.capacity(level, early_stop=True))
+                results[level] = asyncio.run(self.capacity(level, early_stop=True, thresholds=thresholds))
                 return results[level].usable
 
             best = bisect_levels(self.settings.levels, usable, start=self.settings.require_concurrency)
@@ -284,9 +286,11 @@ class GlmperfServer:
             self._search = results
         return self._search
 
-    async def capacity(self, concurrency: int, early_stop: bool = False) -> LevelResult:
+    async def capacity(self, concurrency: int, early_stop: bool = False,
+                       thresholds: Thresholds | None = None) -> LevelResult:
         """One capacity level (``repeats`` times): the workload, its statistics and the verdict."""
         spec = self.settings.capacity
+        bar = thresholds or self.settings.thresholds
         windows: list[Window] = []
         async with self.client(concurrency + 4) as client:
             contexts = await self.contexts(client)
@@ -295,7 +299,7 @@ class GlmperfServer:
                     if self.settings.flush_cache:
                         await self.flush_cache(client)
                     load = self._load(client, contexts, "capacity", level=concurrency, repeat=repeat)
-                    check = stop_check(concurrency, self.settings.thresholds, spec.level_duration_s,
+                    check = stop_check(concurrency, bar, spec.level_duration_s,
                                        self.time_scale, lambda load=load: list(load.active.values()),
                                        lambda load=load: load.run.records,
                                        lambda load=load: load.run.start_ns) if early_stop else None
@@ -306,32 +310,32 @@ class GlmperfServer:
                     if load.cut_reason:
                         break
             finally:
-                result = self._judge_level(concurrency, windows)
+                result = self._judge_level(concurrency, windows, bar)
         return result
 
-    def _judge_level(self, concurrency: int, windows: list[Window]) -> LevelResult:
+    def _judge_level(self, concurrency: int, windows: list[Window], bar: Thresholds) -> LevelResult:
         records = [r for w in windows for r in w.load.run.records]
         stats = LevelStats.of_runs(concurrency, [(w.load.run.records, w.load.run.start_ns) for w in windows])
-        result = LevelResult.judge(self.target.key, concurrency, stats, self.settings.thresholds,
+        result = LevelResult.judge(self.target.key, concurrency, stats, bar,
                                    self.settings.require_concurrency, records)
         result.interrupted = any(w.interrupted for w in windows)
         result.client = windows[-1].health if windows else None
         result.cut_reason = next((w.load.cut_reason for w in windows if w.load.cut_reason), None)
         result.server_note = self.server_down_note()
         entry = result.as_report()
-        entry["stalls"] = self._stalls(windows)
+        entry["stalls"] = self._stalls(windows, bar)
         self.run.report.record_level(self.target.key, entry)
         self.run.write_report()
         return result
 
-    def _stalls(self, windows: list[Window]) -> dict[str, Any]:
+    def _stalls(self, windows: list[Window], bar: Thresholds) -> dict[str, Any]:
         """Why the worst gaps happened (at most STALLS_KEPT of them, longest first)."""
         found = [stall for w in windows for stall in attribute_stalls(
-            w.load.run.records, w.gauge_samples(), self.settings.thresholds.max_gap_p95, w.load.run.start_ns)]
+            w.load.run.records, w.gauge_samples(), bar.max_gap_p95, w.load.run.start_ns)]
         found.sort(key=lambda stall: -stall["gap_s"])
         return {"count": len(found), "worst": found[:STALLS_KEPT]}
 
-    async def mixed(self) -> LevelResult:
+    async def mixed(self, thresholds: Thresholds | None = None) -> LevelResult:
         """The mixed coding-agent workload; the verdict is on its decode streams."""
         spec = self.settings.mixed
         async with self.client(spec.decode_workers + 8) as client:
@@ -348,18 +352,18 @@ class GlmperfServer:
                 after = await self._snapshot(client)
                 stats = MixedStats.of(load.run.records, load.run.start_ns, window.gauges,
                                       self._cache(before, after))
-                result = self._judge_mixed(stats, window)
+                result = self._judge_mixed(stats, window, thresholds or self.settings.thresholds)
         return result
 
-    def _judge_mixed(self, stats: MixedStats, window: Window) -> LevelResult:
+    def _judge_mixed(self, stats: MixedStats, window: Window, bar: Thresholds) -> LevelResult:
         decode = StreamStats(**stats.decode_streams)
         result = LevelResult.judge(f"{self.target.key} mixed", self.settings.mixed.decode_workers, decode,
-                                   self.settings.thresholds, None, window.load.run.records)
+                                   bar, None, window.load.run.records)
         result.client, result.interrupted = window.health, window.interrupted
         entry = stats.as_dict()
         entry.update(usable=result.usable, explain=result.explain(), status=result.status,
                      client=window.health.as_dict() if window.health else None,
-                     stalls=self._stalls([window]), gauge_series=window.gauge_samples(),
+                     stalls=self._stalls([window], bar), gauge_series=window.gauge_samples(),
                      run_start_ns=window.load.run.start_ns)
         self.run.report.target(self.target.key)["mixed"] = entry
         self.run.write_report()
@@ -385,7 +389,8 @@ class GlmperfServer:
         return MetricsSnapshot.parse(text) if text else None
 
     async def scenario(self, agent: Callable[[Agent], Awaitable[None]], *, concurrency: int,
-                       duration_s: float, name: str = "scenario") -> LevelResult:
+                       duration_s: float, name: str = "scenario", thresholds: Thresholds | None = None
+                       ) -> LevelResult:
         """Run a user's agent coroutine in ``concurrency`` closed loops for ``duration_s``."""
         async with self.client(concurrency + 2) as client:
             contexts = await self.contexts(client)
@@ -403,7 +408,8 @@ class GlmperfServer:
 
             await asyncio.gather(*(loop(i) for i in range(concurrency)))
             stats = StreamStats.of(load.run.records)
-            return LevelResult.judge(f"{self.target.key} {name}", concurrency, stats, self.settings.thresholds,
+            return LevelResult.judge(f"{self.target.key} {name}", concurrency, stats,
+                                     thresholds or self.settings.thresholds,
                                      records=load.run.records)
 
     def _load(self, client: StreamingClient, contexts: ContextFactory, scenario: str,

@@ -218,3 +218,18 @@ def test_repeats_run_each_level_again_and_pool_the_statistics(pytester: pytest.P
     assert repeats == {0, 1}
     level = json.loads((pytester.path / "out" / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]
     assert level["levels"][0]["requests"] == sum(r["scenario"] == "capacity" for r in records)
+
+
+def test_overriding_the_thresholds_fixture_changes_the_verdict(pytester: pytest.Pytester):
+    pytester.makeconftest("""
+import pytest
+from pytest_glmperf import Thresholds
+
+@pytest.fixture
+def glmperf_thresholds():
+    return Thresholds(max_gap_p95=0.000001)
+""")
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--concurrency-levels=1")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*gap_p95_s = * s > max_gap_p95 1e-06 s*"])
