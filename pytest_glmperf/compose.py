@@ -46,9 +46,10 @@ import httpx
 import yaml
 
 from .compose_cli import _docker_client, find_compose
-from .errors import ConfigError, ServerNotReady, ServerStartError
+from .errors import ConfigError, ServerStartError
 from .profiles import ServerProfile
 from .provenance import collect_compose_provenance, fetch_server_info, redact
+from .server import wait_until_ready
 from .teardown import _register, _unregister, teardown_all
 
 __all__ = ["ComposeServer", "find_compose", "teardown_all"]
@@ -484,36 +485,31 @@ class ComposeServer:
             return {"State": {"Status": "removed"}}
 
     def _wait_until_ready(self, began: float) -> None:
-        deadline = began + self.startup_timeout_s
         url = f"{self.base_url}/health_generate"
-        last = "no answer yet"
-        next_note = time.monotonic() + 10
-        with httpx.Client(timeout=5.0) as http:
-            while True:
-                attrs = self._container_state()
-                state = attrs.get("State") or {}
-                if state.get("Status") in ("exited", "dead", "removed", "restarting") or attrs.get("RestartCount"):
-                    self._raise_exited(state, attrs.get("RestartCount") or 0)
-                try:
-                    response = http.get(url)
-                    if response.status_code == 200:
-                        return
-                    last = f"/health_generate answered {response.status_code}"
-                except httpx.HTTPError as exc:
-                    last = f"/health_generate: {type(exc).__name__}"
-                now = time.monotonic()
-                if now >= deadline:
-                    raise ServerNotReady(
-                        f"profile {self.profile.name!r} ({self.image}) was not ready at {self.base_url} after "
-                        f"{self.startup_timeout_s:g} s (--startup-timeout; last: {last}; container "
-                        f"{state.get('Status', '?')}). A cold start can take 30 min: raise --startup-timeout if the "
-                        f"log shows it still loading. Last log lines:\n{self.log_tail(LOG_TAIL_LINES)}"
-                    )
-                if now >= next_note:
-                    self._say(f"waiting for profile {self.profile.name!r} at {url}: {now - began:.0f} s of "
-                              f"{self.startup_timeout_s:g} s, container {state.get('Status', '?')}, {last}")
-                    next_note = now + 15
-                time.sleep(min(1.0, max(0.05, deadline - now)))
+
+        def check_alive() -> None:
+            attrs = self._container_state()
+            state = attrs.get("State") or {}
+            if state.get("Status") in ("exited", "dead", "removed", "restarting") or attrs.get("RestartCount"):
+                self._raise_exited(state, attrs.get("RestartCount") or 0)
+
+        def status() -> str:
+            return (self._container_state().get("State") or {}).get("Status", "?")
+
+        def not_ready(last: str) -> str:
+            return (f"profile {self.profile.name!r} ({self.image}) was not ready at {self.base_url} after "
+                    f"{self.startup_timeout_s:g} s (--startup-timeout; last: {last}; container "
+                    f"{status()}). A cold start can take 30 min: raise --startup-timeout if the "
+                    f"log shows it still loading. Last log lines:\n{self.log_tail(LOG_TAIL_LINES)}")
+
+        def note(elapsed: float, last: str) -> None:
+            self._say(f"waiting for profile {self.profile.name!r} at {url}: {time.monotonic() - began:.0f} s of "
+                      f"{self.startup_timeout_s:g} s, container {status()}, {last}")
+
+        # The deadline counts from `up`, not from the first poll.
+        remaining = self.startup_timeout_s - (time.monotonic() - began)
+        wait_until_ready(self.base_url, remaining, check_alive=check_alive, not_ready=not_ready,
+                         progress=note, poll_s=1.0, note_every_s=15.0)
 
     def _raise_exited(self, state: Mapping[str, Any], restarts: int) -> None:
         raise ServerStartError(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .baseline import slug
 from .ci_summary import append_github_summary, github_summary
 from .records import read_records
 from .regression import Check
@@ -33,7 +34,7 @@ def write_charts(report_dir: Path, report: dict[str, Any]) -> dict[str, str]:
         if not mixed or not mixed.get("run_start_ns"):
             continue
         mine = [r for r in records if r.profile == key and r.scenario == "mixed"]
-        svgs[f"timeline-{_file_safe(key)}.svg"] = timeline_chart(
+        svgs[f"timeline-{slug(key)}.svg"] = timeline_chart(
             mine, mixed.get("gauge_series") or {}, thresholds.get("max_gap_p95", 8.0),
             run_start_ns=mixed["run_start_ns"])
     for name, svg in svgs.items():
@@ -51,7 +52,3 @@ def publish_summary(report: dict[str, Any], checks: Sequence[Check], *, inconclu
     """Append the verdict table to $GITHUB_STEP_SUMMARY when running in GitHub Actions."""
     return append_github_summary(github_summary(report, checks, inconclusive_fails=inconclusive_fails,
                                                 baseline_ref=baseline_ref))
-
-
-def _file_safe(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from .attribution import attribute_stalls
-from .baseline import load_baseline, save_baseline
+from .baseline import load_baseline, save_baseline, slug
 from .client import StreamingClient
 from .clock import ModelClock
 from .contexts import ContextFactory, calibrate
@@ -131,7 +131,7 @@ class GlmperfRun:
         run = self.run_settings[target.key]
         if url:
             return ExternalServer(target.profile, url, headers=self.auth_headers())
-        log_path = self.report_dir / target.key.replace("/", "_") / "server.log"
+        log_path = self.report_dir / slug(target.key) / "server.log"
         if target.profile.is_simulated:
             self.progress(f"starting simulator for {target.key} (time scale {run.time_scale:g})")
             return SimulatedServer(target.profile, time_scale=run.time_scale, log_path=log_path).start()

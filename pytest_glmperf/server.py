@@ -40,19 +40,21 @@ class ServerHandle(Protocol):
     def stop(self) -> None: ...
 
 
-def wait_until_ready(base_url: str, timeout_s: float, *, alive: Callable[[], bool] = lambda: True,
-                     describe_death: Callable[[], str] = lambda: "",
-                     progress: Callable[[str], None] | None = None) -> float:
+def wait_until_ready(base_url: str, timeout_s: float, *, check_alive: Callable[[], None] = lambda: None,
+                     not_ready: Callable[[str], str] | None = None,
+                     progress: Callable[[float, str], None] | None = None,
+                     poll_s: float = 0.2, note_every_s: float = 10.0) -> float:
     """Poll GET /health_generate until 200; return seconds waited.
 
-    Fails fast when ``alive()`` turns false (the server process or container exited).
+    ``check_alive()`` runs before every poll and raises the caller's own error when the server
+    process or container has exited, so start-up fails fast. On timeout ServerNotReady carries
+    ``not_ready(last answer)``. ``progress(elapsed, last answer)`` is called every ``note_every_s``.
     """
     start = time.monotonic()
-    last, next_note = "no answer yet", start + 10
+    last, next_note = "no answer yet", start + note_every_s
     with httpx.Client(timeout=5.0) as http:
-        while time.monotonic() - start < timeout_s:
-            if not alive():
-                raise ServerStartError(f"server exited during start-up ({last}).{describe_death()}")
+        while True:
+            check_alive()
             try:
                 response = http.get(f"{base_url}/health_generate")
                 if response.status_code == 200:
@@ -60,11 +62,14 @@ def wait_until_ready(base_url: str, timeout_s: float, *, alive: Callable[[], boo
                 last = f"/health_generate answered {response.status_code}"
             except httpx.HTTPError as exc:
                 last = f"/health_generate: {type(exc).__name__}"
-            if progress and time.monotonic() >= next_note:
-                progress(f"waiting for {base_url} ({time.monotonic() - start:.0f} s, {last})")
-                next_note += 10
-            time.sleep(0.2)
-    raise ServerNotReady(f"{base_url} not ready after {timeout_s:g} s: {last}.{describe_death()}")
+            now = time.monotonic()
+            if now - start >= timeout_s:
+                raise ServerNotReady(not_ready(last) if not_ready else
+                                     f"{base_url} not ready after {timeout_s:g} s: {last}")
+            if progress and now >= next_note:
+                progress(now - start, last)
+                next_note = now + note_every_s
+            time.sleep(min(poll_s, max(0.05, start + timeout_s - now)))
 
 
 class SimulatedServer:
@@ -94,8 +99,9 @@ class SimulatedServer:
         port = self._read_port()
         self.base_url = f"http://127.0.0.1:{port}"
         threading.Thread(target=self._pump_log, daemon=True, name="glmperf-sim-log").start()
-        wait_until_ready(self.base_url, self.startup_timeout_s, alive=self.alive,
-                         describe_death=self._death_note)
+        wait_until_ready(self.base_url, self.startup_timeout_s, check_alive=self._check_alive,
+                         not_ready=lambda last: f"{self.base_url} not ready after {self.startup_timeout_s:g} s: "
+                                                f"{last}.{self._death_note()}")
         self.startup_s = time.monotonic() - began
         return self
 
@@ -127,6 +133,11 @@ class SimulatedServer:
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def _check_alive(self) -> None:
+        if not self.alive():
+            raise ServerStartError(f"simulator for profile {self.profile.name!r} exited during start-up."
+                                   f"{self._death_note()}")
 
     def exit_reason(self, lines: int = 40) -> str | None:
         """None while the simulator runs; else its exit status and last log lines."""
