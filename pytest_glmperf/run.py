@@ -39,7 +39,7 @@ from .server import ExternalServer, ServerHandle, SimulatedServer
 from .settings import RunSettings, Settings
 from .stats import GaugeSeries, LevelStats, MixedStats, StreamStats
 from .thresholds import Thresholds
-from .workloads import FAILURE_PAUSE_S, Load, run_capacity_level, run_mixed
+from .workloads import FAILURE_PAUSE_S, Load, capacity_prompts, mixed_prompts, prime, run_capacity_level, run_mixed
 
 Progress = Callable[[str], None]
 STALLS_KEPT = 10
@@ -267,6 +267,16 @@ class GlmperfServer:
             await asyncio.sleep(0.1)
         return False
 
+    async def prepare_cache(self, client: StreamingClient, contexts: ContextFactory, keys: list[str],
+                            context_tokens: int, level: int | None = None) -> None:
+        """Before a window: prime it (--warm-cache), else flush unless told not to."""
+        if self.settings.warm_cache:
+            label = f"c={level}" if level is not None else "mixed"
+            self.run.progress(f"glmperf {self.target.key} {label}: priming {len(keys)} contexts (--warm-cache)")
+            await prime(self._load(client, contexts, "prime", level=level), keys, context_tokens)
+        elif self.settings.flush_cache:
+            await self.flush_cache(client)
+
     def capacity_search(self, thresholds: Thresholds | None = None) -> dict[int, LevelResult]:
         """--capacity-search: bisect the levels, each stopped once its failure is settled (cached)."""
         if self._search is None:
@@ -296,8 +306,8 @@ class GlmperfServer:
             contexts = await self.contexts(client)
             try:
                 for repeat in range(self.settings.repeats):
-                    if self.settings.flush_cache:
-                        await self.flush_cache(client)
+                    await self.prepare_cache(client, contexts, capacity_prompts(spec, concurrency),
+                                             spec.context_tokens, level=concurrency)
                     load = self._load(client, contexts, "capacity", level=concurrency, repeat=repeat)
                     check = stop_check(concurrency, bar, spec.level_duration_s,
                                        self.time_scale, lambda load=load: list(load.active.values()),
@@ -340,8 +350,7 @@ class GlmperfServer:
         spec = self.settings.mixed
         async with self.client(spec.decode_workers + 8) as client:
             contexts = await self.contexts(client)
-            if self.settings.flush_cache:
-                await self.flush_cache(client)
+            await self.prepare_cache(client, contexts, mixed_prompts(spec), spec.context_tokens)
             load = self._load(client, contexts, "mixed")
             window = Window(load, "decode", spec.decode_workers, spec.duration_s)
             before = await self._snapshot(client)

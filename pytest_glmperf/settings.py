@@ -133,6 +133,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
     Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
     Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run", metavar="BOOL"),
+    Option("warm_cache", _flag, False, "instead of flushing, send every context and spike text of a window once before it (a server that has seen these repositories)", flag=True),
     Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
     Option("quick", _flag, False, "small preset: levels 1,2,4, 60 s levels, 20k-token contexts (under 90 s on the simulator)", flag=True),
     Option("save_baseline", _text, None, "keep this run's report and records as baseline NAME", metavar="NAME"),
@@ -166,6 +167,7 @@ class RunSettings:
     request_timeout_s: float
     temperature: float
     flush_cache: bool
+    warm_cache: bool = False
     capacity_search: bool = False
     repeats: int = 1
 
@@ -180,8 +182,16 @@ class RunSettings:
             "time_scale": self.time_scale,
             "request_timeout_s": self.request_timeout_s,
             "temperature": self.temperature,
+            "cache_start": self.cache_start,
             "capacity_search": self.capacity_search,
         }
+
+    @property
+    def cache_start(self) -> str:
+        """How each window finds the server's prefix cache: "warm" (primed), "flushed" or "as-is"."""
+        if self.warm_cache:
+            return "warm"
+        return "flushed" if self.flush_cache else "as-is"
 
 
 @dataclass(frozen=True)
@@ -246,6 +256,7 @@ class Settings:
             request_timeout_s=value("request_timeout"),
             temperature=value("temperature"),
             flush_cache=value("flush_cache"),
+            warm_cache=value("warm_cache"),
             capacity_search=value("capacity_search"),
             repeats=value("repeats"),
         )

@@ -10,12 +10,17 @@ Both stop sending at the end of their window and let in-flight requests finish (
 Each record is handed to ``on_record`` the moment it completes. An agent whose request
 failed pauses ``FAILURE_PAUSE_S`` before its next one, as a real agent would, instead of
 hammering a broken server in a tight loop.
+
+``prime`` is the warm start (``--warm-cache``): every context and spike text a window will
+send, sent once beforehand, so the window measures a server that has seen its repositories
+(the field report's hicache runs evidently had; docs/simulator.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -170,6 +175,35 @@ class Load:
         return f"{elapsed:6.0f}/{window_s:.0f} s  requests done {done}  failed {failed}"
 
 
+def capacity_prompts(spec: CapacitySpec, concurrency: int) -> list[str]:
+    """The context keys one capacity level sends, in priming order: spikes, then repositories."""
+    spikes = [f"spike-c{concurrency}-{n}" for n in _firings(spec.spike_interval_s, spec.level_duration_s)]
+    return spikes + [f"repo-{c}" for c in range(min(concurrency, spec.contexts))]
+
+
+def mixed_prompts(spec: MixedSpec) -> list[str]:
+    """The context keys the mixed workload sends, in priming order: spikes, then repositories."""
+    spikes = [f"mixed-spike-{n}" for n in _firings(spec.spike_interval_s, spec.duration_s)]
+    return spikes + [f"mixed-repo-{c}" for c in range(spec.contexts)]
+
+
+def _firings(interval_s: float, window_s: float) -> range:
+    """Periodic event n (spike, revisit) fires at n * interval_s, for each moment inside the window."""
+    if not interval_s:
+        return range(0)
+    return range(1, math.ceil(window_s / interval_s))
+
+
+async def prime(load: Load, keys: list[str], context_tokens: int) -> WorkloadRun:
+    """Send each context once with one output token, in order, so the window starts on a
+    server that has seen them all: the last ones (repositories) on device, older ones
+    wherever the server's cache keeps them (HiCache: on host). One request at a time."""
+    for key in keys:
+        await load.send("prime", key, context_tokens, 1)
+    load.run.end_ns = time.perf_counter_ns()
+    return load.run
+
+
 async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
                              progress: Progress | None = None,
                              stop_check: Callable[[], str | None] | None = None) -> WorkloadRun:
@@ -185,11 +219,8 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
                 await load.clock.sleep(FAILURE_PAUSE_S)
 
     async def spikes() -> None:
-        for n in itertools.count(1):
-            at = n * spec.spike_interval_s
-            if not spec.spike_interval_s or at >= spec.level_duration_s:
-                return
-            await load.clock.sleep_until(deadline - spec.level_duration_s + at)
+        for n in _firings(spec.spike_interval_s, spec.level_duration_s):
+            await load.clock.sleep_until(deadline - spec.level_duration_s + n * spec.spike_interval_s)
             load.spawn(load.send("spike", f"spike-c{concurrency}-{n}", spec.context_tokens,
                                  spec.spike_output_tokens))
 
@@ -220,9 +251,7 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
                 await load.clock.sleep(FAILURE_PAUSE_S)
 
     async def every(interval: float, fire: Callable[[int], None]) -> None:
-        for n in itertools.count(1):
-            if not interval or n * interval >= spec.duration_s:
-                return
+        for n in _firings(interval, spec.duration_s):
             await load.clock.sleep_until(start + n * interval)
             fire(n)
 

@@ -233,3 +233,35 @@ def glmperf_thresholds():
     result = run_inner(pytester, "--concurrency-levels=1")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*gap_p95_s = * s > max_gap_p95 1e-06 s*"])
+
+
+def test_warm_cache_primes_each_window_and_its_spikes_hit_the_cache(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
+    result = run_inner(pytester, "--concurrency-levels=1", "--warm-cache")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*glmperf sim-hicache c=1: priming 2 contexts (--warm-cache)*",
+                                 "*glmperf sim-hicache mixed: priming 3 contexts (--warm-cache)*"])
+    out = pytester.path / "out"
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    primes = [r for r in records if r["scenario"] == "prime"]
+    # Level 1: spikes at 3 s (one in a 6 s window) + repo-0; mixed: one spike + 2 repositories.
+    assert [(r["level"], r["max_tokens"]) for r in primes] == [(1, 1)] * 2 + [(None, 1)] * 3
+    assert all(r["outcome"] == "ok" for r in primes)
+    spikes = [r for r in records if r["kind"] == "spike"]
+    assert spikes and all(r["cached_tokens"] > 0.9 * r["prompt_tokens"] for r in spikes)
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["sim-hicache"]["cache_start"] == "warm"
+    target = report["targets"]["sim-hicache"]
+    assert target["capacity"]["levels"][0]["requests"] == sum(r["scenario"] == "capacity" for r in records)
+
+
+def test_without_warm_cache_each_window_starts_flushed_and_spikes_are_fresh(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--concurrency-levels=1")
+    result.assert_outcomes(passed=1)
+    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    assert not [r for r in records if r["scenario"] == "prime"]
+    spikes = [r for r in records if r["kind"] == "spike"]
+    assert spikes and all(not r["cached_tokens"] for r in spikes)
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert report["settings"]["sim-hicache"]["cache_start"] == "flushed"

@@ -71,6 +71,12 @@ DRAFT_PASS_LAYERS = 5.0
 # for DeepSeek-V3 MTP at accept length ~2.8; calibrated with the field's mtp decode rate
 # (~75-85 tok/s per stream alone and at batch 4; docs/simulator.md).
 SPEC_STEP_OVERHEAD_S = 5e-3
+# Host->device load-back efficiency per --hicache-io-backend, a fraction of the PCIe rate in
+# hardware.py. "kernel" gathers pages with a GPU kernel; "direct" issues one copy per page
+# and layer and "lags behind the kernel backend" (sglang PR #21631, 2026-03). 0.6 is
+# calibrated: it makes one 100.8k-token host hit a 0.37 s step, the field's hicache chunk
+# gap P50 (0.36 s) in a run whose every request was a cache hit (docs/simulator.md).
+LOAD_BACK_IO_EFF = {"kernel": 1.0, "kernel_ascend": 1.0, "direct": 0.6}
 
 
 @dataclass(frozen=True)
@@ -185,9 +191,10 @@ class CostModel:
 
     # ---- HiCache ------------------------------------------------------------------------
 
-    def load_back_time(self, tokens: int, bytes_per_token: int) -> float:
+    def load_back_time(self, tokens: int, bytes_per_token: int, io_backend: str = "kernel") -> float:
         """Host->device copy of ``tokens`` KV entries on every rank at once (PCIe)."""
-        return tokens * bytes_per_token / self.hw.pcie_h2d_bandwidth
+        rate = self.hw.pcie_h2d_bandwidth * LOAD_BACK_IO_EFF.get(io_backend, 1.0)
+        return tokens * bytes_per_token / rate
 
 
 def _sum_positions(start: int, count: int) -> int:

@@ -277,7 +277,8 @@ class Engine:
             start, end = match.device_pages, match.device_pages + match.host_pages
             cache.load_back(keys, start, end, self.now)
             cache.lock(keys[start:end], match.host_pages, self.now)
-            load_s = self.cost.load_back_time(host_tokens, self.config.cell_bytes_per_token)
+            load_s = self.cost.load_back_time(host_tokens, self.config.cell_bytes_per_token,
+                                              self.config.hicache_io_backend)
         req.pages = match.device_pages + match.host_pages
         req.done = req.pages * page
         if not req.first_sent:
