@@ -4,11 +4,14 @@
                                    [--profile sim-mtp] [--time-scale 30] [-- PYTEST_ARGS...]
 
 Runs ``pytest perf_tests --profile sim-hicache,sim-mtp`` (5 levels x 240 s + 600 s mixed per
-profile, in model time), then prints the brief's mixed table beside the simulator's, the
-cache counter deltas, and the per-level capacity verdicts, with the wall time and achieved
-time scale. ``--write-docs`` replaces the table between the markers in docs/simulator.md
-(only from a full run of both profiles at the default time scale). ``--profile`` and
-``--time-scale`` are for quick iteration; arguments after ``--`` go to pytest unchanged.
+profile, in model time, each window on a flushed cache), then the mixed workload again with
+``--warm-cache`` (every context and spike text sent once before the window: the condition the
+field's hicache run evidently had, docs/simulator.md), and prints the brief's mixed table beside
+both, the cache counter deltas, and the per-level capacity verdicts, with the wall time and
+achieved time scale. ``--no-warm`` skips the warm run. ``--write-docs`` replaces the table
+between the markers in docs/simulator.md (only from a full run of both profiles at the
+default time scale). ``--profile`` and ``--time-scale`` are for quick iteration; arguments
+after ``--`` go to pytest unchanged.
 ``--no-run`` re-prints the tables of an existing report.
 """
 
@@ -50,8 +53,8 @@ DEFAULT_TIME_SCALE = 10.0
 
 
 def run_suite(report_dir: Path, quick: bool, profiles: str = "sim-hicache,sim-mtp",
-              time_scale: float | None = None, extra: list[str] | None = None) -> float:
-    command = [sys.executable, "-m", "pytest", "perf_tests", "--profile", profiles,
+              time_scale: float | None = None, extra: list[str] | None = None, tests: str = "perf_tests") -> float:
+    command = [sys.executable, "-m", "pytest", tests, "--profile", profiles,
                f"--report-dir={report_dir}", "-q", "-p", "no:cacheprovider", "-rxX"]
     if quick:
         command.append("--quick")
@@ -67,28 +70,45 @@ def fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:,.2f}"
 
 
-def mixed_table(report: dict) -> str:
+def _mixed(report: dict | None, profile: str) -> dict:
+    return ((report or {}).get("targets", {}).get(profile) or {}).get("mixed") or {}
+
+
+def _delta(got: float | None, want: float) -> tuple[str, float | None]:
+    off = None if got is None or not want else (got - want) / want
+    return ("–" if off is None else f"{off:+.0%}"), off
+
+
+def mixed_table(report: dict, warm: dict | None = None) -> str:
+    """The brief's mixed table beside the suite's (flushed) run and, if given, the warm run."""
     rows = []
     for profile, brief in BRIEF_MIXED.items():
         if profile not in report["targets"]:
             continue
-        mixed = (report["targets"].get(profile) or {}).get("mixed") or {}
         for key, want in brief.items():
-            got = mixed.get(key)
-            off = None if got is None or not want else (got - want) / want
-            flag = "" if key not in TARGETED else ("ok" if off is not None and abs(off) <= 0.25 else "OFF")
-            rows.append([profile, key, fmt(want), fmt(got), "–" if off is None else f"{off:+.0%}", flag])
-    return tabulate(rows, headers=["profile", "metric", "brief", "simulator", "delta", "±25 %"], tablefmt="github")
+            row = [profile, key, fmt(want)]
+            for run in (report, warm) if warm else (report,):
+                got = _mixed(run, profile).get(key)
+                text, off = _delta(got, want)
+                flag = "" if key not in TARGETED else ("ok" if off is not None and abs(off) <= 0.25 else "OFF")
+                row += [fmt(got), text, flag]
+            rows.append(row)
+    headers = ["profile", "metric", "brief", "flushed", "delta", "±25 %"]
+    if warm:
+        headers += ["warm", "delta", "±25 %"]
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
-def cache_table(report: dict) -> str:
+def cache_table(report: dict, warm: dict | None = None) -> str:
     rows = []
     for profile, brief in BRIEF_CACHE.items():
         if profile not in report["targets"]:
             continue
-        cache = ((report["targets"].get(profile) or {}).get("mixed") or {}).get("cache") or {}
-        rows += [[profile, key, f"{want:,}", fmt(cache.get(key))] for key, want in brief.items()]
-    return tabulate(rows, headers=["profile", "counter delta", "brief", "simulator"], tablefmt="github")
+        runs = (report, warm) if warm else (report,)
+        rows += [[profile, key, f"{want:,}"] + [fmt((_mixed(run, profile).get("cache") or {}).get(key)) for run in runs]
+                 for key, want in brief.items()]
+    headers = ["profile", "counter delta", "brief", "flushed"] + (["warm"] if warm else [])
+    return tabulate(rows, headers=headers, tablefmt="github")
 
 
 def capacity_table(report: dict) -> str:
@@ -127,19 +147,28 @@ def main() -> None:
                         help="simulated profile(s), comma-separated (default both)")
     parser.add_argument("--time-scale", type=float, default=None,
                         help=f"simulator time scale (default the plugin's, {DEFAULT_TIME_SCALE:g})")
+    parser.add_argument("--no-warm", action="store_true", help="skip the --warm-cache mixed run")
     parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
     args = parser.parse_args()
     if args.write_docs and (args.quick or args.profile != "sim-hicache,sim-mtp"
                             or args.time_scale not in (None, DEFAULT_TIME_SCALE)):
         parser.error("--write-docs needs the full run: both profiles, default time scale, no --quick")
-    wall = None if args.no_run else run_suite(args.report_dir, args.quick, args.profile,
-                                              args.time_scale, args.pytest_args)
+    warm_dir = args.report_dir / "warm"
+    wall = warm_wall = None
+    if not args.no_run:
+        wall = run_suite(args.report_dir, args.quick, args.profile, args.time_scale, args.pytest_args)
+        if not args.no_warm:
+            warm_wall = run_suite(warm_dir, args.quick, args.profile, args.time_scale,
+                                  ["--warm-cache", *args.pytest_args], tests="perf_tests/test_mixed.py")
     report = json.loads((args.report_dir / "report.json").read_text())
+    warm_file = warm_dir / "report.json"
+    warm = json.loads(warm_file.read_text()) if not args.no_warm and warm_file.exists() else None
     scale = next(iter(report["settings"].values()))["time_scale"]
+    timing = f" · wall {wall:.0f} s for both profiles" if wall else ""
+    timing += f" + {warm_wall:.0f} s for the warm mixed runs" if warm_wall else ""
     text = "\n\n".join([
-        f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}"
-        + (f" · wall {wall:.0f} s for both profiles" if wall else ""),
-        mixed_table(report), cache_table(report), capacity_table(report),
+        f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}" + timing,
+        mixed_table(report, warm), cache_table(report, warm), capacity_table(report),
         lag_note(args.report_dir, report)])
     print(text)
     if args.write_docs:
