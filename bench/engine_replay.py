@@ -7,7 +7,8 @@ each capacity level and the mixed run as workloads.py does. Use it to search cal
 fast (~3 s for everything); bench/suite_vs_brief.py is the end-to-end check.
 
     python bench/engine_replay.py                 # both profiles, both workloads
-    python bench/engine_replay.py --runs 2        # run 2: same workloads, warm (no flush)
+    python bench/engine_replay.py --runs 2        # run 2: same workloads, no flush in between
+    python bench/engine_replay.py --warm          # each window primed first, as --warm-cache
     python bench/engine_replay.py --profile sim-hicache --workload mixed --json out.json
 """
 
@@ -17,6 +18,7 @@ import argparse
 import heapq
 import itertools
 import json
+import math
 import sys
 import time
 import zlib
@@ -207,11 +209,14 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
               duration: float = 600.0, flush: bool = True,
               contexts: int = 4, workers: int = 3, context_tokens: int = 100_000,
               max_tokens: int = 2048, spike_every: float = 30.0, spike_tokens: int = 64,
-              revisit_every: float = 45.0) -> dict[str, Any]:
+              revisit_every: float = 45.0, warm: bool = False) -> dict[str, Any]:
     """Workload 1 as pytest_glmperf.workloads.run_mixed drives it (on ``engine`` if given,
-    so a second run finds the caches the first one left)."""
+    so a second run finds the caches the first one left); ``warm``: --warm-cache."""
     engine = engine or Engine(config, seed=seed)
-    if flush:  # workloads.py: POST /flush_cache before the mixed run
+    if warm:
+        spikes = [f"mixed-spike-{n}" for n in range(1, math.ceil(duration / spike_every))]
+        prime(engine, spikes + [f"mixed-repo-{c}" for c in range(contexts)], context_tokens)
+    elif flush:  # workloads.py: POST /flush_cache before the mixed run
         engine.flush_cache()
     replay = Replay(engine, ids=_ids_for(engine))
     last_used = dict.fromkeys(range(contexts), 0.0)
@@ -298,17 +303,32 @@ def _ids_for(engine: Engine) -> itertools.count[int]:
     return ids
 
 
+def prime(engine: Engine, keys: list[str], context_tokens: int) -> None:
+    """--warm-cache as workloads.prime does it: each text once, one output token, in order."""
+    replay = Replay(engine, ids=_ids_for(engine))
+    pending = list(keys)
+
+    def next_prime(_: Rec | None = None) -> None:
+        if pending:
+            replay.send("prime", pending.pop(0), context_tokens, 1, next_prime)
+    next_prime()
+    replay.run()
+
+
 def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None = None,
                  levels: tuple[int, ...] = (1, 2, 4, 8, 12),
                  level_duration: float = 240.0, contexts: int = 8,
                  context_tokens: int = 100_000, max_tokens: int = 1024,
                  spike_every: float = 25.0, spike_tokens: int = 64,
-                 flush: bool = True) -> list[dict[str, Any]]:
+                 flush: bool = True, warm: bool = False) -> list[dict[str, Any]]:
     """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes."""
     engine = engine or Engine(config, seed=seed)
     out = []
     for level in levels:
-        if flush:  # workloads.py: POST /flush_cache before each level
+        if warm:
+            spikes = [f"spike-c{level}-{n}" for n in range(1, math.ceil(level_duration / spike_every))]
+            prime(engine, spikes + [f"repo-{c}" for c in range(min(level, contexts))], context_tokens)
+        elif flush:  # workloads.py: POST /flush_cache before each level
             engine.flush_cache()
         replay = Replay(engine, ids=_ids_for(engine))
         start = engine.now
@@ -433,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1,
                         help="run each workload this many times on the same server; runs 2+ "
                              "skip /flush_cache (an operator re-running a script)")
+    parser.add_argument("--warm", action="store_true",
+                        help="prime every window with its contexts and spike texts (--warm-cache)")
     parser.add_argument("--sim-arg", action="append", default=[],
                         help="extra server flag(s) appended to every profile, e.g. "
                              "--sim-arg=--chunked-prefill-size=4096")
@@ -444,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload in ("mixed", "both"):
         engines = {p: Engine(cfg, seed=args.seed) for p, cfg in configs.items()}
         for run in range(1, args.runs + 1):
-            mixed = {p: run_mixed(cfg, engine=engines[p], flush=run == 1)
+            mixed = {p: run_mixed(cfg, engine=engines[p], flush=run == 1, warm=args.warm)
                      for p, cfg in configs.items()}
             out["mixed"].append(mixed)
             _print_mixed(mixed, run)
@@ -454,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## Capacity workload, run {run} (levels 1, 2, 4, 8, 12 x 240 s)\n")
             levels_by_profile = {}
             for p, cfg in configs.items():
-                levels = run_capacity(cfg, engine=engines[p], flush=run == 1)
+                levels = run_capacity(cfg, engine=engines[p], flush=run == 1, warm=args.warm)
                 levels_by_profile[p] = levels
                 print(capacity_table(p, levels))
                 wall = sum(lv["wall_s"] for lv in levels)
