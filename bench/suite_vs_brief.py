@@ -4,8 +4,8 @@
                                    [--profile sim-mtp] [--time-scale 30] [-- PYTEST_ARGS...]
 
 Runs ``pytest perf_tests --profile sim-hicache,sim-mtp`` (5 levels x 240 s + 600 s mixed per
-profile, in model time, each window on a flushed cache), then the mixed workload again with
-``--warm-cache`` (every context and spike text sent once before the window: the condition the
+profile, in model time, each window on a flushed cache), then the same suite with
+``--warm-cache`` (every context and spike text sent once before each window: the condition the
 field's hicache run evidently had, docs/simulator.md), and prints the brief's mixed table beside
 both, the cache counter deltas, and the per-level capacity verdicts, with the wall time and
 achieved time scale. ``--no-warm`` skips the warm run. ``--write-docs`` replaces the table
@@ -46,6 +46,7 @@ BRIEF_CACHE = {
                 "load_back_tokens": 0, "host_used_after_tokens": 0},
 }
 BRIEF_MAX_USABLE = {"sim-hicache": 4, "sim-mtp": 1}
+BRIEF_LEVEL_TOK_S = {"sim-hicache": {4: 110.39, 12: 134.70}, "sim-mtp": {1: 44.80}}  # aggregate output tok/s
 TARGETED = ("client_tok_s", "ttft_p50_s", "ttft_p95_s", "gap_p50_s", "gap_p95_s")
 
 
@@ -111,17 +112,26 @@ def cache_table(report: dict, warm: dict | None = None) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
-def capacity_table(report: dict) -> str:
+def capacity_table(report: dict, warm: dict | None = None) -> str:
+    """Per profile and run: the highest usable level, each level's verdict and aggregate tok/s,
+    and the brief's aggregate tok/s where it gives one."""
     rows = []
     for profile, want in BRIEF_MAX_USABLE.items():
-        if profile not in report["targets"]:
-            continue
-        capacity = (report["targets"].get(profile) or {}).get("capacity") or {}
-        verdicts = ", ".join(f"c{lv['concurrency']}:{'usable' if lv['usable'] else 'no'}"
-                             f" ({fmt(lv.get('aggregate_tok_s'))} tok/s)" for lv in capacity.get("levels", []))
-        got = capacity.get("max_usable")
-        rows.append([profile, want, got, "ok" if got == want else "OFF", verdicts])
-    return tabulate(rows, headers=["profile", "brief max usable", "simulator", "", "levels"], tablefmt="github")
+        for name, run in (("flushed", report), ("warm", warm)):
+            if run is None or profile not in run["targets"]:
+                continue
+            capacity = (run["targets"].get(profile) or {}).get("capacity") or {}
+            if not capacity.get("levels"):
+                continue
+            verdicts = []
+            for lv in capacity.get("levels", []):
+                text = f"c{lv['concurrency']}:{'usable' if lv['usable'] else 'no'} ({fmt(lv.get('aggregate_tok_s'))}"
+                field = BRIEF_LEVEL_TOK_S[profile].get(lv["concurrency"])
+                verdicts.append(text + (f" vs {field:g})" if field else ")"))
+            got = capacity.get("max_usable")
+            rows.append([profile, name, want, got, "ok" if got == want else "OFF", ", ".join(verdicts)])
+    return tabulate(rows, headers=["profile", "run", "brief max usable", "simulator", "", "levels (tok/s vs brief)"],
+                    tablefmt="github")
 
 
 def lag_note(report_dir: Path, report: dict) -> str:
@@ -147,7 +157,7 @@ def main() -> None:
                         help="simulated profile(s), comma-separated (default both)")
     parser.add_argument("--time-scale", type=float, default=None,
                         help=f"simulator time scale (default the plugin's, {DEFAULT_TIME_SCALE:g})")
-    parser.add_argument("--no-warm", action="store_true", help="skip the --warm-cache mixed run")
+    parser.add_argument("--no-warm", action="store_true", help="skip the --warm-cache run")
     parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
     args = parser.parse_args()
     if args.write_docs and (args.quick or args.profile != "sim-hicache,sim-mtp"
@@ -159,16 +169,16 @@ def main() -> None:
         wall = run_suite(args.report_dir, args.quick, args.profile, args.time_scale, args.pytest_args)
         if not args.no_warm:
             warm_wall = run_suite(warm_dir, args.quick, args.profile, args.time_scale,
-                                  ["--warm-cache", *args.pytest_args], tests="perf_tests/test_mixed.py")
+                                  ["--warm-cache", *args.pytest_args])
     report = json.loads((args.report_dir / "report.json").read_text())
     warm_file = warm_dir / "report.json"
     warm = json.loads(warm_file.read_text()) if not args.no_warm and warm_file.exists() else None
     scale = next(iter(report["settings"].values()))["time_scale"]
     timing = f" · wall {wall:.0f} s for both profiles" if wall else ""
-    timing += f" + {warm_wall:.0f} s for the warm mixed runs" if warm_wall else ""
+    timing += f" + {warm_wall:.0f} s for the warm run" if warm_wall else ""
     text = "\n\n".join([
         f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}" + timing,
-        mixed_table(report, warm), cache_table(report, warm), capacity_table(report),
+        mixed_table(report, warm), cache_table(report, warm), capacity_table(report, warm),
         lag_note(args.report_dir, report)])
     print(text)
     if args.write_docs:
