@@ -320,35 +320,43 @@ def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None =
                  level_duration: float = 240.0, contexts: int = 8,
                  context_tokens: int = 100_000, max_tokens: int = 1024,
                  spike_every: float = 25.0, spike_tokens: int = 64,
-                 flush: bool = True, warm: bool = False) -> list[dict[str, Any]]:
-    """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes."""
+                 flush: bool = True, warm: bool = False, spike_mode: str = "slot") -> list[dict[str, Any]]:
+    """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes, sent by the
+    next free agent ("slot") or on time beside them ("extra"), as workloads.py does."""
     engine = engine or Engine(config, seed=seed)
     out = []
     for level in levels:
+        spikes = [f"spike-c{level}-{n}" for n in range(1, math.ceil(level_duration / spike_every))]
         if warm:
-            spikes = [f"spike-c{level}-{n}" for n in range(1, math.ceil(level_duration / spike_every))]
             prime(engine, spikes + [f"repo-{c}" for c in range(min(level, contexts))], context_tokens)
         elif flush:  # workloads.py: POST /flush_cache before each level
             engine.flush_cache()
         replay = Replay(engine, ids=_ids_for(engine))
         start = engine.now
         deadline = start + level_duration
+        due: list[str] = []
 
-        def agent(i: int, replay: Replay = replay, deadline: float = deadline,
+        def agent(i: int, replay: Replay = replay, deadline: float = deadline, due: list[str] = due,
                   ) -> Callable[[Rec | None], None]:
             def next_request(_: Rec | None = None) -> None:
-                if engine.now < deadline:
-                    replay.send("agent", f"repo-{i % contexts}", context_tokens, max_tokens,
-                                next_request)
+                if engine.now >= deadline:
+                    return
+                if due:
+                    replay.send("spike", due.pop(0), context_tokens, spike_tokens, next_request)
+                else:
+                    replay.send("agent", f"repo-{i % contexts}", context_tokens, max_tokens, next_request)
             return next_request
+
+        def fire(text: str, replay: Replay = replay, due: list[str] = due) -> None:
+            if spike_mode == "slot":
+                due.append(text)
+            else:
+                replay.send("spike", text, context_tokens, spike_tokens)
 
         for i in range(level):
             replay.at(start, agent(i))
-        for n in itertools.count(1):
-            if n * spike_every >= level_duration:
-                break
-            replay.at(start + n * spike_every, lambda n=n, replay=replay, level=level:
-                      replay.send("spike", f"spike-c{level}-{n}", context_tokens, spike_tokens))
+        for n, text in enumerate(spikes, start=1):
+            replay.at(start + n * spike_every, lambda text=text, fire=fire: fire(text))
         t0 = time.perf_counter()
         replay.run()
         out.append(_level_summary(level, replay, start, time.perf_counter() - t0))
@@ -453,6 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1,
                         help="run each workload this many times on the same server; runs 2+ "
                              "skip /flush_cache (an operator re-running a script)")
+    parser.add_argument("--spike-mode", choices=("slot", "extra"), default="slot",
+                        help="capacity spikes: sent by the next free agent, or on time beside them")
     parser.add_argument("--warm", action="store_true",
                         help="prime every window with its contexts and spike texts (--warm-cache)")
     parser.add_argument("--sim-arg", action="append", default=[],
@@ -476,7 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## Capacity workload, run {run} (levels 1, 2, 4, 8, 12 x 240 s)\n")
             levels_by_profile = {}
             for p, cfg in configs.items():
-                levels = run_capacity(cfg, engine=engines[p], flush=run == 1, warm=args.warm)
+                levels = run_capacity(cfg, engine=engines[p], flush=run == 1, warm=args.warm,
+                                      spike_mode=args.spike_mode)
                 levels_by_profile[p] = levels
                 print(capacity_table(p, levels))
                 wall = sum(lv["wall_s"] for lv in levels)

@@ -313,7 +313,10 @@ class GlmperfServer:
                                        self.time_scale, lambda load=load: list(load.active.values()),
                                        lambda load=load: load.run.records,
                                        lambda load=load: load.run.start_ns) if early_stop else None
-                    window = Window(load, "agent", concurrency, spec.level_duration_s)
+                    # The N in-flight requests the client must sustain: with spike_mode "slot" a
+                    # spike is one of them, with "extra" it comes on top.
+                    kinds = ("agent", "spike") if spec.spike_mode == "slot" else ("agent",)
+                    window = Window(load, kinds, concurrency, spec.level_duration_s)
                     windows.append(window)
                     async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
                         await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"), check)
@@ -352,7 +355,7 @@ class GlmperfServer:
             contexts = await self.contexts(client)
             await self.prepare_cache(client, contexts, mixed_prompts(spec), spec.context_tokens)
             load = self._load(client, contexts, "mixed")
-            window = Window(load, "decode", spec.decode_workers, spec.duration_s)
+            window = Window(load, ("decode",), spec.decode_workers, spec.duration_s)
             before = await self._snapshot(client)
             try:
                 async with window.observe(client, spec_interval_s=spec.gauge_interval_s):
@@ -434,8 +437,8 @@ class GlmperfServer:
 class Window:
     """One load window under observation: server gauges sampled, the client checking itself."""
 
-    def __init__(self, load: Load, kind: str, target_concurrency: int, window_s: float) -> None:
-        self.load, self.kind = load, kind
+    def __init__(self, load: Load, kinds: tuple[str, ...], target_concurrency: int, window_s: float) -> None:
+        self.load, self.kinds = load, kinds
         self.target_concurrency, self.window_s = target_concurrency, window_s
         self.gauges: dict[str, GaugeSeries] = {}
         self.health: ClientHealth | None = None
@@ -455,7 +458,7 @@ class Window:
             self.gauges = await sampler.stop()
             run = self.load.run
             span = (run.start_ns, run.start_ns + int(self.load.clock.to_wall(self.window_s) * 1e9))
-            self.health = monitor.health([r for r in run.records if r.kind == self.kind], span,
+            self.health = monitor.health([r for r in run.records if r.kind in self.kinds], span,
                                          self.target_concurrency)
 
     def gauge_samples(self) -> dict[str, list[tuple[float, float]]]:

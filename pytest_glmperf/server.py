@@ -23,6 +23,7 @@ import httpx
 
 from .errors import ConfigError, ServerNotReady, ServerStartError
 from .profiles import ServerProfile
+from .teardown import _register, _unregister
 
 LOG_TAIL_LINES = 200
 
@@ -96,6 +97,7 @@ class SimulatedServer:
         began = time.monotonic()
         self._process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                          text=True, env=env, start_new_session=True)
+        _register(self)  # its own session: a SIGTERM to pytest would not reach it
         port = self._read_port()
         self.base_url = f"http://127.0.0.1:{port}"
         threading.Thread(target=self._pump_log, daemon=True, name="glmperf-sim-log").start()
@@ -157,6 +159,7 @@ class SimulatedServer:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; idempotent."""
+        _unregister(self)
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return

@@ -17,7 +17,7 @@ from typing import Any
 from .errors import ConfigError
 from .profiles import DEFAULT_REGISTRY, ServerProfile
 from .thresholds import Thresholds, parse_threshold
-from .workloads import CapacitySpec, MixedSpec
+from .workloads import SPIKE_MODES, CapacitySpec, MixedSpec
 
 
 def parse_levels(key: str, value: Any) -> tuple[int, ...]:
@@ -117,6 +117,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_output_tokens", positive_int, 1024, "output tokens per capacity request", quick=256, metavar="N"),
     Option("spike_interval", non_negative_float, 25.0, "seconds between long-prefill spikes in a capacity level (0: none)", quick=15.0, metavar="S"),
     Option("spike_output_tokens", positive_int, 64, "output tokens of a prefill spike", metavar="N"),
+    Option("spike_mode", _choice(*SPIKE_MODES), "slot", "capacity spikes: 'slot' = the next free agent sends a due spike (N bounds every request in flight); 'extra' = on time, beside the N agents", metavar="slot|extra"),
     Option("mixed_duration", positive_float, 600.0, "seconds of the mixed workload's load window", quick=90.0, metavar="S"),
     Option("mixed_contexts", positive_int, 4, "repository contexts of the mixed workload", quick=3, metavar="N"),
     Option("decode_workers", positive_int, 3, "decode workers of the mixed workload", metavar="N"),
@@ -242,7 +243,7 @@ class Settings:
                 contexts=value("contexts"), context_tokens=value("context_tokens"),
                 max_output_tokens=value("max_output_tokens"),
                 level_duration_s=value("level_duration"), spike_interval_s=value("spike_interval"),
-                spike_output_tokens=value("spike_output_tokens")),
+                spike_output_tokens=value("spike_output_tokens"), spike_mode=value("spike_mode")),
             mixed=MixedSpec(
                 contexts=value("mixed_contexts"), context_tokens=value("context_tokens"),
                 decode_workers=value("decode_workers"),

@@ -1,4 +1,4 @@
-"""The teardown registry: every started Compose server is stopped at exit or on SIGTERM.
+"""The teardown registry: every started server (Compose or simulator) is stopped at exit or on SIGTERM.
 
 Servers register while up (``_register``) and leave when stopped (``_unregister``);
 ``teardown_all`` runs at interpreter exit. SIGTERM is turned into ``KeyboardInterrupt``
@@ -12,15 +12,16 @@ import atexit
 import contextlib
 import signal
 import threading
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .compose import ComposeServer
+from typing import Any, Protocol
 
 __all__ = ["teardown_all"]
 
 
-_ACTIVE: dict[int, ComposeServer] = {}
+class Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+_ACTIVE: dict[int, Stoppable] = {}
 _ACTIVE_LOCK = threading.Lock()
 _HANDLERS_INSTALLED = False
 _PREVIOUS_SIGTERM: Any = None
@@ -62,12 +63,12 @@ def _install_handlers() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def _register(server: ComposeServer) -> None:
+def _register(server: Stoppable) -> None:
     with _ACTIVE_LOCK:
         _install_handlers()
         _ACTIVE[id(server)] = server
 
 
-def _unregister(server: ComposeServer) -> None:
+def _unregister(server: Stoppable) -> None:
     with _ACTIVE_LOCK:
         _ACTIVE.pop(id(server), None)

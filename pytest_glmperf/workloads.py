@@ -1,7 +1,10 @@
 """The field report's two coding-agent workloads, driven in model time.
 
 * capacity: per concurrency level N, N closed-loop agents (agent i works on context i mod
-  ``contexts``) plus one fresh long-prefill request every ``spike_interval_s``.
+  ``contexts``) plus one fresh long-prefill request every ``spike_interval_s``. With
+  ``spike_mode`` "slot" (default) N bounds every request in flight, as a --max-concurrency
+  semaphore does: the first agent free after a spike falls due sends it in place of its next
+  request. With "extra" each spike goes out on time beside the N agents.
 * mixed: ``decode_workers`` agents streaming long answers over a few repository contexts,
   a fresh ~100k-token prefill spike every ``spike_interval_s`` and a revisit of the least
   recently used context every ``revisit_interval_s``.
@@ -19,6 +22,7 @@ send, sent once beforehand, so the window measures a server that has seen its re
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import math
 import time
@@ -52,11 +56,14 @@ class CapacitySpec:
     level_duration_s: float = 240.0
     spike_interval_s: float = 25.0
     spike_output_tokens: int = 64
+    spike_mode: str = "slot"
 
     def __post_init__(self) -> None:
         _positive(self, "contexts", "context_tokens", "max_output_tokens", "level_duration_s",
                   "spike_output_tokens")
         _non_negative(self, "spike_interval_s")
+        if self.spike_mode not in SPIKE_MODES:
+            raise ConfigError(f"spike_mode must be one of {', '.join(SPIKE_MODES)}, got {self.spike_mode!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +103,7 @@ class WorkloadRun:
 
 Progress = Callable[[str], None]
 FAILURE_PAUSE_S = 1.0
+SPIKE_MODES = ("slot", "extra")
 
 
 class Load:
@@ -209,20 +217,29 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
                              stop_check: Callable[[], str | None] | None = None) -> WorkloadRun:
     """N closed-loop agents for one level window, plus periodic long-prefill spikes."""
     deadline = load.begin() + spec.level_duration_s
+    due: collections.deque[int] = collections.deque()  # spikes an agent sends next ("slot")
+
+    def spike(n: int) -> Awaitable[RequestRecord]:
+        return load.send("spike", f"spike-c{concurrency}-{n}", spec.context_tokens, spec.spike_output_tokens)
 
     async def agent(i: int) -> None:
         context = i % spec.contexts
         while load.clock.now() < deadline:
-            record = await load.send("agent", f"repo-{context}", spec.context_tokens,
-                                     spec.max_output_tokens, context_id=context)
+            if due:
+                record = await spike(due.popleft())
+            else:
+                record = await load.send("agent", f"repo-{context}", spec.context_tokens,
+                                         spec.max_output_tokens, context_id=context)
             if not record.ok:
                 await load.clock.sleep(FAILURE_PAUSE_S)
 
     async def spikes() -> None:
         for n in _firings(spec.spike_interval_s, spec.level_duration_s):
             await load.clock.sleep_until(deadline - spec.level_duration_s + n * spec.spike_interval_s)
-            load.spawn(load.send("spike", f"spike-c{concurrency}-{n}", spec.context_tokens,
-                                 spec.spike_output_tokens))
+            if spec.spike_mode == "slot":
+                due.append(n)
+            else:
+                load.spawn(spike(n))
 
     for i in range(concurrency):
         load.spawn(agent(i))  # type: ignore[arg-type]

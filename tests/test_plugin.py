@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -112,7 +113,22 @@ def test_broken_bar_fails_naming_threshold_and_xfails_beyond_required(pytester: 
     ])
 
 
-def test_ctrl_c_keeps_records_and_a_partial_report(pytester: pytest.Pytester):
+def _simulator_children(parent: int) -> list[int]:
+    """Pids of simulator processes started by ``parent`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"pytest_glmperf.simulator" in cmdline:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_keeps_records_a_partial_report_and_no_simulator(pytester: pytest.Pytester, signum: int):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     out = pytester.path / "out"
     command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", f"--report-dir={out}",
@@ -124,8 +140,11 @@ def test_ctrl_c_keeps_records_and_a_partial_report(pytester: pytest.Pytester):
         if records.exists() and records.read_text().count("\n") >= 3:
             break
         time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
+    simulators = _simulator_children(process.pid)
+    assert simulators
+    process.send_signal(signum)
     process.communicate(timeout=60)
+    assert not [pid for pid in simulators if Path(f"/proc/{pid}").exists()]
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "interrupted"
     level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
@@ -265,3 +284,22 @@ def test_without_warm_cache_each_window_starts_flushed_and_spikes_are_fresh(pyte
     assert spikes and all(not r["cached_tokens"] for r in spikes)
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert report["settings"]["sim-hicache"]["cache_start"] == "flushed"
+
+
+def _busy_intervals(records: list[dict], kind: str) -> list[tuple[int, int]]:
+    return [(r["send_ns"], r["done_ns"]) for r in records if r["kind"] == kind and r["scenario"] == "capacity"]
+
+
+@pytest.mark.parametrize("mode", ["slot", "extra"])
+def test_spike_mode_decides_whether_a_spike_takes_an_agents_slot(pytester: pytest.Pytester, mode: str):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--concurrency-levels=1", "--spike-interval=2", f"--spike-mode={mode}")
+    result.assert_outcomes(passed=1)
+    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    spikes, agents = _busy_intervals(records, "spike"), _busy_intervals(records, "agent")
+    assert len(spikes) == 2  # due at 2 and 4 s of the 6 s window
+    overlapping = [(s0, s1) for s0, s1 in spikes if any(a0 < s1 and s0 < a1 for a0, a1 in agents)]
+    # slot: one request in flight at level 1, spikes included; extra: beside the agent.
+    assert (overlapping == []) if mode == "slot" else (overlapping == spikes)
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert report["settings"]["sim-hicache"]["capacity"]["spike_mode"] == mode

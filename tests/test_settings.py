@@ -18,6 +18,7 @@ def test_defaults_are_the_brief():
     assert run.levels == (1, 2, 4, 8, 12)
     assert run.capacity.level_duration_s == 240
     assert run.capacity.spike_interval_s == 25
+    assert run.capacity.spike_mode == "slot"
     assert run.mixed.duration_s == 600
     assert run.mixed.decode_workers == 3
     assert run.thresholds.max_gap_p95 == 8
@@ -49,6 +50,7 @@ def test_quick_preset_beats_profile_but_not_command_line():
     ("min_tok_s_p50", "abc", "threshold min_tok_s_p50 must be a number"),
     ("level_duration", "0", "level_duration must be > 0"),
     ("contexts", "2.5", "contexts must be an integer"),
+    ("spike_mode", "beside", "spike_mode must be one of slot, extra, got 'beside'"),
 ])
 def test_bad_values_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
