@@ -372,6 +372,9 @@ def compare_reports(current_report: dict[str, Any], current_records: Records, ba
             checks.append(warning)
         if match is None:
             continue
+        conditions = _conditions_warning(key, match, current_report, baseline.report)
+        if conditions:
+            checks.append(conditions)
         now = Side.of(key, current_report, current_runs)
         then = Side.of(match, baseline.report, baseline_runs)
         checks += _level_checks(then, now, tolerances)
@@ -400,6 +403,29 @@ def _image_warning(key: str, now: dict[str, Any], then: dict[str, Any]) -> Check
         if new.get(field_name) and old.get(field_name) and new[field_name] != old[field_name]:
             return _warning(key, key, f"baseline {field_name} {old[field_name]} differs from {new[field_name]}")
     return None
+
+
+# Workload conditions that change what a figure means; the default is what a report that
+# predates the setting ran with (spikes went out beside the agents before spike_mode existed).
+CONDITIONS = (("cache_start", lambda s: s.get("cache_start", "flushed")),
+              ("spike_mode", lambda s: (s.get("capacity") or {}).get("spike_mode", "extra")),
+              ("spike_interval_s", lambda s: (s.get("capacity") or {}).get("spike_interval_s")),
+              ("level_duration_s", lambda s: (s.get("capacity") or {}).get("level_duration_s")),
+              ("context_tokens", lambda s: (s.get("capacity") or {}).get("context_tokens")),
+              ("max_output_tokens", lambda s: (s.get("capacity") or {}).get("max_output_tokens")))
+
+
+def _conditions_warning(key: str, match: str, current: dict[str, Any], baseline: dict[str, Any]) -> Check | None:
+    """A warning when the two runs drove the server differently (e.g. a warm run against a flushed one)."""
+    now = (current.get("settings") or {}).get(split_target(key)[0])
+    then = (baseline.get("settings") or {}).get(split_target(match)[0])
+    if not isinstance(now, dict) or not isinstance(then, dict):
+        return None
+    differ = [f"{name} {get(then)} -> {get(now)}" for name, get in CONDITIONS
+              if get(then) is not None and get(now) is not None and get(then) != get(now)]
+    if not differ:
+        return None
+    return _warning(key, match, "not like for like, the workload changed: " + "; ".join(differ))
 
 
 def _warning(key: str, match: str | None, reason: str) -> Check:

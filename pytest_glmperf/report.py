@@ -183,14 +183,33 @@ def provenance_line(provenance: dict[str, Any]) -> str:
     return line
 
 
+def conditions_line(settings: dict[str, Any]) -> str:
+    """'workload: levels 1,2,4 x 240 s, a spike every 25 s in an agent's slot · cache flushed before each window'.
+
+    The conditions that decide how comparable two reports are, in one line."""
+    capacity = settings.get("capacity") or {}
+    levels = ",".join(str(c) for c in settings.get("levels", []))
+    interval, mode = capacity.get("spike_interval_s"), capacity.get("spike_mode", "slot")
+    spikes = (f"a spike every {interval:g} s " + ("in an agent's slot" if mode == "slot" else "beside the agents")
+              if interval else "no spikes")
+    start = {"warm": "primed with its contexts and spikes", "flushed": "flushed",
+             "as-is": "left as it was"}.get(settings.get("cache_start", "flushed"), "?")
+    return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
+            f" · cache {start} before each window")
+
+
 def render_markdown(data: dict[str, Any]) -> str:
     out = ["# pytest-glmperf report", "",
            f"status: **{data.get('status')}** · started {data.get('started_at')} · host {data.get('host')}", ""]
+    settings = data.get("settings") or {}
     for name, target in data.get("targets", {}).items():
         out += [f"## {name}", ""]
         provenance = target.get("provenance") or {}
         if provenance:
             out += [provenance_line(provenance), ""]
+        profile_settings = settings.get(name.split("@", 1)[0])
+        if profile_settings:
+            out += [conditions_line(profile_settings), ""]
         if target.get("start_error"):
             out += [f"**server did not start**: {target['start_error']}", ""]
         capacity = target["capacity"]

@@ -261,3 +261,25 @@ def test_check_message_names_values_change_interval_and_tolerance():
     unsure = dataclasses.replace(check, outcome=INCONCLUSIVE, reason="too few requests")
     assert unsure.message().endswith("inconclusive: too few requests")
     assert check.name == "sim-hicache-c4-ttft_p95_s"
+
+
+def test_a_baseline_run_under_other_conditions_warns_naming_them():
+    settings = {"thresholds": Thresholds().as_dict(), "cache_start": "flushed",
+                "capacity": {"spike_mode": "slot", "spike_interval_s": 25.0, "level_duration_s": 240.0}}
+    base_report, base_records = run(17, levels=(1,), report=RunReport.start({"sim": settings}))
+    warm = {**settings, "cache_start": "warm", "capacity": {**settings["capacity"], "spike_mode": "extra"}}
+    report, records = run(18, levels=(1,), report=RunReport.start({"sim": warm}))
+    checks = compare_reports(report, records, Baseline("b", base_report, base_records))
+    warning = checks[0]
+    assert warning.outcome == WARNING
+    assert warning.reason == ("not like for like, the workload changed: cache_start flushed -> warm; "
+                              "spike_mode slot -> extra")
+    assert [c for c in checks if c.outcome != WARNING]  # still compared, with the warning beside
+
+
+def test_same_conditions_add_no_warning():
+    settings = {"thresholds": Thresholds().as_dict(), "cache_start": "flushed", "capacity": {"spike_mode": "slot"}}
+    base_report, base_records = run(19, levels=(1,), report=RunReport.start({"sim": settings}))
+    report, records = run(20, levels=(1,), report=RunReport.start({"sim": settings}))
+    checks = compare_reports(report, records, Baseline("b", base_report, base_records))
+    assert not [c for c in checks if c.outcome == WARNING]

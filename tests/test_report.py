@@ -36,3 +36,16 @@ def test_side_by_side_with_two_targets():
     out = io.StringIO()
     render_terminal(report.as_dict(), lambda line: out.write(line + "\n"))
     assert "sim-mtp" in out.getvalue() and "168.90" in out.getvalue()
+
+
+def test_report_names_the_conditions_that_decide_comparability():
+    settings = {"levels": [1, 2, 4], "capacity": {"level_duration_s": 240.0, "spike_interval_s": 25.0,
+                                                  "spike_mode": "slot"}, "cache_start": "warm"}
+    report = RunReport.start({"sim-hicache": settings})
+    report.record_level("sim-hicache@lmsysorg/sglang:v1", level(1, True, 40.0))
+    text = render_markdown(report.as_dict())
+    assert ("workload: levels 1,2,4 x 240 s, a spike every 25 s in an agent's slot"
+            " · cache primed with its contexts and spikes before each window") in text
+    settings["capacity"].update(spike_mode="extra")
+    settings["cache_start"] = "flushed"
+    assert "a spike every 25 s beside the agents · cache flushed before" in render_markdown(report.as_dict())
