@@ -18,7 +18,6 @@ import argparse
 import heapq
 import itertools
 import json
-import math
 import sys
 import time
 import zlib
@@ -35,6 +34,7 @@ from pytest_glmperf.simulator.config import EngineConfig, parse_server_args  # n
 from pytest_glmperf.simulator.engine import Engine  # noqa: E402
 from pytest_glmperf.simulator.types import SimRequest  # noqa: E402
 from pytest_glmperf.stats import mean, percentile  # noqa: E402
+from pytest_glmperf.workloads import CapacitySpec, MixedSpec, capacity_prompts, mixed_prompts  # noqa: E402
 
 PAGE = 64
 # Prompt sizes as the end-to-end suite sends them: a "100k-token" context measures
@@ -214,8 +214,9 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
     so a second run finds the caches the first one left); ``warm``: --warm-cache."""
     engine = engine or Engine(config, seed=seed)
     if warm:
-        spikes = [f"mixed-spike-{n}" for n in range(1, math.ceil(duration / spike_every))]
-        prime(engine, spikes + [f"mixed-repo-{c}" for c in range(contexts)], context_tokens)
+        prime(engine, mixed_prompts(MixedSpec(contexts=contexts, context_tokens=context_tokens,
+                                              duration_s=duration, spike_interval_s=spike_every)),
+              context_tokens)
     elif flush:  # workloads.py: POST /flush_cache before the mixed run
         engine.flush_cache()
     replay = Replay(engine, ids=_ids_for(engine))
@@ -326,9 +327,12 @@ def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None =
     engine = engine or Engine(config, seed=seed)
     out = []
     for level in levels:
-        spikes = [f"spike-c{level}-{n}" for n in range(1, math.ceil(level_duration / spike_every))]
+        keys = capacity_prompts(CapacitySpec(contexts=contexts, context_tokens=context_tokens,
+                                             level_duration_s=level_duration, spike_interval_s=spike_every),
+                                level)
+        spikes = [key for key in keys if key.startswith("spike-")]
         if warm:
-            prime(engine, spikes + [f"repo-{c}" for c in range(min(level, contexts))], context_tokens)
+            prime(engine, keys, context_tokens)
         elif flush:  # workloads.py: POST /flush_cache before each level
             engine.flush_cache()
         replay = Replay(engine, ids=_ids_for(engine))
