@@ -405,14 +405,12 @@ def _image_warning(key: str, now: dict[str, Any], then: dict[str, Any]) -> Check
     return None
 
 
-# Workload conditions that change what a figure means; the default is what a report that
-# predates the setting ran with (spikes went out beside the agents before spike_mode existed).
-CONDITIONS = (("cache_start", lambda s: s.get("cache_start", "flushed")),
-              ("spike_mode", lambda s: (s.get("capacity") or {}).get("spike_mode", "extra")),
-              ("spike_interval_s", lambda s: (s.get("capacity") or {}).get("spike_interval_s")),
-              ("level_duration_s", lambda s: (s.get("capacity") or {}).get("level_duration_s")),
-              ("context_tokens", lambda s: (s.get("capacity") or {}).get("context_tokens")),
-              ("max_output_tokens", lambda s: (s.get("capacity") or {}).get("max_output_tokens")))
+# Workload conditions that change what a figure means: (setting, settings section or None,
+# value a report that predates the setting ran with; spikes went beside the agents before
+# spike_mode existed).
+CONDITIONS = (("cache_start", None, "flushed"), ("spike_mode", "capacity", "extra"),
+              ("spike_interval_s", "capacity", None), ("level_duration_s", "capacity", None),
+              ("context_tokens", "capacity", None), ("max_output_tokens", "capacity", None))
 
 
 def _conditions_warning(key: str, match: str, current: dict[str, Any], baseline: dict[str, Any]) -> Check | None:
@@ -421,11 +419,19 @@ def _conditions_warning(key: str, match: str, current: dict[str, Any], baseline:
     then = (baseline.get("settings") or {}).get(split_target(match)[0])
     if not isinstance(now, dict) or not isinstance(then, dict):
         return None
-    differ = [f"{name} {get(then)} -> {get(now)}" for name, get in CONDITIONS
-              if get(then) is not None and get(now) is not None and get(then) != get(now)]
+    differ = []
+    for name, section, default in CONDITIONS:
+        old, new = _setting(then, section, name, default), _setting(now, section, name, default)
+        if old is not None and new is not None and old != new:
+            differ.append(f"{name} {old} -> {new}")
     if not differ:
         return None
     return _warning(key, match, "not like for like, the workload changed: " + "; ".join(differ))
+
+
+def _setting(settings: dict[str, Any], section: str | None, name: str, default: Any) -> Any:
+    scope = (settings.get(section) or {}) if section else settings
+    return scope.get(name, default)
 
 
 def _warning(key: str, match: str | None, reason: str) -> Check:

@@ -313,10 +313,7 @@ class GlmperfServer:
                                        self.time_scale, lambda load=load: list(load.active.values()),
                                        lambda load=load: load.run.records,
                                        lambda load=load: load.run.start_ns) if early_stop else None
-                    # The N in-flight requests the client must sustain: with spike_mode "slot" a
-                    # spike is one of them, with "extra" it comes on top.
-                    kinds = ("agent", "spike") if spec.spike_mode == "slot" else ("agent",)
-                    window = Window(load, kinds, concurrency, spec.level_duration_s)
+                    window = Window(load, spec.in_flight_kinds, concurrency, spec.level_duration_s)
                     windows.append(window)
                     async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
                         await run_capacity_level(load, spec, concurrency, self._progress(f"c={concurrency}"), check)

@@ -65,6 +65,11 @@ class CapacitySpec:
         if self.spike_mode not in SPIKE_MODES:
             raise ConfigError(f"spike_mode must be one of {', '.join(SPIKE_MODES)}, got {self.spike_mode!r}")
 
+    @property
+    def in_flight_kinds(self) -> tuple[str, ...]:
+        """The request kinds that make up a level's N in flight: a spike is one of them in "slot" mode."""
+        return ("agent", "spike") if self.spike_mode == "slot" else ("agent",)
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
