@@ -16,6 +16,14 @@ from .hardware import GIB, GLM51_FP8, MIB, HardwareSpec, ModelSpec, get_hardware
 
 # SGLang constants (python/sglang/srt/...; 0.5.23 wheel unless noted).
 CLIP_MAX_NEW_TOKENS = 4096          # schedule_policy.py: decode reservation clip per request
+# How much of its remaining output a running request is expected to still claim
+# (scheduler.py, environ.py): 0.7 x --schedule-conservativeness at start and when idle,
+# decaying over 600 decode steps to 0.14 of that; after a retraction, re-estimated from
+# the batch as (tokens decoded + 20 per request) / max_new_tokens.
+INIT_NEW_TOKEN_RATIO = 0.7
+MIN_NEW_TOKEN_RATIO_FACTOR = 0.14
+NEW_TOKEN_RATIO_DECAY_STEPS = 600
+RETRACT_DECODE_STEPS = 20
 SPEC_MAX_RUNNING_REQUESTS = 48      # speculative_hook.py: "reset to 48 for speculative decoding"
 DEFAULT_DECODE_GRAPH_MAX_BS = 512   # decode CUDA-graph max batch on H200 at tp >= 4
 # Device memory taken outside weights/KV before the pool is sized: NCCL communicators,
@@ -27,11 +35,13 @@ RUNTIME_BUFFERS_BYTES = int(1.5 * GIB)
 # BF16 modules of the FP8 checkpoint beyond embedding/lm_head. No source itemises it; it is
 # CALIBRATED (docs/simulator.md, "Memory"): the field's mtp run queued requests (queue
 # mean 0.49, TTFT P50 9 s) yet never chained two fresh prefills (gap P95 12.84 s), which
-# brackets its pool between ~486k and ~510k tokens; 4.5 GiB puts it at ~495k.
-UNITEMISED_RESIDENT_BYTES = int(4.2 * GIB)
-# June-2026 images (server_args.py before the arg_groups refactor) reserved 2 GiB more
-# for EAGLE-family speculative decoding: "eagle draft models and cuda graphs".
-SPEC_RESERVED_MIB = 2 * 1024
+# brackets its pool between ~486k and ~510k tokens; 1.3 GiB puts it at ~500k.
+UNITEMISED_RESIDENT_BYTES = int(1.3 * GIB)
+# The June-2026 image (0.5.11 to 0.5.13 wheels, server_args._handle_gpu_memory_settings)
+# reserved 4 GiB more for EAGLE-family speculative decoding: "eagle draft models and cuda
+# graphs". Its 48-request cap for speculative decoding is applied later
+# (_handle_speculative_decoding), so the reservation still counts 512 decode graphs.
+SPEC_RESERVED_MIB = 4 * 1024
 
 SPEC_ALGORITHMS = ("EAGLE", "EAGLE3", "NEXTN", "STANDALONE", "NGRAM")
 WRITE_POLICIES = ("write_back", "write_through", "write_through_selective")
@@ -56,6 +66,7 @@ class EngineConfig:
     chunked_prefill_size: int | None = None
     max_prefill_tokens: int = 16384
     max_running_requests: int | None = None
+    cuda_graph_max_bs: int | None = None
     max_queued_requests: int | None = None
     mem_fraction_static: float | None = None
     kv_cache_dtype: str = "auto"
@@ -114,6 +125,18 @@ class EngineConfig:
         return self.speculative_num_draft_tokens or self.spec_num_steps + 1
 
     @property
+    def init_new_token_ratio(self) -> float:
+        return min(INIT_NEW_TOKEN_RATIO * self.schedule_conservativeness, 1.0)
+
+    @property
+    def min_new_token_ratio(self) -> float:
+        return min(self.init_new_token_ratio * MIN_NEW_TOKEN_RATIO_FACTOR, 1.0)
+
+    @property
+    def new_token_ratio_decay(self) -> float:
+        return (self.init_new_token_ratio - self.min_new_token_ratio) / NEW_TOKEN_RATIO_DECAY_STEPS
+
+    @property
     def resolved_context_length(self) -> int:
         return self.context_length or self.model.context_length
 
@@ -147,22 +170,27 @@ class EngineConfig:
 
     @property
     def resolved_mem_fraction_static(self) -> float:
-        """SGLang's auto value, in MiB of GPU memory: reserved = 512 + 1.5 x
-        max(chunked_prefill, 2048) + tp/8 x 1024 + 2 x decode graph max_bs, at least 10 GiB
-        on GPUs over 60 GB (arg_groups/memory_hook.py, 0.5.23; the same terms in older
-        server_args.py), then + 2 GiB with EAGLE as the pre-refactor server_args.py did
-        ("eagle draft models and cuda graphs"); fraction = (gpu - reserved) / gpu."""
+        """SGLang's auto value, in MiB of GPU memory, as the June-2026 image computed it
+        (server_args._handle_gpu_memory_settings, 0.5.11 to 0.5.13): reserved = 512 + 1.5 x
+        max(chunked_prefill, 2048) + 2 x cuda_graph_max_bs + tp/8 x 1024, at least 10 GiB on
+        GPUs over 60 GB, + 4 GiB with EAGLE; fraction = (gpu - reserved) / gpu. No
+        piecewise-CUDA-graph term: that is off for GlmMoeDsaForCausalLM."""
         if self.mem_fraction_static is not None:
             return self.mem_fraction_static
         gpu_mib = self.hardware.hbm_bytes / MIB
-        max_bs = self.resolved_max_running_requests_hint
         reserved = 512 + 1.5 * max(self.resolved_chunked_prefill_size, 2048)
-        reserved += self.tp_size / 8 * 1024 + 2 * max_bs
+        reserved += self.tp_size / 8 * 1024 + 2 * self.resolved_cuda_graph_max_bs
         if gpu_mib > 60 * 1024:
             reserved = max(reserved, 10 * 1024)
         if self.spec_enabled:
             reserved += SPEC_RESERVED_MIB
         return round((gpu_mib - reserved) / gpu_mib, 3)
+
+    @property
+    def resolved_cuda_graph_max_bs(self) -> int:
+        """``--cuda-graph-max-bs``, else SGLang's default where GLM-5.1 fits at all (80 GB
+        and larger GPUs at tp >= 4): 512. Set before any speculative-decoding cap."""
+        return self.cuda_graph_max_bs or DEFAULT_DECODE_GRAPH_MAX_BS
 
     @property
     def resolved_max_running_requests_hint(self) -> int:
@@ -328,6 +356,7 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--chunked-prefill-size": ("chunked_prefill_size", _int),
     "--max-prefill-tokens": ("max_prefill_tokens", _pos_int),
     "--max-running-requests": ("max_running_requests", _pos_int),
+    "--cuda-graph-max-bs": ("cuda_graph_max_bs", _pos_int),
     "--max-queued-requests": ("max_queued_requests", _pos_int),
     "--mem-fraction-static": ("mem_fraction_static", _fraction),
     "--kv-cache-dtype": ("kv_cache_dtype", _choice(KV_DTYPES)),
@@ -464,6 +493,7 @@ def server_args_dict(config: EngineConfig) -> dict[str, Any]:
         kv_cache_dtype=config.resolved_kv_dtype if config.kv_cache_dtype == "auto"
         else config.kv_cache_dtype,
         max_running_requests=config.effective_max_running_requests,
+        cuda_graph_max_bs=config.resolved_cuda_graph_max_bs,
         speculative_num_steps=config.spec_num_steps if config.spec_enabled else None,
         speculative_eagle_topk=config.spec_topk if config.spec_enabled else None,
         speculative_num_draft_tokens=config.spec_draft_tokens if config.spec_enabled else None,

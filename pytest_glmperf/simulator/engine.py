@@ -7,14 +7,16 @@ forward + result processing):
    request, then admit waiting requests in FCFS order while the chunk budget
    (``--chunked-prefill-size``), the request limit and the KV budget allow. Admission
    needs the whole uncached prompt plus min(max_new_tokens, 4096) plus a page to fit in
-   free + evictable slots minus what running requests still reserve (ignore_eos requests
-   reserve all their remaining output: new_token_ratio is 1.0). The first request that
+   free + evictable slots minus what running requests are expected to still claim:
+   ``new_token_ratio`` x their remaining output (SGLang's own optimism; its ignore_eos
+   path reserves everything only when the radix cache is off). The first request that
    does not fit blocks the queue (head-of-line, as SGLang's scan ``break``s);
 2. choose what runs (``interleave``): *prefill-first* is SGLang's default rule ("run
    prefill first if possible"): decode waits for every chunk of a long prompt;
    *mixed* (``--enable-mixed-chunk``) adds one decode token per running request to each
    prefill chunk's forward. See ``EngineConfig.interleave`` for the simulator default;
-3. time it with ``CostModel`` and emit tokens.
+3. time it with ``CostModel`` and emit tokens. A decode step that does not fit retracts
+   requests and re-estimates ``new_token_ratio``; otherwise the ratio decays.
 
 Requests between steps are admitted at the next step, as SGLang polls its input socket
 between iterations. Everything is O(running + queue) per step; the prefix cache is
@@ -26,7 +28,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .config import CLIP_MAX_NEW_TOKENS, EngineConfig
+from .config import CLIP_MAX_NEW_TOKENS, RETRACT_DECODE_STEPS, EngineConfig
 from .costs import CostModel, Segment
 from .hardware import GIB
 from .prefix_cache import Match, PrefixCache
@@ -94,6 +96,8 @@ class Engine:
         self._by_rid: dict[str, _Req] = {}
         self._chunk = config.resolved_chunked_prefill_size
         self._max_running = config.effective_max_running_requests
+        self.new_token_ratio = config.init_new_token_ratio
+        self._retracted_since_log = 0
         self._decode_ct = 0
         self._window_tokens = 0
         self._window_start = 0.0
@@ -154,6 +158,7 @@ class Engine:
         elif self.running:
             result = self._run_decode(start)
         else:
+            self.new_token_ratio = self.config.init_new_token_ratio  # self_check_during_idle
             return StepResult(start_s=start, duration_s=0.0, kind="idle")
         self._sync_cache_counters()
         return result
@@ -164,6 +169,7 @@ class Engine:
             return
         self.now = t
         if not self.has_work():
+            self.new_token_ratio = self.config.init_new_token_ratio
             self.gauges.gen_throughput = 0.0
             self._window_start, self._window_tokens = t, 0
             self._refresh_common()
@@ -200,9 +206,11 @@ class Engine:
     def _admission_need(self, uncached: int, max_new: int) -> int:
         return uncached + min(max_new, CLIP_MAX_NEW_TOKENS) + self.config.page_size
 
-    def _reserved(self) -> int:
-        """Slots running requests (and the chunked one) will still claim."""
-        total = sum(min(r.remaining_new, CLIP_MAX_NEW_TOKENS) for r in self.running)
+    def _reserved(self) -> float:
+        """Slots running requests are expected to still claim (new_token_ratio x their
+        remaining output), plus all the chunked request still needs."""
+        ratio = self.new_token_ratio
+        total = sum(min(r.remaining_new, CLIP_MAX_NEW_TOKENS) * ratio for r in self.running)
         if self.chunked is not None:
             c = self.chunked
             total += c.target - c.done + min(c.remaining_new, CLIP_MAX_NEW_TOKENS)
@@ -251,7 +259,7 @@ class Engine:
             return remaining
         return max(page, budget // page * page)
 
-    def _try_admit(self, req: _Req, reserved: int) -> float | None:
+    def _try_admit(self, req: _Req, reserved: float) -> float | None:
         """Match, lock and budget-check ``req``; load host pages. None = does not fit."""
         cache, page = self.cache, self.config.page_size
         keys = req.sim.page_keys
@@ -299,7 +307,7 @@ class Engine:
         compute = self.cost.prefill_time(segments, with_draft=spec)
         decoding = list(self.running) if mixed else []
         if decoding:
-            self._ensure_decode_room(decoding, 1)
+            self._ensure_decode_room(1)
             decoding = list(self.running)
             compute += self.cost.decode_extra_time(len(decoding), _ctx(decoding))
         duration = max(compute, load_s + compute / self.config.model.layers)
@@ -336,7 +344,8 @@ class Engine:
 
     def _run_decode(self, start: float) -> StepResult:
         per_req = self.config.spec_draft_tokens if self.spec is not None else 1
-        self._ensure_decode_room(self.running, per_req)
+        if not self._ensure_decode_room(per_req):
+            self._decay_new_token_ratio()
         batch = list(self.running)
         ctx = _ctx(batch)
         if self.spec is not None:
@@ -399,19 +408,38 @@ class Engine:
         self.cache.release(req.private)
         req.pages = req.private = 0
 
-    def _ensure_decode_room(self, batch: list[_Req], per_req: int) -> None:
-        """check_decode_mem + retract_decode: retract the request with the fewest output
-        tokens (then the longest prompt) until the step's new tokens fit."""
+    def _ensure_decode_room(self, per_req: int) -> bool:
+        """check_decode_mem + retract_decode: until the step's new tokens fit, retract the
+        request with the fewest output tokens (then the longest prompt); with speculative
+        decoding the newest one, as SGLang can only filter a spec batch from the back.
+        A retraction re-estimates new_token_ratio from the requests kept. True if any."""
+        retracted = False
         while self.running and not self.cache.ensure_free(len(self.running) * per_req):
             if len(self.running) == 1:
-                return
-            victim = min(self.running, key=lambda r: (r.generated, -r.sim.prompt_tokens))
+                break  # SGLang keeps one request (and aborts it if even that cannot fit)
+            if self.spec is not None:
+                victim = self.running[-1]
+            else:
+                victim = min(self.running, key=lambda r: (r.generated, -r.sim.prompt_tokens))
             self.running.remove(victim)
             self._release(victim)
             victim.target = victim.sim.prompt_tokens + victim.generated
             victim.done = 0
             self.waiting.append(victim)
             self.counters.retracted_requests += 1
+            self._retracted_since_log += 1
+            retracted = True
+        if retracted:
+            decoded = sum(r.generated for r in self.running)
+            max_new = sum(r.sim.max_new_tokens for r in self.running)
+            self.new_token_ratio = min(
+                1.0, (decoded + RETRACT_DECODE_STEPS * len(self.running)) / (max_new + 1))
+        return retracted
+
+    def _decay_new_token_ratio(self) -> None:
+        cfg = self.config
+        self.new_token_ratio = max(self.new_token_ratio - cfg.new_token_ratio_decay,
+                                   cfg.min_new_token_ratio)
 
     # ---- gauges -------------------------------------------------------------------------
 
@@ -444,6 +472,8 @@ class Engine:
         g.num_used_tokens = cache.used_tokens
         g.token_usage = cache.used_tokens / cache.capacity if cache.capacity else 0.0
         g.hicache_host_used_tokens = cache.host_used_tokens
+        g.new_token_ratio = self.new_token_ratio
+        g.num_retracted_reqs, self._retracted_since_log = self._retracted_since_log, 0
 
     def _sync_cache_counters(self) -> None:
         c, cache = self.counters, self.cache

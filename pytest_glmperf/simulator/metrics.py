@@ -177,6 +177,7 @@ class SGLangCollector:
         yield self._gauge("sglang:context_len", "The context length.", src.context_len)
         yield self._gauge("sglang:spec_accept_length", "The average acceptance length.",
                           g.spec_accept_length)
+        yield self._gauge("sglang:new_token_ratio", "The new token ratio.", g.new_token_ratio)
         if src.hierarchical:
             yield self._gauge("sglang:hicache_host_used_tokens",
                               "The number of used tokens in the HiCache host pool.",
@@ -185,7 +186,8 @@ class SGLangCollector:
                               "The total number of tokens in the HiCache host pool.",
                               g.hicache_host_total_tokens)
         # No multiprocess_mode in SGLang for this one, so it carries a pid label.
-        yield self._gauge("sglang:num_retracted_reqs", "The number of retracted requests.", 0,
+        yield self._gauge("sglang:num_retracted_reqs", "The number of retracted requests.",
+                          g.num_retracted_reqs,
                           labels=(*_SCHED, "pid"), values=[*self._sched, str(os.getpid())])
 
     def _counters(self, c: EngineCounters) -> Iterator[Metric]:

@@ -86,3 +86,5 @@ class EngineGauges:
     hicache_host_used_tokens: int = 0
     hicache_host_total_tokens: int = 0
     max_total_num_tokens: int = 0
+    new_token_ratio: float = 0.0
+    num_retracted_reqs: int = 0         # retracted since the last refresh, as SGLang logs it

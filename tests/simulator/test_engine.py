@@ -16,9 +16,9 @@ HICACHE = ["--tp-size", "8", "--enable-hierarchical-cache", "--hicache-size", "2
            "--hicache-write-policy", "write_through", "--mem-fraction-static", "0.85"]
 MTP = ["--tp-size", "8", "--speculative-algorithm", "EAGLE", "--speculative-num-steps", "3",
        "--speculative-eagle-topk", "1", "--speculative-num-draft-tokens", "4"]
-# --mem-fraction-static 0.73 leaves ~8 GiB per GPU for KV: ~140k FP8 tokens (~120k with
+# --mem-fraction-static 0.71 leaves ~8.3 GiB per GPU for KV: ~145k FP8 tokens (~124k with
 # the EAGLE draft's extra layer), one 100k context at a time.
-SMALL_POOL = ["--mem-fraction-static", "0.73"]
+SMALL_POOL = ["--mem-fraction-static", "0.71"]
 
 
 def request(rid: str, prompt: int, new: int, ctx: int | None = None) -> SimRequest:
@@ -180,6 +180,51 @@ def test_kv_admission_queues_a_request_that_does_not_fit() -> None:
     rest = run(engine)
     assert rest[0].prefill_tokens == 8192  # b starts once a has finished and left
     assert any(e.rid == "b" and e.finished for s in rest for e in s.emissions)
+
+
+def test_admission_counts_only_new_token_ratio_of_running_outputs() -> None:
+    engine = Engine(parse_server_args(HICACHE + SMALL_POOL))
+    cfg = engine.config
+    assert (cfg.init_new_token_ratio, cfg.min_new_token_ratio) == (0.7, pytest.approx(0.098))
+    engine.add_request(request("a", 1000, 50_000))
+    steps = [engine.step() for _ in range(6)]  # a's prefill, then five decode steps
+    assert engine.new_token_ratio == pytest.approx(0.7 - 5 * cfg.new_token_ratio_decay)
+    # b fits beside a only because a is expected to claim ~0.7 x 4,096 more slots, not all
+    # 4,096 (SGLang reserves everything only on its ignore_eos path without radix cache).
+    used = 1000 + 6
+    room_at_ratio_1 = engine.cache.capacity - used - 4096
+    b_need = room_at_ratio_1 + 1000
+    engine.add_request(request("b", b_need - 8 - 64, 8))
+    steps += run(engine, until="b")
+    assert any(e.rid == "b" and e.first for s in steps for e in s.emissions)
+    assert engine._by_rid["a"].generated < 50_000  # admitted while a was still decoding
+    assert engine.gauges.new_token_ratio > 0.6
+    run(engine)
+    engine.step()  # idle: the ratio goes back to its initial value
+    assert engine.new_token_ratio == 0.7
+
+
+def test_retraction_requeues_the_youngest_request_and_reestimates_the_ratio() -> None:
+    engine = Engine(parse_server_args(HICACHE + SMALL_POOL))
+    for rid in ("a", "b"):  # together they outgrow the pool: 120k prompts + 2 x 40k outputs
+        engine.add_request(request(rid, 60_000, 40_000))
+        engine.step()
+    while engine.counters.retracted_requests == 0:
+        engine.step()
+    a = engine._by_rid["a"]
+    assert [r.rid for r in engine.running] == ["a"] and engine.waiting[0].rid == "b"
+    # retract_decode, before the step's own token: (tokens decoded by the requests kept +
+    # 20 each) / (their max_new_tokens + 1).
+    assert engine.new_token_ratio == pytest.approx((a.generated - 1 + 20) / 40_001)
+    # The sglang:num_retracted_reqs gauge shows it from the next log tick (every 40 decode
+    # steps) to the one after, which counts no retraction.
+    seen = [engine.gauges.num_retracted_reqs]
+    for _ in range(80):
+        engine.step()
+        seen.append(engine.gauges.num_retracted_reqs)
+    assert 1 in seen and set(seen) == {0, 1} and seen[-1] == 0
+    run(engine)  # b resumes (re-prefilling prompt + output) once a has finished
+    assert engine.counters.generation_tokens == 80_000 and engine.counters.requests == 2
 
 
 def test_request_over_the_context_length_is_refused() -> None:

@@ -27,8 +27,8 @@ def test_compose_profile_flags_parse() -> None:
     assert config.unmodelled_args == ("--trust-remote-code", "--foo=bar")
     # 200 GB per rank / 61,464 B per token, in whole pages.
     assert config.host_pool_tokens == 200e9 // 61_464 // 64 * 64
-    # ~4.3 contexts of 100k (docs/simulator.md, "Memory").
-    assert 420_000 < config.device_pool_tokens < 445_000
+    # ~4.8 contexts of 100k (docs/simulator.md, "Memory").
+    assert 475_000 < config.device_pool_tokens < 490_000
 
 
 def test_memory_defaults_follow_sglang() -> None:
@@ -38,17 +38,28 @@ def test_memory_defaults_follow_sglang() -> None:
     assert plain.resolved_mem_fraction_static == pytest.approx(0.897, abs=1e-3)
     assert spec.speculative_algorithm == "EAGLE"
     assert spec.effective_max_running_requests == 48
-    # The June-2026 image reserved 2 GiB more with EAGLE ("eagle draft models and cuda
-    # graphs"): (143,771 - 13,920 - 2,048) / 143,771.
-    assert spec.resolved_mem_fraction_static == pytest.approx(0.889, abs=1e-3)
+    # The June-2026 image (0.5.11-0.5.13 server_args) reserved 4 GiB more with EAGLE ("eagle
+    # draft models and cuda graphs") and still counted 512 decode graphs, since the
+    # 48-request cap comes later: (143,771 - 14,848 - 4,096) / 143,771.
+    assert spec.resolved_cuda_graph_max_bs == 512
+    assert spec.resolved_mem_fraction_static == pytest.approx(0.868, abs=1e-3)
     # Calibrated bracket (docs/simulator.md): the field's mtp run queued requests but never
     # chained fresh prefills, i.e. four 100k contexts fit and a fifth (a spike) did not.
     assert 486_000 < spec.device_pool_tokens < 510_000
     assert (spec.spec_num_steps, spec.spec_topk, spec.spec_draft_tokens) == (3, 1, 4)
     bf16 = parse_server_args(["--kv-cache-dtype", "bfloat16", "--mem-fraction-static", "0.85"])
-    assert 250_000 < bf16.device_pool_tokens < 290_000  # ~2.6 contexts of 100k
+    assert 285_000 < bf16.device_pool_tokens < 305_000  # ~2.9 contexts of 100k
     sm_rule = parse_server_args(["--sim-dsa-kv-default", "sm"])
     assert sm_rule.resolved_kv_dtype == "bfloat16"  # 0.5.23's rule on Hopper
+
+
+def test_fewer_decode_graphs_leave_more_static_memory() -> None:
+    # 2 MiB per captured decode batch size: 512 -> 64 graphs frees 896 MiB of the reserve.
+    default = parse_server_args([])
+    small = parse_server_args(["--cuda-graph-max-bs", "64"])
+    assert small.resolved_mem_fraction_static == pytest.approx(
+        round((143_771 - 14_848 + 896) / 143_771, 3), abs=1e-3)
+    assert small.device_pool_tokens > default.device_pool_tokens
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
