@@ -9,6 +9,8 @@ fast (~3 s for everything); bench/suite_vs_brief.py is the end-to-end check.
     python bench/engine_replay.py                 # both profiles, both workloads
     python bench/engine_replay.py --runs 2        # run 2: same workloads, no flush in between
     python bench/engine_replay.py --warm          # each window primed first, as --warm-cache
+    python bench/engine_replay.py --workload capacity --seen-levels 1,2,4 \
+        --sim-arg=--sim-decode-interleave=prefill-first   # the field's capacity verdicts
     python bench/engine_replay.py --profile sim-hicache --workload mixed --json out.json
 """
 
@@ -59,6 +61,7 @@ BRIEF_CACHE = {  # logical tokens (the brief's evicted/loaded-back figures divid
     "sim-mtp": {"cached_device": 4_812_160, "cached_host": 0, "evicted": 17_915_904 // 8,
                 "load_back": 0, "host_used": 0},
 }
+BRIEF_MIXED_RUN_S = {"sim-hicache": 782.8}  # 119.28 x 782.8 = 45 x 2048 + 19 x 64 exactly
 BRIEF_CAPACITY = {"sim-hicache": "usable up to 4 (110.39 tok/s there; 134.70 at 12)",
                   "sim-mtp": "usable only at 1 (44.80 tok/s there)"}
 
@@ -321,19 +324,29 @@ def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None =
                  level_duration: float = 240.0, contexts: int = 8,
                  context_tokens: int = 100_000, max_tokens: int = 1024,
                  spike_every: float = 25.0, spike_tokens: int = 64,
-                 flush: bool = True, warm: bool = False, spike_mode: str = "slot") -> list[dict[str, Any]]:
+                 flush: bool = True, warm: bool = False, spike_mode: str = "slot",
+                 seen_levels: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     """Workload 2: per level, N closed-loop agents (context i mod 8) plus spikes, sent by the
-    next free agent ("slot") or on time beside them ("extra"), as workloads.py does."""
+    next free agent ("slot") or on time beside them ("extra"), as workloads.py does.
+
+    ``seen_levels``: a server that already ran these levels with the same texts (an earlier,
+    shorter run of the same script): their contexts and spike texts are primed once, then
+    every level runs on whatever the cache holds, never flushed.
+    """
     engine = engine or Engine(config, seed=seed)
+    spec = CapacitySpec(contexts=contexts, context_tokens=context_tokens,
+                        level_duration_s=level_duration, spike_interval_s=spike_every)
+    if seen_levels:
+        engine.flush_cache()
+        for level in seen_levels:
+            prime(engine, capacity_prompts(spec, level), context_tokens)
     out = []
     for level in levels:
-        keys = capacity_prompts(CapacitySpec(contexts=contexts, context_tokens=context_tokens,
-                                             level_duration_s=level_duration, spike_interval_s=spike_every),
-                                level)
+        keys = capacity_prompts(spec, level)
         spikes = [key for key in keys if key.startswith("spike-")]
-        if warm:
+        if warm and not seen_levels:
             prime(engine, keys, context_tokens)
-        elif flush:  # workloads.py: POST /flush_cache before each level
+        elif flush and not seen_levels:  # workloads.py: POST /flush_cache before each level
             engine.flush_cache()
         replay = Replay(engine, ids=_ids_for(engine))
         start = engine.now
@@ -425,6 +438,49 @@ def mixed_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def little_reading(tok_s: float, queue_mean: float, run_s: float, *, workers: int = 3,
+                   duration: float = 600.0, revisit_every: float = 45.0,
+                   spike_every: float = 30.0, max_tokens: int = 2048,
+                   spike_tokens: int = 64) -> dict[str, float]:
+    """What a mixed run's own figures imply about its concurrency (Little's law, L = lambda W).
+
+    Requests in the server = queued + decoding. Queued: the queue gauge's mean, so the mean
+    wait is queue / arrival rate. Decoding: answers x max_tokens / (run x r) for a per-stream
+    rate r. In the server, from the workload: the closed-loop workers (busy until the load
+    ends plus half a cycle), the revisits (wait + answer each) and the spikes (wait + a few
+    tokens). Both counts are linear in 1/r, so r has a closed form. Applied to the replay's
+    own figures it recovers the replay's gauge-measured running count within a few %.
+    """
+    revisits = int((duration - 1e-9) // revisit_every)
+    spikes = int((duration - 1e-9) // spike_every)
+    answers = round((tok_s * run_s - spikes * spike_tokens) / max_tokens)
+    wait = queue_mean * run_s / (answers + spikes)
+    known = queue_mean * run_s - workers * (duration + wait / 2) - (revisits + spikes) * wait
+    per_token = max_tokens * (workers / 2 + revisits - answers)
+    inverse_rate = known / per_token
+    return {"answers": answers, "wait_s": wait, "per_stream_tok_s": 1 / inverse_rate,
+            "long_streams": answers * max_tokens * inverse_rate / run_s}
+
+
+def little_table(results: dict[str, dict[str, Any]]) -> str:
+    """The field's and the replay's mixed figures read through little_reading."""
+    lines = ["| profile | source | answers | mean wait (s) | decoding streams | per-stream tok/s "
+             "| gauge num_running_reqs |", "|---|---|---:|---:|---:|---:|---:|"]
+    for name, res in results.items():
+        rows = []
+        if name in BRIEF_MIXED_RUN_S:
+            brief = BRIEF_MIXED[name]
+            rows.append(("brief", little_reading(brief["client_tok_s"], brief["queue_mean"],
+                                                 BRIEF_MIXED_RUN_S[name]), None))
+        rows.append(("engine_replay", little_reading(res["client_tok_s"], res["queue_mean"],
+                                                     res["duration"]), res["running_mean"]))
+        for source, r, gauge in rows:
+            lines.append(f"| {name} | {source} | {r['answers']} | {_fmt(r['wait_s'], 1)} | "
+                         f"{_fmt(r['long_streams'])} | {_fmt(r['per_stream_tok_s'], 1)} | "
+                         f"{_fmt(gauge)} |")
+    return "\n".join(lines)
+
+
 def cache_table(results: dict[str, dict[str, Any]]) -> str:
     keys = ["cached_device", "cached_host", "evicted", "load_back", "host_used"]
     lines = ["| counter (logical tokens) | " + " | ".join(
@@ -469,12 +525,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="capacity spikes: sent by the next free agent, or on time beside them")
     parser.add_argument("--warm", action="store_true",
                         help="prime every window with its contexts and spike texts (--warm-cache)")
+    parser.add_argument("--seen-levels", default="",
+                        help="capacity: the server already ran these levels (e.g. 1,2,4) with the "
+                             "same texts; no flush between levels")
     parser.add_argument("--sim-arg", action="append", default=[],
                         help="extra server flag(s) appended to every profile, e.g. "
                              "--sim-arg=--chunked-prefill-size=4096")
     parser.add_argument("--json", type=Path, help="write all results here")
     args = parser.parse_args(argv)
     profiles = args.profile or ["sim-hicache", "sim-mtp"]
+    seen = tuple(int(x) for x in args.seen_levels.split(",") if x.strip())
     configs = {p: parse_server_args(profile_args(p) + args.sim_arg) for p in profiles}
     out: dict[str, Any] = {"mixed": [], "capacity": []}
     if args.workload in ("mixed", "both"):
@@ -491,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
             levels_by_profile = {}
             for p, cfg in configs.items():
                 levels = run_capacity(cfg, engine=engines[p], flush=run == 1, warm=args.warm,
-                                      spike_mode=args.spike_mode)
+                                      spike_mode=args.spike_mode, seen_levels=seen)
                 levels_by_profile[p] = levels
                 print(capacity_table(p, levels))
                 wall = sum(lv["wall_s"] for lv in levels)
@@ -508,6 +568,8 @@ def _print_mixed(mixed: dict[str, dict[str, Any]], run: int) -> None:
     print(mixed_table(mixed))
     print()
     print(cache_table(mixed))
+    print()
+    print(little_table(mixed))
     for p, res in mixed.items():
         print(f"\n{p}: {res['requests']} requests, {res['duration']:.1f} s model time, "
               f"{res['steps']} steps in {res['wall_s']:.2f} s wall "

@@ -49,9 +49,10 @@ HBM_EFF = 0.80
 # projections, indexer logits, top-k, sparse attention, router, grouped MoE, shared
 # expert) at ~10-15 us each for tiny batches, plus two 8-way all-reduces (~20-30 us each).
 # SGLang serves DeepSeek-V3 (61 layers) on 8x H200 at ~20-22 ms per token at batch 1,
-# ~0.3 ms per layer with the weight reads; the field's hicache streams (no speculation)
-# decoded at ~36-40 tok/s each at batch 3-4. 0.25 ms x 78 layers = 19.5 ms, ~23 ms per
-# token at batch 1 and ~26 ms at batch 4 with 100k contexts.
+# ~0.3 ms per layer with the weight reads; the mtp fit (EAGLE steps are plain forwards plus
+# drafts) needs this size. 0.25 ms x 78 layers = 19.5 ms, ~23 ms per token at batch 1 and
+# ~26 ms at batch 4 with 100k contexts. (The field's hicache run, read through Little's law,
+# decoded ~2 streams at ~58 tok/s: docs/simulator.md, "Warm hicache queues too little".)
 DECODE_LAYER_FLOOR_S = 250e-6
 # Top-k (2048 of L) per layer in decode: one radix-select launch over the batch's fp32
 # scores (the score traffic itself is counted with the indexer).

@@ -84,6 +84,35 @@ def test_100k_prefill_lets_decode_ride_along_without_speculation() -> None:
     assert max(gaps) < 2.0
 
 
+def test_source_rule_freezes_hicache_streams_for_fresh_prompts_only() -> None:
+    # SGLang's own rule without --enable-mixed-chunk: a fresh 100k prompt stops every
+    # decoding stream past the capacity bar's 8 s, a prompt the server has seen costs it one
+    # short step (docs/simulator.md: the field's capacity verdicts need exactly this).
+    engine = Engine(parse_server_args(HICACHE + SMALL_POOL
+                                      + ["--sim-decode-interleave", "prefill-first"]))
+    for rid, ctx in (("earlier", 7), ("other", 6)):  # context 7 ends up on host
+        engine.add_request(request(rid, 100_000, 1, ctx=ctx))
+        run(engine)
+
+    last = start_decoding(engine)[-1:]
+
+    def longest_gap_of_a_while(rid: str, ctx: int) -> float:
+        engine.add_request(request(rid, 100_000, 64, ctx=ctx))
+        steps = last + run(engine, until=rid)
+        last[:] = steps[-1:]
+        a = emissions_of(steps, "a")
+        return max(t2 - t1 for (t1, _), (t2, _) in itertools.pairwise(a))
+
+    seen = longest_gap_of_a_while("seen", 7)
+    fresh = longest_gap_of_a_while("fresh", 8)
+    assert engine.counters.load_back_tokens > 50_000
+    assert seen < 1.0  # one load-back step (~0.4 s per 100k over the direct io backend)
+    assert fresh > 8.0
+    assert fresh == pytest.approx(sum(
+        engine.cost.prefill_time([Segment(i * 8192, n)]) for i, n in
+        enumerate([8192] * 12 + [1696])), rel=0.05)
+
+
 # ---- HiCache: eviction to host and load-back ------------------------------------------
 
 def test_revisit_after_eviction_loads_back_from_host() -> None:
