@@ -448,8 +448,9 @@ def little_reading(tok_s: float, queue_mean: float, run_s: float, *, workers: in
     wait is queue / arrival rate. Decoding: answers x max_tokens / (run x r) for a per-stream
     rate r. In the server, from the workload: the closed-loop workers (busy until the load
     ends plus half a cycle), the revisits (wait + answer each) and the spikes (wait + a few
-    tokens). Both counts are linear in 1/r, so r has a closed form. Applied to the replay's
-    own figures it recovers the replay's gauge-measured running count within a few %.
+    tokens). Both counts are linear in 1/r, so r has a closed form; r is the effective rate,
+    stalls included (an EAGLE stream's freezes lower it). Applied to the replay's own figures
+    it recovers the replay's gauge-measured running count within a few %.
     """
     revisits = int((duration - 1e-9) // revisit_every)
     spikes = int((duration - 1e-9) // spike_every)

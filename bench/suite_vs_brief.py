@@ -28,6 +28,9 @@ from pathlib import Path
 from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from engine_replay import BRIEF_MIXED_RUN_S, little_reading  # noqa: E402
+
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
 
 # The field report (8x H200, 2026-06-07): mixed workload and capacity outcome.
@@ -134,6 +137,29 @@ def capacity_table(report: dict, warm: dict | None = None) -> str:
                     tablefmt="github")
 
 
+def little_table(report: dict, warm: dict | None = None) -> str:
+    """Each mixed run read through Little's law (engine_replay.little_reading): how many
+    answers decoded at a time and how fast, beside the gauge's num_running_reqs mean."""
+    rows = []
+    for profile, brief in BRIEF_MIXED.items():
+        if profile not in report["targets"]:
+            continue
+        runs = [("brief", brief["client_tok_s"], brief["queue_mean"], BRIEF_MIXED_RUN_S.get(profile), None)]
+        for name, run in (("flushed", report), ("warm", warm)):
+            mixed = _mixed(run, profile) if run else {}
+            if mixed.get("client_tok_s") is not None:
+                runs.append((name, mixed["client_tok_s"], mixed["queue_mean"], mixed["duration_s"],
+                             mixed.get("running_mean")))
+        for name, tok_s, queue, run_s, gauge in runs:
+            if run_s is None:
+                continue
+            reading = little_reading(tok_s, queue, run_s)
+            rows.append([profile, name, fmt(reading["wait_s"]), fmt(reading["long_streams"]),
+                         fmt(reading["per_stream_tok_s"]), fmt(gauge)])
+    return tabulate(rows, headers=["profile", "mixed run", "mean wait (s)", "decoding streams",
+                                   "per-stream tok/s", "gauge running mean"], tablefmt="github")
+
+
 def lag_note(report_dir: Path, report: dict) -> str:
     """The simulator's own lag warnings (server.log): timings are stretched when it falls behind."""
     notes = []
@@ -178,7 +204,8 @@ def main() -> None:
     timing += f" + {warm_wall:.0f} s for the warm run" if warm_wall else ""
     text = "\n\n".join([
         f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}" + timing,
-        mixed_table(report, warm), cache_table(report, warm), capacity_table(report, warm),
+        mixed_table(report, warm), little_table(report, warm), cache_table(report, warm),
+        capacity_table(report, warm),
         lag_note(args.report_dir, report)])
     print(text)
     if args.write_docs:
