@@ -194,10 +194,10 @@ class EngineConfig:
 
     @property
     def resolved_max_running_requests_hint(self) -> int:
-        """Decode CUDA-graph max batch: capped at max_running_requests (48 with spec)."""
-        if self.max_running_requests:
-            return min(self.max_running_requests, DEFAULT_DECODE_GRAPH_MAX_BS)
-        return SPEC_MAX_RUNNING_REQUESTS if self.spec_enabled else DEFAULT_DECODE_GRAPH_MAX_BS
+        """Decode CUDA-graph batches captured: ``resolved_cuda_graph_max_bs`` capped at
+        max_running_requests (48 with spec)."""
+        cap = self.max_running_requests or (SPEC_MAX_RUNNING_REQUESTS if self.spec_enabled else None)
+        return min(self.resolved_cuda_graph_max_bs, cap or self.resolved_cuda_graph_max_bs)
 
     @property
     def kv_bytes_per_token(self) -> int:

@@ -60,6 +60,8 @@ def test_fewer_decode_graphs_leave_more_static_memory() -> None:
     assert small.resolved_mem_fraction_static == pytest.approx(
         round((143_771 - 14_848 + 896) / 143_771, 3), abs=1e-3)
     assert small.device_pool_tokens > default.device_pool_tokens
+    assert (small.resolved_max_running_requests_hint,
+            default.resolved_max_running_requests_hint) == (64, 512)  # graphs captured
 
 
 @pytest.mark.parametrize(("argv", "flag"), [
