@@ -127,6 +127,14 @@ def _simulator_children(parent: int) -> list[int]:
     return found
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of /proc/<pid>/stat (Z: a zombie nobody reaped), for failure messages."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_keeps_records_a_partial_report_and_no_simulator(pytester: pytest.Pytester, signum: int):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
@@ -143,10 +151,11 @@ def test_interrupt_keeps_records_a_partial_report_and_no_simulator(pytester: pyt
     simulators = _simulator_children(process.pid)
     assert simulators
     process.send_signal(signum)
-    process.communicate(timeout=60)
-    assert not [pid for pid in simulators if Path(f"/proc/{pid}").exists()]
+    output = process.communicate(timeout=60)[0].decode(errors="replace")
+    left = {pid: _process_state(pid) for pid in simulators if Path(f"/proc/{pid}").exists()}
+    assert not left, f"simulator still there ({left}); pytest said:\n{output[-3000:]}"
     report = json.loads((out / "report.json").read_text())
-    assert report["status"] == "interrupted"
+    assert report["status"] == "interrupted", output[-3000:]
     level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
     assert level["status"] == "interrupted" and level["requests"] >= 3
     assert "interrupted" in (out / "report.md").read_text()
