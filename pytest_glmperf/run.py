@@ -38,6 +38,7 @@ from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer
 from .settings import RunSettings, Settings
 from .stats import GaugeSeries, LevelStats, MixedStats, StreamStats
+from .teardown import run_async
 from .thresholds import Thresholds
 from .workloads import FAILURE_PAUSE_S, Load, capacity_prompts, mixed_prompts, prime, run_capacity_level, run_mixed
 
@@ -243,10 +244,10 @@ class GlmperfServer:
 
     # -- workloads -----------------------------------------------------------------------
     def run_capacity(self, concurrency: int, thresholds: Thresholds | None = None) -> LevelResult:
-        return asyncio.run(self.capacity(concurrency, thresholds=thresholds))
+        return run_async(self.capacity(concurrency, thresholds=thresholds))
 
     def run_mixed(self, thresholds: Thresholds | None = None) -> LevelResult:
-        return asyncio.run(self.mixed(thresholds))
+        return run_async(self.mixed(thresholds))
 
     async def contexts(self, client: StreamingClient) -> ContextFactory:
         """Calibrate characters per token once per server, then reuse."""
@@ -283,7 +284,7 @@ class GlmperfServer:
             results: dict[int, LevelResult] = {}
 
             def usable(level: int) -> bool:
-                results[level] = asyncio.run(self.capacity(level, early_stop=True, thresholds=thresholds))
+                results[level] = run_async(self.capacity(level, early_stop=True, thresholds=thresholds))
                 return results[level].usable
 
             best = bisect_levels(self.settings.levels, usable, start=self.settings.require_concurrency)

@@ -4,17 +4,23 @@ Servers register while up (``_register``) and leave when stopped (``_unregister`
 ``teardown_all`` runs at interpreter exit. SIGTERM is turned into ``KeyboardInterrupt``
 (what Ctrl-C raises) so that context managers and pytest's finalizers run first, unless
 another handler was installed before ours, which is then chained after the teardown.
+Inside an event loop (``run_async``) SIGTERM first cancels the main task, as asyncio does
+with Ctrl-C, so a workload's partial results are judged and written before it unwinds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import signal
 import threading
-from typing import Any, Protocol
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 
-__all__ = ["teardown_all"]
+__all__ = ["run_async", "teardown_all"]
+
+T = TypeVar("T")
 
 
 class Stoppable(Protocol):
@@ -72,3 +78,38 @@ def _register(server: Stoppable) -> None:
 def _unregister(server: Stoppable) -> None:
     with _ACTIVE_LOCK:
         _ACTIVE.pop(id(server), None)
+
+
+def run_async(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, with SIGTERM handled the way asyncio handles Ctrl-C.
+
+    A Python-level handler that raises inside a running loop lands in whichever task runs at
+    that instant; the main task can then be left pending when the loop closes, its ``finally``
+    blocks (the partial level's verdict and report) never run. Here SIGTERM only cancels the
+    main task; once that has unwound, the usual SIGTERM handler runs.
+    """
+    return asyncio.run(_cancelled_by_sigterm(main))
+
+
+async def _cancelled_by_sigterm(main: Coroutine[Any, Any, T]) -> T:
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        return await main  # default or ignored SIGTERM: nothing of ours to defer
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    received = False
+
+    def cancel_once() -> None:
+        nonlocal received
+        if not received and task is not None:
+            received = True
+            task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, cancel_once)
+    try:
+        return await main
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)  # leaves SIG_DFL behind: put ours back
+        signal.signal(signal.SIGTERM, previous)
+        if received:
+            previous(signal.SIGTERM, None)
