@@ -115,12 +115,12 @@ def cache_table(report: dict, warm: dict | None = None) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
-def capacity_table(report: dict, warm: dict | None = None) -> str:
+def capacity_table(report: dict, warm: dict | None = None, names: tuple[str, ...] = ("flushed", "warm")) -> str:
     """Per profile and run: the highest usable level, each level's verdict and aggregate tok/s,
     and the brief's aggregate tok/s where it gives one."""
     rows = []
     for profile, want in BRIEF_MAX_USABLE.items():
-        for name, run in (("flushed", report), ("warm", warm)):
+        for name, run in zip(names, (report, warm), strict=False):
             if run is None or profile not in run["targets"]:
                 continue
             capacity = (run["targets"].get(profile) or {}).get("capacity") or {}
