@@ -38,7 +38,7 @@ from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer
 from .settings import RunSettings, Settings
 from .stats import GaugeSeries, LevelStats, MixedStats, StreamStats
-from .teardown import run_async
+from .teardown import cancelled_by_sigterm, run_async
 from .thresholds import Thresholds
 from .workloads import FAILURE_PAUSE_S, Load, capacity_prompts, mixed_prompts, prime, run_capacity_level, run_mixed
 
@@ -416,7 +416,7 @@ class GlmperfServer:
                     if any(not r.ok for r in load.run.records[sent:]):
                         await load.clock.sleep(FAILURE_PAUSE_S)
 
-            await asyncio.gather(*(loop(i) for i in range(concurrency)))
+            await cancelled_by_sigterm(asyncio.gather(*(loop(i) for i in range(concurrency))))
             stats = StreamStats.of(load.run.records)
             return LevelResult.judge(f"{self.target.key} {name}", concurrency, stats,
                                      thresholds or self.settings.thresholds,

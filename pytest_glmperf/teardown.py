@@ -15,10 +15,10 @@ import atexit
 import contextlib
 import signal
 import threading
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["run_async", "teardown_all"]
+__all__ = ["cancelled_by_sigterm", "run_async", "teardown_all"]
 
 T = TypeVar("T")
 
@@ -29,6 +29,7 @@ class Stoppable(Protocol):
 
 _ACTIVE: dict[int, Stoppable] = {}
 _ACTIVE_LOCK = threading.Lock()
+_DEFERRING = False  # a cancelled_by_sigterm is active (one at a time: nested ones pass through)
 _HANDLERS_INSTALLED = False
 _PREVIOUS_SIGTERM: Any = None
 
@@ -88,13 +89,16 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     blocks (the partial level's verdict and report) never run. Here SIGTERM only cancels the
     main task; once that has unwound, the usual SIGTERM handler runs.
     """
-    return asyncio.run(_cancelled_by_sigterm(main))
+    return asyncio.run(cancelled_by_sigterm(main))
 
 
-async def _cancelled_by_sigterm(main: Coroutine[Any, Any, T]) -> T:
+async def cancelled_by_sigterm(main: Awaitable[T]) -> T:
+    """Await ``main`` in a loop someone else runs (pytest-asyncio's), with SIGTERM cancelling
+    the current task first, as ``run_async`` does."""
+    global _DEFERRING
     previous = signal.getsignal(signal.SIGTERM)
-    if not callable(previous) or threading.current_thread() is not threading.main_thread():
-        return await main  # default or ignored SIGTERM: nothing of ours to defer
+    if _DEFERRING or not callable(previous) or threading.current_thread() is not threading.main_thread():
+        return await main  # default or ignored SIGTERM, or already deferred: nothing to do here
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     received = False
@@ -106,9 +110,11 @@ async def _cancelled_by_sigterm(main: Coroutine[Any, Any, T]) -> T:
             task.cancel()
 
     loop.add_signal_handler(signal.SIGTERM, cancel_once)
+    _DEFERRING = True
     try:
         return await main
     finally:
+        _DEFERRING = False
         loop.remove_signal_handler(signal.SIGTERM)  # leaves SIG_DFL behind: put ours back
         signal.signal(signal.SIGTERM, previous)
         if received:

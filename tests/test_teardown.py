@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pytest_glmperf.teardown import run_async
+from pytest_glmperf.teardown import cancelled_by_sigterm, run_async
 
 
 class Interrupted(KeyboardInterrupt):
@@ -50,6 +50,28 @@ def test_sigterm_cancels_the_main_task_so_cleanup_that_awaits_other_tasks_comple
     with pytest.raises(Interrupted):
         run_async(level())
     assert cleaned_up == ["sampled", "judged"]
+    assert signal.getsignal(signal.SIGTERM) is sigterm_raises
+
+
+def test_in_a_loop_someone_else_runs_the_awaited_gather_is_cancelled_first(sigterm_raises: Any):
+    # A scenario's agent loops under pytest-asyncio: SIGTERM cancels them (their `finally`
+    # runs), and only then does the handler raise; a nested deferral passes straight through.
+    unwound: list[int] = []
+
+    async def agent(index: int) -> None:
+        try:
+            if index == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(30)
+        finally:
+            unwound.append(index)
+
+    async def test_body() -> None:
+        await cancelled_by_sigterm(cancelled_by_sigterm(asyncio.gather(agent(0), agent(1))))
+
+    with pytest.raises(Interrupted):
+        asyncio.run(test_body())
+    assert sorted(unwound) == [0, 1]
     assert signal.getsignal(signal.SIGTERM) is sigterm_raises
 
 
