@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from suite_vs_brief import DEFAULT_TIME_SCALE, capacity_table  # noqa: E402
+from suite_vs_brief import DEFAULT_TIME_SCALE, capacity_table, run_suite  # noqa: E402
 
 from pytest_glmperf.profiles import load_registry  # noqa: E402
 from pytest_glmperf.server import SimulatedServer  # noqa: E402
@@ -39,12 +37,8 @@ LEVELS = "1,2,4,8,12"
 
 def capacity_session(profile: str, base_url: str, levels: str, report_dir: Path, *cache: str) -> float:
     """One pytest session of the capacity test against the running simulator; its wall time."""
-    command = [sys.executable, "-m", "pytest", "perf_tests/test_capacity.py", "--profile", profile,
-               f"--base-url={base_url}", f"--concurrency-levels={levels}", f"--report-dir={report_dir}",
-               "-q", "-p", "no:cacheprovider", "-rxX", *cache]
-    began = time.monotonic()
-    subprocess.run(command, cwd=ROOT, check=False)
-    return time.monotonic() - began
+    return run_suite(report_dir, False, profile, extra=[f"--base-url={base_url}", f"--concurrency-levels={levels}",
+                                                        *cache], tests="perf_tests/test_capacity.py")
 
 
 def run_profile(name: str, seen: str, rule: str, time_scale: float, report_dir: Path) -> dict:
