@@ -36,7 +36,13 @@ from pytest_glmperf.simulator.config import EngineConfig, parse_server_args  # n
 from pytest_glmperf.simulator.engine import Engine  # noqa: E402
 from pytest_glmperf.simulator.types import SimRequest  # noqa: E402
 from pytest_glmperf.stats import mean, percentile  # noqa: E402
-from pytest_glmperf.workloads import CapacitySpec, MixedSpec, capacity_prompts, mixed_prompts  # noqa: E402
+from pytest_glmperf.workloads import (  # noqa: E402
+    CapacitySpec,
+    MixedSpec,
+    capacity_prompts,
+    mixed_prompts,
+    revisit_target,
+)
 
 PAGE = 64
 # Prompt sizes as the end-to-end suite sends them: a "100k-token" context measures
@@ -223,7 +229,7 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
     elif flush:  # workloads.py: POST /flush_cache before the mixed run
         engine.flush_cache()
     replay = Replay(engine, ids=_ids_for(engine))
-    last_used = dict.fromkeys(range(contexts), 0.0)
+    last_used: dict[int, float] = {}
     start = engine.now
 
     def send_over(kind: str, ctx: int, on_done: Callable[[Rec], None] | None) -> None:
@@ -249,7 +255,7 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
         if n * revisit_every >= duration:
             break
         replay.at(start + n * revisit_every, lambda: send_over(
-            "revisit", min(last_used, key=last_used.__getitem__), None))
+            "revisit", revisit_target(last_used), None))
     replay.start_sampling(start)
     before = _cache_counters(engine)
     t0 = time.perf_counter()

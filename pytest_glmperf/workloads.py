@@ -6,8 +6,9 @@
   semaphore does: the first agent free after a spike falls due sends it in place of its next
   request. With "extra" each spike goes out on time beside the N agents.
 * mixed: ``decode_workers`` agents streaming long answers over a few repository contexts,
-  a fresh ~100k-token prefill spike every ``spike_interval_s`` and a revisit of the least
-  recently used context every ``revisit_interval_s``.
+  a fresh ~100k-token prefill spike every ``spike_interval_s`` and, every
+  ``revisit_interval_s``, a revisit: a request over the least recently used context that has
+  already been worked on (an agent switching back to an old repository, never a first visit).
 
 Both stop sending at the end of their window and let in-flight requests finish (drain).
 Each record is handed to ``on_record`` the moment it completes. An agent whose request
@@ -200,6 +201,17 @@ def mixed_prompts(spec: MixedSpec) -> list[str]:
     return spikes + [f"mixed-repo-{c}" for c in range(spec.contexts)]
 
 
+def revisit_target(last_used: dict[int, float]) -> int:
+    """The context a revisit goes to: the least recently sent one (lowest id on a tie).
+
+    Only contexts already worked on count: a context nobody has opened yet would be a first
+    visit, a fresh prefill, not the switch back to an old repository the field report means.
+    """
+    if not last_used:
+        return 0
+    return min(last_used, key=lambda context: (last_used[context], context))
+
+
 def _firings(interval_s: float, window_s: float) -> range:
     """Periodic event n (spike, revisit) fires at n * interval_s, for each moment inside the window."""
     if not interval_s:
@@ -257,7 +269,7 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
     """Decode workers, prefill spikes and revisits for one window, then drain."""
     start = load.begin()
     deadline = start + spec.duration_s
-    last_used = dict.fromkeys(range(spec.contexts), start)
+    last_used: dict[int, float] = {}  # context -> when it was last sent
 
     async def send_over(kind: str, context: int) -> RequestRecord:
         last_used[context] = load.clock.now()
@@ -282,8 +294,7 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
                              spec.spike_output_tokens))
 
     def revisit(n: int) -> None:
-        oldest = min(last_used, key=last_used.__getitem__)
-        load.spawn(send_over("revisit", oldest))
+        load.spawn(send_over("revisit", revisit_target(last_used)))
 
     for i in range(spec.decode_workers):
         load.spawn(worker(i))  # type: ignore[arg-type]

@@ -313,3 +313,20 @@ def test_spike_mode_decides_whether_a_spike_takes_an_agents_slot(pytester: pytes
     assert (overlapping == []) if mode == "slot" else (overlapping == spikes)
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     assert report["settings"]["sim-hicache"]["capacity"]["spike_mode"] == mode
+
+
+def test_a_revisit_goes_back_to_a_context_already_worked_on(pytester: pytest.Pytester):
+    pytester.makepyfile(test_mix=MIXED_TEST)
+    # One worker walking 8 contexts: at each revisit most contexts are still unopened.
+    result = run_inner(pytester, "--mixed-contexts=8", "--decode-workers=1", "--revisit-interval=1.5")
+    result.assert_outcomes(passed=1)
+    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    mixed = sorted((r for r in records if r["scenario"] == "mixed" and r["kind"] != "spike"),
+                   key=lambda r: r["send_ns"])
+    revisits = [r for r in mixed if r["kind"] == "revisit"]
+    assert len(revisits) >= 3
+    for revisit in revisits:
+        sent_before = [r for r in mixed if r["send_ns"] < revisit["send_ns"]]
+        last_sent = {r["context_id"]: r["send_ns"] for r in sent_before}
+        # The least recently sent of the contexts already worked on, never a first visit.
+        assert revisit["context_id"] == min(last_sent, key=lambda c: (last_sent[c], c)), (revisit, last_sent)
