@@ -48,12 +48,18 @@ BRIEF_CACHE = {
     "sim-mtp": {"cached_device_tokens": 4_812_160, "cached_host_tokens": 0, "evicted_tokens": 17_915_904,
                 "load_back_tokens": 0, "host_used_after_tokens": 0},
 }
+# What the field's device pool gained over its mixed run (computed + answers + loaded back -
+# evicted, logical tokens; SGLang also caches the answers). The brief has no prompt-token count:
+# ~100.8k per request, 64 requests for hicache (its 782.8 s run), 50-54 answers + 19 spikes for
+# mtp (a 613-662 s run at 168.96 tok/s). docs/simulator.md, "Calibration in virtual time".
+BRIEF_DEVICE_GAIN = {"sim-hicache": "~96,000", "sim-mtp": "~9,000-420,000"}
 BRIEF_MAX_USABLE = {"sim-hicache": 4, "sim-mtp": 1}
 BRIEF_LEVEL_TOK_S = {"sim-hicache": {4: 110.39, 12: 134.70}, "sim-mtp": {1: 44.80}}  # aggregate output tok/s
 TARGETED = ("client_tok_s", "ttft_p50_s", "ttft_p95_s", "gap_p50_s", "gap_p95_s")
 
 
 DEFAULT_TIME_SCALE = 10.0
+TP_SIZE = 8  # SGLang's evicted / loaded-back counters sum over the 8 ranks: divide for logical tokens
 
 
 def run_suite(report_dir: Path, quick: bool, profiles: str = "sim-hicache,sim-mtp",
@@ -111,8 +117,23 @@ def cache_table(report: dict, warm: dict | None = None) -> str:
         runs = (report, warm) if warm else (report,)
         rows += [[profile, key, f"{want:,}"] + [fmt((_mixed(run, profile).get("cache") or {}).get(key)) for run in runs]
                  for key, want in brief.items()]
+        rows.append([profile, "device_gain_tokens", BRIEF_DEVICE_GAIN[profile]]
+                    + [fmt(device_gain(_mixed(run, profile).get("cache") or {})) for run in runs])
     headers = ["profile", "counter delta", "brief", "flushed"] + (["warm"] if warm else [])
     return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def device_gain(cache: dict) -> float | None:
+    """Tokens the simulator's device pool gained over the run: prefilled + loaded back - evicted.
+
+    Whatever is prefilled or loaded back stays until evicted, so a run that starts on a flushed
+    cache ends up near a full pool, and one that starts warm (pool already full) near zero.
+    The simulator does not cache answers, so, unlike SGLang, they do not count.
+    """
+    if cache.get("prompt_tokens") is None or cache.get("evicted_tokens") is None:
+        return None
+    computed = cache["prompt_tokens"] - (cache.get("cached_total_tokens") or 0)
+    return computed + ((cache.get("load_back_tokens") or 0) - cache["evicted_tokens"]) / TP_SIZE
 
 
 def capacity_table(report: dict, warm: dict | None = None, names: tuple[str, ...] = ("flushed", "warm")) -> str:
