@@ -10,7 +10,10 @@ forward + result processing):
    free + evictable slots minus what running requests are expected to still claim:
    ``new_token_ratio`` x their remaining output (SGLang's own optimism; its ignore_eos
    path reserves everything only when the radix cache is off). The first request that
-   does not fit blocks the queue (head-of-line, as SGLang's scan ``break``s);
+   does not fit blocks the queue (head-of-line, as SGLang's scan ``break``s) and sets
+   SGLang's ``batch_is_full`` latch: no admission at all until a running request
+   finishes, is retracted or aborted (or a chunked prefill continues), even if the
+   decaying ``new_token_ratio`` would let the head in sooner;
 2. choose what runs (``interleave``): *prefill-first* is SGLang's default rule ("run
    prefill first if possible"): decode waits for every chunk of a long prompt;
    *mixed* (``--enable-mixed-chunk``) adds one decode token per running request to each
@@ -93,6 +96,7 @@ class Engine:
         self.waiting: deque[_Req] = deque()
         self.running: list[_Req] = []
         self.chunked: _Req | None = None
+        self._batch_full = False    # SGLang's running_batch.batch_is_full latch
         self._by_rid: dict[str, _Req] = {}
         self._chunk = config.resolved_chunked_prefill_size
         self._max_running = config.effective_max_running_requests
@@ -141,6 +145,7 @@ class Engine:
             self.chunked = None
         elif req in self.running:
             self.running.remove(req)
+            self._batch_full = False
         self._release(req)
         self.counters.aborted_requests += 1
 
@@ -224,7 +229,12 @@ class Engine:
         batch: list[tuple[_Req, int]] = []
         admitted: list[_Req] = []
         load_s = 0.0
+        if self.chunked is None and self._batch_full:
+            return batch, load_s, admitted
         if self.chunked is not None:
+            # SGLang filters the chunked request out of the last batch, which shrinks it
+            # and clears batch_is_full before the adder runs.
+            self._batch_full = False
             req = self.chunked
             n = self._chunk_len(req.target - req.done, budget, page)
             batch.append((req, n))
@@ -238,7 +248,8 @@ class Engine:
                 break
             req = self.waiting[0]
             loaded = self._try_admit(req, reserved)
-            if loaded is None:
+            if loaded is None:  # NO_TOKEN: no admission until a running request leaves
+                self._batch_full = bool(batch) or bool(self.running)
                 break
             self.waiting.popleft()
             admitted.append(req)
@@ -324,6 +335,7 @@ class Engine:
                 self.running.append(req)
             else:  # max_new_tokens == 1: done at its prefill
                 self._complete(req)
+                self._batch_full = False
         return StepResult(start_s=start, duration_s=duration,
                           kind="mixed" if decoding else "prefill",
                           prefill_tokens=prefill_tokens, decode_requests=len(decoding),
@@ -390,6 +402,8 @@ class Engine:
                 still.append(req)
             else:
                 self._complete(req)
+        if len(still) < len(self.running):
+            self._batch_full = False
         self.running = still
 
     def _complete(self, req: _Req) -> None:
@@ -430,6 +444,7 @@ class Engine:
             self._retracted_since_log += 1
             retracted = True
         if retracted:
+            self._batch_full = False
             decoded = sum(r.generated for r in self.running)
             max_new = sum(r.sim.max_new_tokens for r in self.running)
             self.new_token_ratio = min(

@@ -233,6 +233,31 @@ def test_admission_counts_only_new_token_ratio_of_running_outputs() -> None:
     assert engine.new_token_ratio == 0.7
 
 
+def test_a_request_that_did_not_fit_waits_for_a_running_one_to_finish() -> None:
+    """SGLang's batch_is_full latch: after NO_TOKEN nothing is admitted until a running
+    request leaves, even once the decaying new_token_ratio would make room sooner."""
+    engine = Engine(parse_server_args(HICACHE + SMALL_POOL))
+    decay = engine.config.new_token_ratio_decay
+    engine.add_request(request("a", 1000, 50_000))
+    engine.add_request(request("c", 1000, 40))
+    steps = [engine.step()]                   # a and c prefill together
+    ratio = engine.new_token_ratio
+    used = engine.cache.capacity - engine.cache.free_tokens - engine.cache.evictable_tokens
+    reserved = (4096 + 39) * ratio            # what a and c are expected to still claim
+    room = engine.cache.capacity - used - reserved
+    # b misses by 10 slots now; the ratio's decay frees ~4 slots a step (a and c use 2),
+    # so the budget alone would admit it after ~5 decode steps, long before c finishes.
+    b_max_new = 8
+    engine.add_request(request("b", int(room) + 10 - b_max_new - 64, b_max_new))
+    steps += run(engine, until="b")
+    c_done = [s.end_s for s in steps for e in s.emissions if e.rid == "c" and e.finished]
+    b_first = [s.end_s for s in steps for e in s.emissions if e.rid == "b" and e.first]
+    assert engine.new_token_ratio < ratio - 30 * decay  # b would have fitted long before
+    assert c_done and b_first[0] > c_done[0]
+    prefills = [s for s in steps if s.prefill_tokens]
+    assert prefills[1].start_s >= c_done[0]   # b's first chunk is the step after c left
+
+
 def test_retraction_requeues_the_youngest_request_and_reestimates_the_ratio() -> None:
     engine = Engine(parse_server_args(HICACHE + SMALL_POOL))
     for rid in ("a", "b"):  # together they outgrow the pool: 120k prompts + 2 x 40k outputs
