@@ -60,12 +60,13 @@ BRIEF_MIXED = {
                 "queue_p95": 2.00, "ttft_p50": 9.09, "ttft_p95": 31.78,
                 "gap_p50": 11.95, "gap_p95": 12.84},
 }
-BRIEF_CACHE = {  # logical tokens (the brief's evicted/loaded-back figures divided by TP 8)
+TP_SIZE = 8  # SGLang's evicted / loaded-back counters sum over the 8 ranks: divide for logical tokens
+BRIEF_CACHE = {  # logical tokens
     "sim-hicache": {"cached_device": 3_456_640, "cached_host": 2_900_096,
-                    "evicted": 23_949_824 // 8, "load_back": 23_200_768 // 8,
+                    "evicted": 23_949_824 // TP_SIZE, "load_back": 23_200_768 // TP_SIZE,
                     "host_used": 885_888},
-    "sim-mtp": {"cached_device": 4_812_160, "cached_host": 0, "evicted": 17_915_904 // 8,
-                "load_back": 0, "host_used": 0},
+    "sim-mtp": {"cached_device": 4_812_160, "cached_host": 0,
+                "evicted": 17_915_904 // TP_SIZE, "load_back": 0, "host_used": 0},
 }
 BRIEF_MIXED_RUN_S = {"sim-hicache": 782.8}  # 119.28 x 782.8 = 45 x 2048 + 19 x 64 exactly
 BRIEF_CAPACITY = {"sim-hicache": "usable up to 4 (110.39 tok/s there; 134.70 at 12)",

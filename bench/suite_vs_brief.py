@@ -29,7 +29,7 @@ from tabulate import tabulate
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from engine_replay import BRIEF_MIXED_RUN_S, little_reading  # noqa: E402
+from engine_replay import BRIEF_MIXED_RUN_S, TP_SIZE, little_reading  # noqa: E402
 
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
 
@@ -59,7 +59,6 @@ TARGETED = ("client_tok_s", "ttft_p50_s", "ttft_p95_s", "gap_p50_s", "gap_p95_s"
 
 
 DEFAULT_TIME_SCALE = 10.0
-TP_SIZE = 8  # SGLang's evicted / loaded-back counters sum over the 8 ranks: divide for logical tokens
 
 
 def run_suite(report_dir: Path, quick: bool, profiles: str = "sim-hicache,sim-mtp",
