@@ -7,7 +7,7 @@ numbers into achieved ones live in ``costs.py`` (they are the calibrated part).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -60,19 +60,8 @@ H200X8 = HardwareSpec(
 # NVIDIA H100 SXM datasheet: 80 GB HBM3 (nvidia-smi 81,559 MiB), 3.35 TB/s, same tensor
 # FLOPs and NVLink as H200. The GLM-5.1 cookbook says FP8 on H100 needs tp=16: at tp 8
 # the weights do not fit, and the simulator refuses the configuration (see config.py).
-H100X8 = HardwareSpec(
-    name="h100x8",
-    gpu_name="NVIDIA H100 80GB HBM3",
-    num_gpus=8,
-    hbm_bytes=81_559 * MIB,
-    hbm_bandwidth=3.35e12,
-    fp8_flops=1.979e15,
-    bf16_flops=0.989e15,
-    nvlink_bandwidth=450e9,
-    pcie_h2d_bandwidth=27.5e9,
-    sm_major=9,
-    cuda_context_bytes=768 * MIB,
-)
+H100X8 = replace(H200X8, name="h100x8", gpu_name="NVIDIA H100 80GB HBM3",
+                 hbm_bytes=81_559 * MIB, hbm_bandwidth=3.35e12)
 
 # NVIDIA B200 (HGX B200 datasheet: 180 GB HBM3e per GPU, 8 TB/s, FP8 4.5 PFLOPS dense,
 # BF16 2.25 PFLOPS dense, NVLink 5 at 1.8 TB/s bidirectional). SGLang uses FP8 DSA KV on
