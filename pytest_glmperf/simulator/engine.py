@@ -229,8 +229,8 @@ class Engine:
         batch: list[tuple[_Req, int]] = []
         admitted: list[_Req] = []
         load_s = 0.0
-        if self.chunked is None and self._batch_full:
-            return batch, load_s, admitted
+        if self.chunked is None and self._batch_full and self.running:
+            return batch, load_s, admitted  # (only a running request's exit clears it)
         if self.chunked is not None:
             # SGLang filters the chunked request out of the last batch, which shrinks it
             # and clears batch_is_full before the adder runs.
