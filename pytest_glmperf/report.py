@@ -114,6 +114,28 @@ def _fmt(value: Any, pattern: str) -> str:
         return str(value)
 
 
+def pacing_note(pacing: dict[str, Any] | None) -> str | None:
+    """A simulator that fell behind wall time stretched the timings it served: say so beside them."""
+    if not pacing or not pacing.get("late_steps"):
+        return None
+    return (f"the simulator delivered {pacing['late_steps']:.0f} steps late (worst since start "
+            f"{pacing['lag_max_since_start_s']:.2f} model s): gaps and latencies stretched by up to "
+            "that; a lower --time-scale avoids it")
+
+
+def pacing_summary(target: dict[str, Any]) -> str | None:
+    """One line per target over all its windows, for the terminal."""
+    windows = [lv.get("simulator") for lv in target["capacity"]["levels"]]
+    windows.append((target.get("mixed") or {}).get("simulator"))
+    late = [w for w in windows if w and w.get("late_steps")]
+    if not late:
+        return None
+    steps = sum(w["late_steps"] for w in late)
+    worst = max(w["lag_max_since_start_s"] for w in late)
+    return (f"simulator behind wall time in {len(late)} window(s): {steps:.0f} steps late, worst "
+            f"{worst:.2f} model s (timings stretched by up to that; a lower --time-scale avoids it)")
+
+
 def level_table(levels: list[dict[str, Any]], fmt: str = "github") -> str:
     rows = [[_fmt(lv.get(key), pattern) for key, _, pattern in LEVEL_COLUMNS] for lv in levels]
     return tabulate(rows, headers=[title for _, title, _ in LEVEL_COLUMNS], tablefmt=fmt, disable_numparse=True)
@@ -222,6 +244,8 @@ def render_markdown(data: dict[str, Any]) -> str:
                     out.append(f"- c={lv['concurrency']}: {lv['explain']}")
                 for note in lv.get("notes", []):
                     out.append(f"- c={lv['concurrency']} (low confidence) {note}")
+                if note := pacing_note(lv.get("simulator")):
+                    out.append(f"- c={lv['concurrency']}: {note}")
             out.append("")
         mixed = target.get("mixed")
         if mixed:
@@ -230,6 +254,8 @@ def render_markdown(data: dict[str, Any]) -> str:
             out += ["### Mixed coding-agent workload", "",
                     tabulate(rows, headers=["metric", "value"], tablefmt="github", disable_numparse=True), "",
                     f"decode streams: {mixed.get('explain', '–')}", ""]
+            if note := pacing_note(mixed.get("simulator")):
+                out += [f"Mixed run: {note}.", ""]
     if len(data.get("targets", {})) > 1:
         out += ["## Side by side", ""]
         for table in side_by_side(data["targets"]):
@@ -249,6 +275,8 @@ def render_terminal(data: dict[str, Any], write: Sink) -> None:
             write(f"glmperf {name}: mixed workload ({mixed.get('explain', '–')})")
             rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
             write(tabulate(rows, tablefmt="simple", disable_numparse=True))
+        if summary := pacing_summary(target):
+            write(f"glmperf {name}: {summary}")
     if len(data.get("targets", {})) > 1:
         for table in side_by_side(data["targets"], fmt="simple"):
             write(table)

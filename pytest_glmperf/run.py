@@ -32,7 +32,7 @@ from .records import RecordLog, RequestRecord, read_records
 from .regression import Check, Tolerances, compare_reports
 from .report import RunReport, render_markdown
 from .results import LevelResult
-from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after
+from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after, merge_pacing, sim_pacing
 from .search import bisect_levels, stop_check
 from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer
@@ -335,6 +335,7 @@ class GlmperfServer:
         result.server_note = self.server_down_note()
         entry = result.as_report()
         entry["stalls"] = self._stalls(windows, bar)
+        entry["simulator"] = merge_pacing(w.pacing for w in windows)
         self.run.report.record_level(self.target.key, entry)
         self.run.write_report()
         return result
@@ -354,14 +355,12 @@ class GlmperfServer:
             await self.prepare_cache(client, contexts, mixed_prompts(spec), spec.context_tokens)
             load = self._load(client, contexts, "mixed")
             window = Window(load, ("decode",), spec.decode_workers, spec.duration_s)
-            before = await self._snapshot(client)
             try:
                 async with window.observe(client, spec_interval_s=spec.gauge_interval_s):
                     await run_mixed(load, spec, self._progress("mixed"))
             finally:
-                after = await self._snapshot(client)
                 stats = MixedStats.of(load.run.records, load.run.start_ns, window.gauges,
-                                      self._cache(before, after))
+                                      self._cache(window.before, window.after))
                 result = self._judge_mixed(stats, window, thresholds or self.settings.thresholds)
         return result
 
@@ -373,7 +372,8 @@ class GlmperfServer:
         entry = stats.as_dict()
         entry.update(usable=result.usable, explain=result.explain(), status=result.status,
                      client=window.health.as_dict() if window.health else None,
-                     stalls=self._stalls([window], bar), gauge_series=window.gauge_samples(),
+                     stalls=self._stalls([window], bar), simulator=window.pacing,
+                     gauge_series=window.gauge_samples(),
                      run_start_ns=window.load.run.start_ns)
         self.run.report.target(self.target.key)["mixed"] = entry
         self.run.write_report()
@@ -392,11 +392,6 @@ class GlmperfServer:
         deltas = counter_deltas(before, after)
         deltas["host_used_after_tokens"] = host_used_after(after)
         return deltas
-
-    @staticmethod
-    async def _snapshot(client: StreamingClient) -> MetricsSnapshot | None:
-        text = await client.metrics_text()
-        return MetricsSnapshot.parse(text) if text else None
 
     async def scenario(self, agent: Callable[[Agent], Awaitable[None]], *, concurrency: int,
                        duration_s: float, name: str = "scenario", thresholds: Thresholds | None = None
@@ -440,13 +435,20 @@ class Window:
         self.target_concurrency, self.window_s = target_concurrency, window_s
         self.gauges: dict[str, GaugeSeries] = {}
         self.health: ClientHealth | None = None
+        self.before: MetricsSnapshot | None = None
+        self.after: MetricsSnapshot | None = None
         self.interrupted = True
+
+    @property
+    def pacing(self) -> dict[str, float] | None:
+        return sim_pacing(self.before, self.after)
 
     @asynccontextmanager
     async def observe(self, client: StreamingClient, spec_interval_s: float) -> AsyncIterator[Window]:
         """Sample gauges and watch the client while the body runs; judge the client after."""
         sampler = GaugeSampler(client.metrics_text, self.load.clock, spec_interval_s)
         monitor = ClientMonitor()
+        self.before = await MetricsSnapshot.take(client.metrics_text)
         sampler.start()
         try:
             async with monitor:
@@ -454,6 +456,7 @@ class Window:
             self.interrupted = False
         finally:
             self.gauges = await sampler.stop()
+            self.after = await MetricsSnapshot.take(client.metrics_text)
             run = self.load.run
             span = (run.start_ns, run.start_ns + int(self.load.clock.to_wall(self.window_s) * 1e9))
             self.health = monitor.health([r for r in run.records if r.kind in self.kinds], span,

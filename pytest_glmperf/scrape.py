@@ -53,6 +53,12 @@ class MetricsSnapshot:
                 series.setdefault(name, []).append((dict(sample.labels), float(sample.value)))
         return cls(series)
 
+    @classmethod
+    async def take(cls, fetch: Fetch) -> MetricsSnapshot | None:
+        """One scrape now; None when the server has no metrics endpoint."""
+        text = await fetch()
+        return cls.parse(text) if text else None
+
     def value(self, name: str, **labels: str) -> float | None:
         """Sum of the samples of ``name`` whose labels include ``labels``; None if absent."""
         matches = [v for lab, v in self.series.get(name, ()) if _contains(lab, labels)]
@@ -78,6 +84,30 @@ def counter_deltas(before: MetricsSnapshot | None, after: MetricsSnapshot | None
 
 def host_used_after(snapshot: MetricsSnapshot | None) -> float | None:
     return snapshot.value("hicache_host_used_tokens") if snapshot else None
+
+
+def sim_pacing(before: MetricsSnapshot | None, after: MetricsSnapshot | None) -> dict[str, float] | None:
+    """How far the simulator fell behind wall time over a window (None for a real server).
+
+    A step delivered late stretches the gaps and latencies of the streams in it, so the
+    evidence belongs beside the figures: steps later than the simulator's warning threshold
+    during the window, and its worst lateness since start, in model seconds.
+    """
+    late_after = after.value("glmperf_sim_late_steps_total") if after else None
+    if late_after is None:
+        return None
+    late_before = (before.value("glmperf_sim_late_steps_total") if before else None) or 0.0
+    return {"late_steps": max(0.0, late_after - late_before),
+            "lag_max_since_start_s": after.value("glmperf_sim_lag_seconds", stat="max") or 0.0}
+
+
+def merge_pacing(windows: Iterable[dict[str, float] | None]) -> dict[str, float] | None:
+    """One level's pacing over its repeats: late steps add up, the worst lateness is the last seen."""
+    seen = [w for w in windows if w]
+    if not seen:
+        return None
+    return {"late_steps": sum(w["late_steps"] for w in seen),
+            "lag_max_since_start_s": max(w["lag_max_since_start_s"] for w in seen)}
 
 
 class GaugeSampler:

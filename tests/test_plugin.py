@@ -95,6 +95,8 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
     assert target["capacity"]["max_usable"] == 2
     assert target["mixed"]["client_tok_s"] > 0
     assert target["mixed"]["cache"]["generation_tokens"] > 0
+    for window in [*target["capacity"]["levels"], target["mixed"]]:  # the simulator's pacing evidence
+        assert set(window["simulator"]) == {"late_steps", "lag_max_since_start_s"}
     records = (out / "records.jsonl").read_text().splitlines()
     assert len(records) >= sum(lv["requests"] for lv in target["capacity"]["levels"])
     assert "## sim-hicache" in (out / "report.md").read_text()
@@ -192,6 +194,19 @@ def test_starved_client_makes_the_level_invalid_not_failed(pytester: pytest.Pyte
     report = json.loads((pytester.path / "out" / "report.json").read_text())
     level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
     assert level["status"] == "invalid" and level["usable"] is False
+
+
+def test_a_simulator_behind_wall_time_says_so_in_the_report(pytester: pytest.Pytester):
+    # At 2000 model seconds per wall second no host keeps up: ~25 ms model steps would need
+    # ~12 us of wall time each, so steps arrive late and the report must say by how much.
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--concurrency-levels", "1", "--time-scale", "2000")
+    result.stdout.fnmatch_lines(["*glmperf sim-hicache: simulator behind wall time in 1 window(s): * steps late*"])
+    out = pytester.path / "out"
+    level = json.loads((out / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]["levels"][0]
+    assert level["simulator"]["late_steps"] > 0
+    assert level["simulator"]["lag_max_since_start_s"] > 0.1
+    assert "- c=1: the simulator delivered" in (out / "report.md").read_text()
 
 
 def test_server_errors_mid_run_are_recorded_and_the_run_goes_on(pytester: pytest.Pytester):

@@ -49,3 +49,21 @@ def test_report_names_the_conditions_that_decide_comparability():
     settings["capacity"].update(spike_mode="extra")
     settings["cache_start"] = "flushed"
     assert "a spike every 25 s beside the agents · cache flushed before" in render_markdown(report.as_dict())
+
+
+def test_a_simulator_behind_wall_time_is_reported_beside_the_figures(tmp_path):
+    report = RunReport.start({})
+    behind = {"late_steps": 7.0, "lag_max_since_start_s": 0.48}
+    report.record_level("sim-hicache", {**level(1, True, 40.0), "simulator": {**behind, "late_steps": 0.0}})
+    report.record_level("sim-hicache", {**level(2, True, 70.0), "simulator": behind})
+    report.target("sim-hicache")["mixed"] = {"client_tok_s": 110.0, "simulator": behind}
+    report.write(tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert ("- c=2: the simulator delivered 7 steps late (worst since start 0.48 model s): gaps and "
+            "latencies stretched by up to that; a lower --time-scale avoids it") in text
+    assert "- c=1: the simulator" not in text
+    assert "Mixed run: the simulator delivered 7 steps late" in text
+    out = io.StringIO()
+    render_terminal(report.as_dict(), lambda line: out.write(line + "\n"))
+    assert "glmperf sim-hicache: simulator behind wall time in 2 window(s): 14 steps late, worst 0.48" \
+        in out.getvalue()
