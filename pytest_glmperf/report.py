@@ -19,6 +19,8 @@ from typing import Any
 
 from tabulate import tabulate
 
+from .scrape import merge_pacing
+
 SCHEMA_VERSION = 1
 Sink = Callable[[str], None]
 
@@ -128,12 +130,12 @@ def pacing_summary(target: dict[str, Any]) -> str | None:
     windows = [lv.get("simulator") for lv in target["capacity"]["levels"]]
     windows.append((target.get("mixed") or {}).get("simulator"))
     late = [w for w in windows if w and w.get("late_steps")]
-    if not late:
+    merged = merge_pacing(late)
+    if not merged:
         return None
-    steps = sum(w["late_steps"] for w in late)
-    worst = max(w["lag_max_since_start_s"] for w in late)
-    return (f"simulator behind wall time in {len(late)} window(s): {steps:.0f} steps late, worst "
-            f"{worst:.2f} model s (timings stretched by up to that; a lower --time-scale avoids it)")
+    return (f"simulator behind wall time in {len(late)} window(s): {merged['late_steps']:.0f} steps "
+            f"late, worst {merged['lag_max_since_start_s']:.2f} model s (timings stretched by up to "
+            "that; a lower --time-scale avoids it)")
 
 
 def level_table(levels: list[dict[str, Any]], fmt: str = "github") -> str:

@@ -102,7 +102,7 @@ def sim_pacing(before: MetricsSnapshot | None, after: MetricsSnapshot | None) ->
 
 
 def merge_pacing(windows: Iterable[dict[str, float] | None]) -> dict[str, float] | None:
-    """One level's pacing over its repeats: late steps add up, the worst lateness is the last seen."""
+    """Pacing over several windows: late steps add up, the worst lateness is the largest seen."""
     seen = [w for w in windows if w]
     if not seen:
         return None
