@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from engine_replay import BRIEF_MIXED_RUN_S, TP_SIZE, little_reading  # noqa: E402
 
+from pytest_glmperf.report import pacing_windows  # noqa: E402
 from pytest_glmperf.scrape import merge_pacing  # noqa: E402
 from pytest_glmperf.simulator.driver import LAG_WARN_S  # noqa: E402
 
@@ -189,9 +190,7 @@ def lag_note(report_dir: Path, report: dict, scale: float) -> str:
     ``simulator`` block in report.json (older reports: the rate-limited server.log warnings)."""
     notes = []
     for profile, target in report["targets"].items():
-        windows = [lv.get("simulator") for lv in target["capacity"]["levels"]]
-        windows.append((target.get("mixed") or {}).get("simulator"))
-        if merged := merge_pacing(windows):
+        if merged := merge_pacing(pacing_windows(target)):
             notes.append(f"{profile}: {merged['late_steps']:.0f} steps late, worst "
                          f"{merged['lag_max_since_start_s']:.2f} model s")
             continue

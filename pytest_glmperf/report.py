@@ -125,11 +125,16 @@ def pacing_note(pacing: dict[str, Any] | None) -> str | None:
             "that; a lower --time-scale avoids it")
 
 
-def pacing_summary(target: dict[str, Any]) -> str | None:
-    """One line per target over all its windows, for the terminal."""
+def pacing_windows(target: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """The ``simulator`` block of every window of a target: its levels, then its mixed run."""
     windows = [lv.get("simulator") for lv in target["capacity"]["levels"]]
     windows.append((target.get("mixed") or {}).get("simulator"))
-    late = [w for w in windows if w and w.get("late_steps")]
+    return windows
+
+
+def pacing_summary(target: dict[str, Any]) -> str | None:
+    """One line per target over all its windows, for the terminal."""
+    late = [w for w in pacing_windows(target) if w and w.get("late_steps")]
     merged = merge_pacing(late)
     if not merged:
         return None
