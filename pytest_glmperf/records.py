@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -135,7 +135,15 @@ class RequestRecord:
         }
 
     def as_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """The record as plain JSON-ready data, with its derived figures.
+
+        Shallow on purpose: ``dataclasses.asdict`` deep-copies the 2048-entry chunk lists,
+        ~8 ms per finished answer on the client's event loop (chunks of other streams
+        arriving meanwhile were stamped that late); serialising the lists as they are
+        takes ~1 ms.
+        """
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["extra"] = dict(self.extra)
         data["derived"] = self.summary()
         return data
 

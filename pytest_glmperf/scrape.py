@@ -9,7 +9,9 @@ counter that went down means the server restarted, and the delta is reported as 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -45,7 +47,16 @@ class MetricsSnapshot:
     series: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, text: str) -> MetricsSnapshot:
+    def parse(cls, text: str, only: tuple[str, ...] | None = None) -> MetricsSnapshot:
+        """Parse a scrape; with ``only``, just the samples of those metric names.
+
+        Why ``only``: the parser is pure Python (~7 ms for the simulator's 15 KB, several
+        times that for a real server's), and the gauge sampler runs on the client's event
+        loop every 1.5 model s, holding back the stamps of every stream meanwhile. Dropping
+        the other lines first (one regex pass) leaves it ~0.5 ms of work.
+        """
+        if only is not None:
+            text = "".join(m.group(0) for m in _sample_lines(only).finditer(text))
         series: dict[str, list[tuple[dict[str, str], float]]] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
@@ -143,11 +154,18 @@ class GaugeSampler:
         if text is None:
             self.errors += 1
             return
-        snapshot = MetricsSnapshot.parse(text)
+        snapshot = MetricsSnapshot.parse(text, only=tuple(self.series))
         for name, series in self.series.items():
             value = snapshot.value(name)
             if value is not None and not math.isnan(value):
                 series.samples.append((at, value))
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_lines(names: tuple[str, ...]) -> re.Pattern[str]:
+    """Sample lines (with their newline) of exactly these names, ``sglang:`` prefix or not."""
+    alternatives = "|".join(re.escape(name) for name in names)
+    return re.compile(rf"^(?:sglang:)?(?:{alternatives})[{{ \t].*\n?", re.MULTILINE)
 
 
 def _contains(labels: dict[str, str], wanted: dict[str, str]) -> bool:
