@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from pytest_glmperf.scrape import GAUGES, MetricsSnapshot
+
 SCHED_LABELS = {"engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank"}
 TOK_LABELS = {"engine_type", "model_name"}
 
@@ -105,8 +107,6 @@ def test_metrics_404_without_enable_metrics(start_sim, client_for):
 def test_the_gauge_samplers_filtered_parse_reads_what_a_full_parse_reads(start_sim, client_for):
     """The sampler parses only its gauges' lines (the full parse costs ~7 ms of client loop
     per scrape); on a real scrape that must give the same values and nothing else."""
-    from pytest_glmperf.scrape import GAUGES, MetricsSnapshot
-
     proc = start_sim("--enable-metrics", "--enable-hierarchical-cache", "--hicache-size", "200",
                      "--served-model-name", "glm-5.1", "--time-scale", "50")
     proc.wait_ready()
