@@ -4,7 +4,8 @@ Why raw ASGI rather than a framework: the streaming path must write many thousan
 chunks per second on one core, so each chunk is a pre-built byte string sent with one ASGI
 message; the small JSON endpoints do not need more either.
 
-Endpoints: ``POST /v1/chat/completions`` (streaming and not), ``GET /v1/models[/{id}]``,
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``POST|PUT /generate``
+(streaming and not), ``GET /v1/loads``, ``GET /v1/models[/{id}]``,
 ``GET /health``, ``GET /health_generate`` (503 while starting), ``GET /ping``,
 ``GET /server_info`` and ``/get_server_info``, ``GET /model_info`` and ``/get_model_info``,
 ``GET|POST /flush_cache`` (400 unless idle), ``GET /metrics`` (404 without
@@ -15,8 +16,9 @@ every chunk of a request, ``perf_counter_ns`` taken right after the write).
 A request body may carry ``glmperf_script`` (an SGLang-style extension field) to bypass the
 engine and emit exactly the scripted stream; times are model seconds.
 
-Here: the app's routing, lifecycle and small endpoints. The chat endpoint is in chat.py
-(request fields in chat_params.py, chunk bytes in sse.py), the command line in options.py,
+Here: the app's routing, lifecycle and small endpoints. The chat endpoint is in chat.py,
+the text-completion ones in completions.py (request fields in params.py, chunk bytes in
+sse.py), the command line in options.py,
 the ASGI helpers in asgi.py.
 """
 
@@ -30,10 +32,11 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
 from typing import Any
 
 from .asgi import HTTPError, Receive, Scope, Send, error_body, read_body, respond, respond_json
-from .chat import ChatCompletions
+from .completions import TextCompletions
 from .config import EngineConfig, server_args_dict
 from .driver import Driver, Pacer
 from .engine import Engine
@@ -51,7 +54,7 @@ VERSION = f"{_PKG_VERSION}+glmperf.sim"
 CRASH_EXIT_CODE = 1
 
 
-class SimulatorApp(ChatCompletions):
+class SimulatorApp(TextCompletions):
     """The ASGI application: one engine, one pacing driver, SGLang's endpoints."""
 
     def __init__(self, options: SimOptions, config: EngineConfig, engine: Any = None) -> None:
@@ -81,6 +84,10 @@ class SimulatorApp(ChatCompletions):
         self._crash_timer: asyncio.TimerHandle | None = None
         self._routes: dict[tuple[str, str], Callable[..., Awaitable[None]]] = {
             ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/completions"): self.completions,
+            ("POST", "/generate"): self.generate,
+            ("PUT", "/generate"): self.generate,
+            ("GET", "/v1/loads"): self.loads,
             ("GET", "/v1/models"): self.models,
             ("GET", "/health"): self.health_check,
             ("GET", "/health_generate"): self.health_check,
@@ -244,6 +251,22 @@ class SimulatorApp(ChatCompletions):
         await respond(send, 200, b"Cache flushed.\nPlease check backend logs for more details. "
                                  b"(When there are running or waiting requests, the operation "
                                  b"will not be performed.)\n", text)
+
+    async def loads(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/v1/loads``: one DP rank's core load section and the aggregate, as in SGLang."""
+        load = {"dp_rank": 0, **self.engine.load()}
+        load["num_total_reqs"] = load["num_running_reqs"] + load["num_waiting_reqs"]
+        await respond_json(send, {
+            "timestamp": datetime.now(timezone.utc).isoformat(), "version": VERSION,
+            "dp_rank_count": 1, "loads": [load],
+            "aggregate": {
+                "total_running_reqs": load["num_running_reqs"],
+                "total_waiting_reqs": load["num_waiting_reqs"],
+                "total_reqs": load["num_total_reqs"],
+                "total_used_tokens": load["num_used_tokens"],
+                "total_tokens": load["num_total_tokens"],
+                "avg_token_usage": load["token_usage"], "avg_throughput": load["gen_throughput"],
+                "avg_utilization": load["utilization"]}})
 
     async def metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.config.enable_metrics:

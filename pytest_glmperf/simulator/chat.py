@@ -3,6 +3,8 @@
 :class:`ChatCompletions` is mixed into :class:`~.app.SimulatorApp`; the attributes it
 declares are the app state it uses. SGLang's chunk sequence is role, reasoning...,
 content..., finish, usage, ``[DONE]``; faults due at a chunk are applied before it.
+The response writers here take the chunk bytes from a wire format (sse.py), so the
+text-completion endpoints (completions.py) reuse them unchanged.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .asgi import HTTPError, Receive, Scope, Send, header, read_body, respond_json
-from .chat_params import ChatParams, parse_chat
 from .config import EngineConfig
 from .driver import Driver, EngineSource, Pacer, ReasoningSplit
 from .engine import QueueFullError
@@ -32,21 +33,31 @@ from .faults import (
 )
 from .metrics import SendLog
 from .options import SimOptions
-from .sse import DONE, EOS_TOKEN_ID, ChunkFormat, SSEWriter, stream_error
-from .tokenizer import apply_chat_template, count_tokens, output_text, tokenize_async
+from .params import RequestParams, parse_chat
+from .sse import DONE, ChunkFormat, SSEWriter, WireFormat
+from .tokenizer import (
+    Tokenized,
+    apply_chat_template,
+    count_tokens,
+    output_text,
+    tokenize_async,
+    tokenize_ids,
+)
 from .types import SimRequest, TokenEmission
 
-__all__ = ["ChatCompletions", "StreamCtx"]
+__all__ = ["ChatCompletions", "FormatFactory", "StreamCtx"]
 
 Source = EngineSource | ScriptSource
+# Builds a request's wire format once its prompt length is known.
+FormatFactory = Callable[[RequestParams, int], WireFormat]
 
 
 @dataclass
 class StreamCtx:
     """Everything one response writer needs."""
 
-    params: ChatParams
-    fmt: ChunkFormat
+    params: RequestParams
+    fmt: WireFormat
     source: Source
     faults: StreamFaults
     max_new_tokens: int | None
@@ -82,17 +93,30 @@ class ChatCompletions:
     # -- chat completions ---------------------------------------------------------------------
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Validate, then stream (or collect) from the engine or from a script."""
+        body = await self._json_body(scope, receive)
+        params = parse_chat(body, self._served_name(), bool(self.config.reasoning_parser))
+        await self._serve(scope, receive, send, params, self._chat_format)
+
+    def _chat_format(self, params: RequestParams, prompt_tokens: int) -> WireFormat:
+        return ChunkFormat(params.rid, params.model, prompt_tokens, self._cache_report())
+
+    # -- shared by every generation endpoint ----------------------------------------------------
+    @staticmethod
+    async def _json_body(scope: Scope, receive: Receive) -> Any:
+        """The request's JSON body; a non-JSON content type or body is a 400, as in SGLang."""
         ctype = header(scope, b"content-type") or ""
         raw = await read_body(receive)
         if "json" not in ctype.lower():
             raise HTTPError(400, f"Content-Type must be application/json, got {ctype!r}",
                             "Bad Request")
         try:
-            body = json.loads(raw)
+            return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPError(400, f"invalid JSON body: {exc}", "Bad Request") from None
-        has_parser = bool(self.config.reasoning_parser)
-        params = parse_chat(body, self._served_name(), has_parser)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, params: RequestParams,
+                     make_fmt: FormatFactory) -> None:
+        """Apply the request's faults, then answer from a script or from the engine."""
         try:
             faults = self.board.for_request(header(scope, b"x-glmperf-fault"))
         except FaultSpecError as exc:
@@ -101,15 +125,29 @@ class ChatCompletions:
             fault = faults.queue_full
             raise HTTPError(fault.code, fault.error_message(), error_type(fault.code))
         if params.script is not None:
-            await self._scripted(params, faults, receive, send)
+            await self._scripted(params, faults, receive, send, make_fmt)
         else:
-            await self._from_engine(params, faults, receive, send)
+            await self._from_engine(params, faults, receive, send, make_fmt)
 
     def _cache_report(self) -> bool:
         return self.config.enable_cache_report
 
-    async def _scripted(self, params: ChatParams, faults: StreamFaults, receive: Receive,
-                        send: Send) -> None:
+    @staticmethod
+    def _prompt_text(params: RequestParams) -> str | list[int]:
+        """What the engine tokenizes: the chat template's output, or the raw prompt."""
+        if params.prompt is not None:
+            return params.prompt
+        return apply_chat_template(params.messages, params.tools, params.thinking)
+
+    async def _tokenize(self, params: RequestParams) -> Tokenized:
+        prompt = self._prompt_text(params)
+        page_size = self.config.page_size
+        if isinstance(prompt, list):
+            return tokenize_ids(prompt, page_size)
+        return await tokenize_async(prompt, page_size)
+
+    async def _scripted(self, params: RequestParams, faults: StreamFaults, receive: Receive,
+                        send: Send, make_fmt: FormatFactory) -> None:
         try:
             script = validate_script(params.script or {})
         except ScriptError as exc:
@@ -117,9 +155,9 @@ class ChatCompletions:
         t0 = time.perf_counter_ns()
         prompt = script.get("prompt_tokens")
         if prompt is None:
-            prompt = count_tokens(apply_chat_template(params.messages, params.tools,
-                                                      params.thinking))
-        fmt = ChunkFormat(params.rid, params.model, int(prompt), self._cache_report())
+            text = self._prompt_text(params)
+            prompt = len(text) if isinstance(text, list) else count_tokens(text)
+        fmt = make_fmt(params, int(prompt))
         fmt.cached_tokens = int(script.get("cached_tokens") or 0)
         for fault in script_faults(script):
             faults.pending.append(fault)
@@ -133,14 +171,12 @@ class ChatCompletions:
         finally:
             self._scripts.discard(source)
 
-    async def _from_engine(self, params: ChatParams, faults: StreamFaults, receive: Receive,
-                           send: Send) -> None:
+    async def _from_engine(self, params: RequestParams, faults: StreamFaults, receive: Receive,
+                           send: Send, make_fmt: FormatFactory) -> None:
         driver = self.driver
         assert driver is not None
-        prompt = apply_chat_template(params.messages, params.tools, params.thinking)
-        page_size = self.config.page_size
-        tok = await tokenize_async(prompt, page_size)
-        fmt = ChunkFormat(params.rid, params.model, tok.num_tokens, self._cache_report())
+        tok = await self._tokenize(params)
+        fmt = make_fmt(params, tok.num_tokens)
         if params.rid in driver.streams:
             raise HTTPError(400, f"request id {params.rid!r} is already running")
         max_new = params.max_new_tokens
@@ -172,7 +208,7 @@ class ChatCompletions:
         finally:
             abort()
 
-    async def _rejected_in_band(self, params: ChatParams, fmt: ChunkFormat,
+    async def _rejected_in_band(self, params: RequestParams, fmt: WireFormat,
                                 faults: StreamFaults, receive: Receive, send: Send,
                                 message: str) -> None:
         """A request the scheduler refuses at once: error payload as its first output."""
@@ -213,30 +249,37 @@ class ChatCompletions:
                 return
             parts, finished = batch
             if first:
-                events.append(("role", fmt.role(), 0))
+                opening = fmt.opening()
+                if opening is not None:
+                    events.append(("role", opening, 0))
                 first = False
-            for reasoning, tokens in parts:
+            for i, (reasoning, tokens) in enumerate(parts):
                 if await self._fire(ctx, w, events, faults.due(ctx.chunks)):
                     return
-                events.append(self._token_event(ctx, reasoning, tokens))
+                last = finished and i == len(parts) - 1
+                events.append(self._token_event(ctx, reasoning, tokens, last))
             if finished:
                 if await self._fire(ctx, w, events, faults.due(ctx.chunks)):
                     return
-                events.append(("finish", fmt.finish(ctx.final_reason()), 0))
+                closing = fmt.closing(ctx.final_reason())
+                if closing is not None:
+                    events.append(("finish", closing, 0))
                 self._end_events(ctx, events)
                 await w.flush(events, more=False)
                 return
             await w.flush(events)
 
-    def _token_event(self, ctx: StreamCtx, reasoning: bool, tokens: int) -> tuple[str, bytes, int]:
-        text = output_text(ctx.completion, tokens, json_escaped=True)
+    def _token_event(self, ctx: StreamCtx, reasoning: bool, tokens: int,
+                     last: bool) -> tuple[str, bytes, int]:
+        start = ctx.completion
         ctx.completion += tokens
         ctx.chunks += 1
         if reasoning:
             ctx.reasoning += tokens
         usage = ctx.fmt.usage(ctx.completion, ctx.reasoning) if ctx.params.continuous_usage else None
+        finish = ctx.final_reason() if last else None
         return ("reasoning" if reasoning else "content",
-                ctx.fmt.token(reasoning, text, usage), tokens)
+                ctx.fmt.token(reasoning, start, tokens, usage, finish), tokens)
 
     @staticmethod
     def _end_events(ctx: StreamCtx, events: list[tuple[str, bytes, int]]) -> None:
@@ -257,7 +300,7 @@ class ChatCompletions:
                 ctx.source.shift(stall_ns)
             elif fault.kind == "mid_stream_error":
                 ctx.source.abort()
-                events.append(("error", stream_error(fault.code, fault.error_message()), 0))
+                events.append(("error", ctx.fmt.error(fault.code, fault.error_message()), 0))
                 self._end_events(ctx, events)
                 await w.flush(events, more=False)
                 return True
@@ -272,7 +315,7 @@ class ChatCompletions:
 
     # -- non-streaming --------------------------------------------------------------------------
     async def _write_json(self, ctx: StreamCtx, send: Send) -> None:
-        """Collect the whole answer, then one chat.completion object (or an error status)."""
+        """Collect the whole answer, then the format's response object (or an error status)."""
         while True:
             batch = await ctx.source.next()
             if batch is None:
@@ -294,20 +337,8 @@ class ChatCompletions:
                 ctx.chunks += 1
                 ctx.reasoning += tokens if reasoning else 0
             if finished:
-                await respond_json(send, self._completion_object(ctx))
+                await respond_json(send, ctx.fmt.response(
+                    "".join(ctx.content_text), "".join(ctx.reasoning_text), ctx.final_reason(),
+                    ctx.completion, ctx.reasoning))
                 return
-
-    def _completion_object(self, ctx: StreamCtx) -> dict[str, Any]:
-        fmt = ctx.fmt
-        reason = ctx.final_reason()
-        return {
-            "id": ctx.params.rid, "object": "chat.completion", "created": int(time.time()),
-            "model": ctx.params.model,
-            "choices": [{"index": 0, "message": {
-                "role": "assistant", "content": "".join(ctx.content_text) or None,
-                "reasoning_content": "".join(ctx.reasoning_text) or None, "tool_calls": None},
-                "logprobs": None, "finish_reason": reason,
-                "matched_stop": EOS_TOKEN_ID if reason == "stop" else None}],
-            "usage": json.loads(fmt.usage(ctx.completion, ctx.reasoning)),
-        }
 

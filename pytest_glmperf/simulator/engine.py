@@ -206,6 +206,24 @@ class Engine:
             state["avg_spec_accept_length"] = self.spec.stats.lifetime_accept_length
         return state
 
+    def load(self) -> dict[str, object]:
+        """``/v1/loads`` core fields, live as SGLang's ``get_loads`` reads them (running
+        batch, waiting queue, pool), beside the last-refreshed throughput and hit rate."""
+        cache, g = self.cache, self.gauges
+        used = cache.used_tokens
+        return {
+            "num_running_reqs": len(self.running),
+            "num_waiting_reqs": len(self.waiting),
+            "num_used_tokens": used,
+            "num_total_tokens": used + sum(r.sim.prompt_tokens for r in self.waiting),
+            "max_total_num_tokens": cache.capacity,
+            "token_usage": round(used / cache.capacity, 4) if cache.capacity else 0.0,
+            "gen_throughput": round(g.gen_throughput, 2),
+            "cache_hit_rate": round(g.cache_hit_rate, 4),
+            "utilization": 0.0,   # SGLang sets it only with max_running_requests_under_SLO
+            "max_running_requests": self._max_running,
+        }
+
     # ---- admission (PrefillAdder) -------------------------------------------------------
 
     def _admission_need(self, uncached: int, max_new: int) -> int:

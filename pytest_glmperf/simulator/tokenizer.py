@@ -25,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import re
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -97,6 +98,21 @@ def tokenize(text: str, page_size: int = 64) -> Tokenized:
     hasher = _PageHasher(text, page_size)
     hasher.feed(list(map(len, TOKEN_RE.findall(text))))
     return hasher.result()
+
+
+def tokenize_ids(ids: list[int], page_size: int = 64) -> Tokenized:
+    """Page keys of a prompt given as token ids (``/v1/completions``, ``/generate``).
+
+    Chained like text pages, over the ids' bytes: equal id prompts share cached pages. They
+    never match a text prompt's pages, since the toy vocabulary has no real ids.
+    """
+    keys: list[int] = []
+    prev = b""
+    for start in range(0, len(ids) - page_size + 1, page_size):
+        page = array("q", ids[start:start + page_size]).tobytes()
+        prev = hashlib.blake2b(b"ids" + prev + page, digest_size=_KEY_BYTES).digest()
+        keys.append(int.from_bytes(prev, "little") & 0x7FFF_FFFF_FFFF_FFFF)
+    return Tokenized(len(ids), keys)
 
 
 def _split_points(text: str, piece: int) -> list[int]:
@@ -238,7 +254,13 @@ OUTPUT_PIECES: tuple[str, ...] = tuple(_output_pieces())
 # plain join on the hot path (thousands of chunks per second).
 OUTPUT_PIECES_JSON: tuple[str, ...] = tuple(json.dumps(p)[1:-1] for p in OUTPUT_PIECES)
 _CYCLE = len(OUTPUT_PIECES)
+OUTPUT_ID_BASE = 1_000   # output piece i has the toy token id OUTPUT_ID_BASE + i
 _DOUBLED_JSON = OUTPUT_PIECES_JSON * 2
+
+
+def output_ids(start: int, num_tokens: int) -> list[int]:
+    """Token ids of the same output tokens as :func:`output_text` (one id per piece)."""
+    return [OUTPUT_ID_BASE + (i % _CYCLE) for i in range(start, start + num_tokens)]
 
 
 def output_text(start: int, num_tokens: int, json_escaped: bool = False) -> str:

@@ -146,9 +146,11 @@ class SimClient(httpx.Client):
         body.update(extra)
         return body
 
-    def chat(self, body: dict[str, Any], headers: dict[str, str] | None = None) -> Stream:
-        """POST a chat request and collect its SSE payloads with per-line arrival stamps."""
-        with self.stream("POST", "/v1/chat/completions", json=body, headers=headers) as resp:
+    def chat(self, body: dict[str, Any], headers: dict[str, str] | None = None,
+             path: str = "/v1/chat/completions") -> Stream:
+        """POST a generation request (chat unless *path* says otherwise) and collect its SSE
+        payloads with per-line arrival stamps."""
+        with self.stream("POST", path, json=body, headers=headers) as resp:
             out = Stream(resp.status_code)
             if resp.status_code != 200 or not body.get("stream"):
                 out.body = resp.read()
