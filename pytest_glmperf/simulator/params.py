@@ -165,5 +165,5 @@ def parse_generate(body: Any, served_model: str) -> RequestParams:
         rid=_rid(body), model=served_model, messages=[], tools=None,
         stream=bool(body.get("stream", False)), include_usage=False, continuous_usage=False,
         max_new_tokens=128 if max_new is None else max_new,   # SamplingParams.max_new_tokens
-        thinking=False, separate_reasoning=False, stream_reasoning=True, script=None,
-        prompt=prompt)
+        thinking=False, separate_reasoning=False, stream_reasoning=True,
+        script=_script(body), prompt=prompt)
