@@ -169,6 +169,20 @@ class EngineConfig:
         return self.dsa_kv_default
 
     @property
+    def resolved_hicache_io(self) -> tuple[str, str]:
+        """(io backend, memory layout) after SGLang's layout/io normalisation (0.5.12
+        ``_resolve_layout_io_compatibility``): ``page_first`` cannot be copied page by page,
+        so with ``direct`` it becomes ``page_first_direct``; that layout has no kernel path,
+        so with ``kernel`` the backend becomes ``direct``. (The FA3 decode-backend step does
+        not apply to DSA's attention backend.)"""
+        io, layout = self.hicache_io_backend, self.hicache_mem_layout
+        if layout == "page_first_direct" and io == "kernel":
+            io = "direct"
+        if layout == "page_first" and io == "direct":
+            layout = "page_first_direct"
+        return io, layout
+
+    @property
     def resolved_mem_fraction_static(self) -> float:
         """SGLang's auto value, in MiB of GPU memory, as the June-2026 image computed it
         (server_args._handle_gpu_memory_settings, 0.5.11 to 0.5.13): reserved = 512 + 1.5 x
@@ -493,6 +507,8 @@ def server_args_dict(config: EngineConfig) -> dict[str, Any]:
         kv_cache_dtype=config.resolved_kv_dtype if config.kv_cache_dtype == "auto"
         else config.kv_cache_dtype,
         max_running_requests=config.effective_max_running_requests,
+        hicache_io_backend=config.resolved_hicache_io[0],
+        hicache_mem_layout=config.resolved_hicache_io[1],
         cuda_graph_max_bs=config.resolved_cuda_graph_max_bs,
         speculative_num_steps=config.spec_num_steps if config.spec_enabled else None,
         speculative_eagle_topk=config.spec_topk if config.spec_enabled else None,

@@ -315,7 +315,7 @@ class Engine:
             cache.load_back(keys, start, end, self.now)
             cache.lock(keys[start:end], match.host_pages, self.now)
             load_s = self.cost.load_back_time(host_tokens, self.config.cell_bytes_per_token,
-                                              self.config.hicache_io_backend)
+                                              self.config.resolved_hicache_io[0])
         req.pages = match.device_pages + match.host_pages
         req.done = req.pages * page
         if not req.first_sent:

@@ -29,6 +29,19 @@ def test_compose_profile_flags_parse() -> None:
     assert config.host_pool_tokens == 200e9 // 61_464 // 64 * 64
     # ~4.8 contexts of 100k (docs/simulator.md, "Memory").
     assert 475_000 < config.device_pool_tokens < 490_000
+    # SGLang rewrites page_first + direct (no per-page copy of that layout) to page_first_direct.
+    info = server_args_dict(config)
+    assert (info["hicache_io_backend"], info["hicache_mem_layout"]) == ("direct",
+                                                                       "page_first_direct")
+
+
+def test_page_first_direct_layout_forces_the_direct_io_backend() -> None:
+    """A kernel-copy setting on that layout would otherwise load back at the kernel's rate."""
+    kernel = parse_server_args(["--enable-hierarchical-cache", "--hicache-mem-layout",
+                                "page_first_direct", "--hicache-io-backend", "kernel"])
+    assert kernel.resolved_hicache_io == ("direct", "page_first_direct")
+    assert parse_server_args(["--enable-hierarchical-cache"]).resolved_hicache_io == (
+        "kernel", "page_first")
 
 
 def test_memory_defaults_follow_sglang() -> None:
