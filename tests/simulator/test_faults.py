@@ -81,7 +81,11 @@ def test_mid_stream_error_payload_then_usage_and_done(http):
     err = errors[0]["error"]
     assert err == {"object": "error", "message": err["message"], "type": "SERVICE_UNAVAILABLE",
                    "param": None, "code": 503}
-    assert "usage" in s.chunks()[-1] and s.chunks()[-1]["usage"]["completion_tokens"] == 5
+    # A chunk may carry several tokens when the client falls behind (SGLang coalesces too):
+    # the usage counts exactly the tokens streamed before the error.
+    streamed = s.token_chunks()[-1]["usage"]["completion_tokens"]
+    assert streamed >= 5
+    assert "usage" in s.chunks()[-1] and s.chunks()[-1]["usage"]["completion_tokens"] == streamed
     assert s.done
     assert not any(c["choices"] and c["choices"][0].get("finish_reason") for c in s.chunks()
                    if "choices" in c)
