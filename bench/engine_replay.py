@@ -219,14 +219,26 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
               duration: float = 600.0, flush: bool = True,
               contexts: int = 4, workers: int = 3, context_tokens: int = 100_000,
               max_tokens: int = 2048, spike_every: float = 30.0, spike_tokens: int = 64,
-              revisit_every: float = 45.0, warm: bool = False) -> dict[str, Any]:
+              revisit_every: float = 45.0, warm: bool = False,
+              spike_texts: int = 0) -> dict[str, Any]:
     """Workload 1 as pytest_glmperf.workloads.run_mixed drives it (on ``engine`` if given,
-    so a second run finds the caches the first one left); ``warm``: --warm-cache."""
+    so a second run finds the caches the first one left); ``warm``: --warm-cache.
+
+    ``spike_texts`` K > 0: the spikes cycle through K texts instead of a fresh one each (a
+    what-if for the field's script, whose 886k tokens of host use after its run say it
+    reused a few); warm priming then sends those K.
+    """
     engine = engine or Engine(config, seed=seed)
+
+    def spike_key(n: int) -> str:
+        return f"mixed-spike-{(n - 1) % spike_texts + 1 if spike_texts else n}"
+
     if warm:
-        prime(engine, mixed_prompts(MixedSpec(contexts=contexts, context_tokens=context_tokens,
-                                              duration_s=duration, spike_interval_s=spike_every)),
-              context_tokens)
+        keys = mixed_prompts(MixedSpec(contexts=contexts, context_tokens=context_tokens,
+                                       duration_s=duration, spike_interval_s=spike_every))
+        prime(engine, list(dict.fromkeys(
+            spike_key(int(k.rsplit("-", 1)[1])) if k.startswith("mixed-spike-") else k
+            for k in keys)), context_tokens)
     elif flush:  # workloads.py: POST /flush_cache before the mixed run
         engine.flush_cache()
     replay = Replay(engine, ids=_ids_for(engine))
@@ -251,7 +263,7 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
         if n * spike_every >= duration:
             break
         replay.at(start + n * spike_every, lambda n=n: replay.send(
-            "spike", f"mixed-spike-{n}", context_tokens, spike_tokens))
+            "spike", spike_key(n), context_tokens, spike_tokens))
     for n in itertools.count(1):
         if n * revisit_every >= duration:
             break
@@ -533,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="capacity spikes: sent by the next free agent, or on time beside them")
     parser.add_argument("--warm", action="store_true",
                         help="prime every window with its contexts and spike texts (--warm-cache)")
+    parser.add_argument("--spike-texts", type=int, default=0,
+                        help="mixed: spikes cycle through this many texts (0: a fresh one each)")
     parser.add_argument("--seen-levels", default="",
                         help="capacity: the server already ran these levels (e.g. 1,2,4) with the "
                              "same texts; no flush between levels")
@@ -548,7 +562,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload in ("mixed", "both"):
         engines = {p: Engine(cfg, seed=args.seed) for p, cfg in configs.items()}
         for run in range(1, args.runs + 1):
-            mixed = {p: run_mixed(cfg, engine=engines[p], flush=run == 1, warm=args.warm)
+            mixed = {p: run_mixed(cfg, engine=engines[p], flush=run == 1, warm=args.warm,
+                                   spike_texts=args.spike_texts)
                      for p, cfg in configs.items()}
             out["mixed"].append(mixed)
             _print_mixed(mixed, run)

@@ -100,6 +100,7 @@ class EngineConfig:
     spec_accept_prob: float = 0.87       # per-draft acceptance probability (see speculative.py)
     dsa_kv_default: str = "fp8_e4m3"     # what kv_cache_dtype=auto resolves to (see below)
     decode_interleave: str = "auto"      # see engine.py: how decode shares steps with prefill
+    decode_floor_us: float | None = None  # per-layer decode floor; None: costs.py's constant
     unmodelled_args: tuple[str, ...] = ()
 
     # ---- resolved values (what SGLang decides when a flag is left unset) ----
@@ -396,6 +397,7 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--sim-seed": ("seed", _int),
     "--sim-spec-accept-prob": ("spec_accept_prob", _probability),
     "--sim-decode-interleave": ("decode_interleave", _choice(INTERLEAVE)),
+    "--sim-decode-floor-us": ("decode_floor_us", _non_negative),
     "--sim-dsa-kv-default": ("dsa_kv_default", _choice(DSA_KV_DEFAULTS)),
 }
 _SWITCHES: dict[str, str] = {
@@ -491,7 +493,7 @@ def with_overrides(config: EngineConfig, **changes: Any) -> EngineConfig:
 
 
 _HIDDEN = {"hardware", "model", "seed", "spec_accept_prob", "decode_interleave",
-           "dsa_kv_default", "unmodelled_args"}
+           "dsa_kv_default", "unmodelled_args", "decode_floor_us"}
 
 
 def server_args_dict(config: EngineConfig) -> dict[str, Any]:

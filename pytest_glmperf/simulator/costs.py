@@ -91,8 +91,11 @@ class Segment:
 class CostModel:
     """Turns a step's work into model seconds; pure and cheap (closed forms only)."""
 
-    def __init__(self, hardware: HardwareSpec, model: ModelSpec, tp: int) -> None:
+    def __init__(self, hardware: HardwareSpec, model: ModelSpec, tp: int,
+                 layer_floor_s: float | None = None) -> None:
+        """``layer_floor_s`` overrides DECODE_LAYER_FLOOR_S (``--sim-decode-floor-us``)."""
         self.hw, self.model, self.tp = hardware, model, tp
+        floor = DECODE_LAYER_FLOOR_S if layer_floor_s is None else layer_floor_s
         fp8, bf16 = hardware.fp8_flops, hardware.bf16_flops
         hbm = hardware.hbm_bandwidth * HBM_EFF
         self._linear_per_token = model.linear_flops_per_token(tp) / (fp8 * MFU_PREFILL_LINEAR)
@@ -111,8 +114,8 @@ class CostModel:
         # top-k selected latent entries for attention.
         self._index_bytes_per_ctx_token = (model.index_head_dim + 4) * model.layers
         self._latent_bytes = 656 * model.layers
-        self._layer_floor = DECODE_LAYER_FLOOR_S * model.layers
-        self._draft_pass = DECODE_LAYER_FLOOR_S * DRAFT_PASS_LAYERS + (
+        self._layer_floor = floor * model.layers
+        self._draft_pass = floor * DRAFT_PASS_LAYERS + (
             2 * model.vocab * model.hidden / tp) / hbm
 
     # ---- prefill ------------------------------------------------------------------------

@@ -81,7 +81,8 @@ class Engine:
         self.now = 0.0
         self.counters = EngineCounters()
         self.gauges = EngineGauges()
-        self.cost = CostModel(config.hardware, config.model, config.tp_size)
+        floor = None if config.decode_floor_us is None else config.decode_floor_us * 1e-6
+        self.cost = CostModel(config.hardware, config.model, config.tp_size, floor)
         self.cache = PrefixCache(
             page_size=config.page_size,
             device_tokens=config.device_pool_tokens,

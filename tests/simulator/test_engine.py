@@ -156,6 +156,16 @@ def test_direct_io_backend_loads_back_slower_than_kernel() -> None:
     assert 1.5 < direct / kernel < 1.7
 
 
+def test_decode_floor_flag_sets_the_per_layer_latency_floor() -> None:
+    """--sim-decode-floor-us moves every decode step by the floor difference x 78 layers."""
+    def decode_step(*flags: str) -> float:
+        engine = Engine(parse_server_args(HICACHE + list(flags)))
+        return start_decoding(engine)[-1].duration_s
+
+    default, faster = decode_step(), decode_step("--sim-decode-floor-us", "170")
+    assert default - faster == pytest.approx(80e-6 * 78, rel=1e-6)
+
+
 def test_without_hicache_an_evicted_prefix_is_recomputed() -> None:
     engine = Engine(parse_server_args(MTP + SMALL_POOL))
     for rid, ctx in (("first", 1), ("other", 2), ("revisit", 1)):
