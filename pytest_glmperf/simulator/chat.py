@@ -201,7 +201,7 @@ class ChatCompletions:
         def on_first(emission: TokenEmission) -> None:
             fmt.cached_tokens = emission.cached_tokens
 
-        source = EngineSource(stream, split, on_first, abort)
+        source = EngineSource(stream, split, on_first, abort, self.config.stream_interval)
         ctx = StreamCtx(params, fmt, source, faults, max_new)
         try:
             await self._respond_stream(ctx, receive, send, abort=abort)

@@ -333,23 +333,42 @@ class EngineSource:
     """
 
     def __init__(self, stream: RequestStream, split: ReasoningSplit,
-                 on_first: Callable[[TokenEmission], None], abort: Callable[[], None]) -> None:
+                 on_first: Callable[[TokenEmission], None], abort: Callable[[], None],
+                 stream_interval: int = 1) -> None:
         self.stream = stream
         self.split = split
         self.on_first = on_first
         self.abort = abort
+        self.interval = stream_interval
         self._first = True
+        self._generated = 0
+        self._held = 0
 
     async def next(self) -> tuple[Parts, bool] | None:
-        items = await self.stream.take()
-        if not items:
-            return None
-        if self._first:
-            self._first = False
-            self.on_first(items[0])
-        tokens = sum(e.tokens for e in items)
-        finished = items[-1].finished
-        return self.split.split(tokens, finished), finished
+        while True:
+            items = await self.stream.take()
+            if not items:
+                return None
+            if self._first:
+                self._first = False
+                self.on_first(items[0])
+            tokens = self._release(items)
+            finished = items[-1].finished
+            if tokens or finished:
+                return self.split.split(tokens, finished), finished
+
+    def _release(self, items: list[TokenEmission]) -> int:
+        """Tokens the scheduler sends out now, by SGLang's ``--stream-interval N`` rule
+        (scheduler_output_processor_mixin): after a step that leaves the output length at 1
+        mod N (every step when N is 1), or when the request finishes; tokens held back ride
+        on the next output. With EAGLE the length jumps, so some outputs wait longer."""
+        out = 0
+        for emission in items:
+            self._generated += emission.tokens
+            self._held += emission.tokens
+            if emission.finished or self.interval == 1 or self._generated % self.interval == 1:
+                out, self._held = out + self._held, 0
+        return out
 
     def shift(self, ns: int) -> None:
         """A stall does not move the engine: its backlog is coalesced after the stall."""

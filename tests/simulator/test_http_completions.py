@@ -149,3 +149,17 @@ def test_loads_reports_the_running_request_live(http):
     reader.start()
     reader.join(timeout=30)
     assert seen and seen[0] >= 1
+
+
+def test_stream_interval_sends_the_first_token_then_every_nth(start_sim, client_for):
+    """SGLang's --stream-interval 4: outputs at lengths 1, 5, 9, ... and at the finish."""
+    sim = start_sim("--stream-interval", "4", "--time-scale", "50")
+    sim.wait_ready()
+    http = client_for(sim)
+    s = http.chat(_completion(max_tokens=14, stream_options={"continuous_usage_stats": True}),
+                  path="/v1/completions")
+    lengths = [c["usage"]["completion_tokens"] for c in s.chunks()]
+    assert lengths[-1] == 14 and s.done
+    # Every output but the last leaves 1 mod 4 tokens; a slow reader may merge outputs.
+    assert all(n % 4 == 1 for n in lengths[:-1])
+    assert len(lengths) <= 5
