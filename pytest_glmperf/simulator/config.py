@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .hardware import GIB, GLM51_FP8, MIB, HardwareSpec, ModelSpec, get_hardware, kv_bytes_per_token
+from .schedule_policy import MODELLED_POLICIES
 
 # SGLang constants (python/sglang/srt/...; 0.5.23 wheel unless noted).
 CLIP_MAX_NEW_TOKENS = 4096          # schedule_policy.py: decode reservation clip per request
@@ -484,6 +485,9 @@ def _check(config: EngineConfig) -> EngineConfig:
                          "modelled (EAGLE/NEXTN/EAGLE3 are)")
     if config.context_length and config.context_length > 1 << 22:
         raise ValueError("--context-length: implausibly large")
+    if config.schedule_policy not in MODELLED_POLICIES:   # run as fcfs: say so
+        config = replace(config, unmodelled_args=(
+            *config.unmodelled_args, "--schedule-policy", config.schedule_policy))
     return config.validate()
 
 

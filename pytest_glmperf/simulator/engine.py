@@ -28,6 +28,7 @@ touched only at admission, chunk completion and finish.
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from .config import CLIP_MAX_NEW_TOKENS, RETRACT_DECODE_STEPS, EngineConfig
 from .costs import CostModel, Segment
 from .hardware import GIB
 from .prefix_cache import Match, PrefixCache
+from .schedule_policy import MODELLED_POLICIES, order_waiting
 from .speculative import SpecDecoder
 from .types import EngineCounters, EngineGauges, SimRequest, StepResult, TokenEmission
 
@@ -100,6 +102,10 @@ class Engine:
         self._batch_full = False    # SGLang's running_batch.batch_is_full latch
         self._by_rid: dict[str, _Req] = {}
         self._chunk = config.resolved_chunked_prefill_size
+        policy = config.schedule_policy if config.schedule_policy in MODELLED_POLICIES else "fcfs"
+        # SGLang runs a cache-aware policy as fcfs when there is no radix cache.
+        self._policy = "fcfs" if policy == "lpm" and config.disable_radix_cache else policy
+        self._policy_rng = random.Random(seed or config.seed)
         self._max_running = config.effective_max_running_requests
         self.new_token_ratio = config.init_new_token_ratio
         self._retracted_since_log = 0
@@ -250,6 +256,14 @@ class Engine:
         load_s = 0.0
         if self.chunked is None and self._batch_full and self.running:
             return batch, load_s, admitted  # (only a running request's exit clears it)
+        if self._policy != "fcfs" and len(self.waiting) > 1:
+            self.waiting = deque(order_waiting(
+                self._policy, self.waiting, cached_pages=lambda r: self._match(r).device_pages,
+                page_keys=lambda r: r.sim.page_keys, max_new=lambda r: r.sim.max_new_tokens,
+                rng=self._policy_rng))
+        # SGLang's rem_input_tokens: a batch takes no further request once its new input
+        # reaches --max-prefill-tokens (the first one is never refused for its size).
+        input_budget = self.config.max_prefill_tokens - mixed_tokens
         if self.chunked is not None:
             # SGLang filters the chunked request out of the last batch, which shrinks it
             # and clears batch_is_full before the adder runs.
@@ -258,6 +272,7 @@ class Engine:
             n = self._chunk_len(req.target - req.done, budget, page)
             batch.append((req, n))
             budget -= n
+            input_budget -= n
             if req.done + n < req.target:
                 return batch, load_s, admitted
             self.chunked = None
@@ -266,6 +281,8 @@ class Engine:
             if len(self.running) + len(batch) >= self._max_running:
                 break
             req = self.waiting[0]
+            if batch and self._uncached_tokens(req) >= input_budget:
+                break                # AddReqResult.OTHER: no latch
             loaded = self._try_admit(req, reserved)
             if loaded is None:  # NO_TOKEN: no admission until a running request leaves
                 self._batch_full = bool(batch) or bool(self.running)
@@ -276,6 +293,7 @@ class Engine:
             n = self._chunk_len(req.target - req.done, budget, page)
             batch.append((req, n))
             budget -= n
+            input_budget -= n
             reserved += req.target - req.done + min(req.remaining_new, CLIP_MAX_NEW_TOKENS)
             if req.done + n < req.target:
                 self.chunked = req
@@ -289,15 +307,25 @@ class Engine:
             return remaining
         return max(page, budget // page * page)
 
+    def _match(self, req: _Req) -> Match:
+        """``req``'s cached prefix; memoised per cache state (a blocked queue head, or a
+        queue sorted by prefix, is matched again every step)."""
+        cache = self.cache
+        if req.memo is None or req.memo[0] != cache.version:
+            match = cache.match(req.sim.page_keys, (req.target - 1) // self.config.page_size)
+            req.memo = (cache.version, match)
+        return req.memo[1]
+
+    def _uncached_tokens(self, req: _Req) -> int:
+        """SGLang's real_input_tokens: the prompt less its device and host hits."""
+        match = self._match(req)
+        return req.target - (match.device_pages + match.host_pages) * self.config.page_size
+
     def _try_admit(self, req: _Req, reserved: float) -> float | None:
         """Match, lock and budget-check ``req``; load host pages. None = does not fit."""
         cache, page = self.cache, self.config.page_size
         keys = req.sim.page_keys
-        if req.memo is not None and req.memo[0] == cache.version:
-            match = req.memo[1]  # a blocked queue head is retried every step: memoised
-        else:
-            match = cache.match(keys, (req.target - 1) // page)
-            req.memo = (cache.version, match)
+        match = self._match(req)
         device_tokens = match.device_pages * page
         need = self._admission_need(req.target - device_tokens, req.remaining_new)
         room = cache.free_tokens + cache.evictable_tokens - reserved

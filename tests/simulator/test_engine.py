@@ -315,6 +315,63 @@ def test_abort_frees_the_kv_of_a_running_request() -> None:
     assert engine.counters.aborted_requests == 1
 
 
+# ---- queue order (--schedule-policy) and batch input (--max-prefill-tokens) -------------
+
+def first_token_order(flags: list[str], requests: list[SimRequest],
+                      warm: list[SimRequest] = ()) -> list[str]:
+    """Request ids in the order their first tokens come out, on a fresh engine."""
+    engine = Engine(parse_server_args(HICACHE + flags))
+    for req in warm:
+        engine.add_request(req)
+        run(engine)
+    for req in requests:
+        engine.add_request(req)
+    return [e.rid for s in run(engine) for e in s.emissions if e.first]
+
+
+def test_lpm_serves_the_longest_cached_prefix_first() -> None:
+    queue = [request("fresh", 20_000, 4, ctx=1), request("cached", 20_000, 4, ctx=2)]
+    warm = [request("warm", 20_000, 1, ctx=2)]
+    assert first_token_order([], queue, warm) == ["fresh", "cached"]
+    assert first_token_order(["--schedule-policy", "lpm"], queue, warm) == ["cached", "fresh"]
+
+
+def test_lpm_holds_back_a_request_sharing_a_prefix_with_one_ahead() -> None:
+    """In-batch prefix caching: y (same context as x) is not prefilled beside x but in the
+    next batch, on x's cache; with fcfs both compute the whole prompt."""
+    def first_tokens(flags: list[str]) -> list[tuple[str, int]]:
+        engine = Engine(parse_server_args([*HICACHE, "--max-prefill-tokens", "6500", *flags]))
+        for rid, ctx in (("x", 5), ("y", 5), ("z", 6)):
+            engine.add_request(request(rid, 3_000, 2, ctx=ctx))
+        return [(e.rid, e.cached_tokens) for s in run(engine) for e in s.emissions if e.first]
+
+    assert first_tokens([]) == [("x", 0), ("y", 0), ("z", 0)]
+    assert first_tokens(["--schedule-policy", "lpm"]) == [("x", 0), ("z", 0), ("y", 2944)]
+
+
+def test_lof_serves_the_longest_output_first() -> None:
+    queue = [request("short", 20_000, 8, ctx=1), request("long", 20_000, 800, ctx=2)]
+    assert first_token_order(["--schedule-policy", "lof"], queue) == ["long", "short"]
+
+
+def test_unmodelled_policies_run_as_fcfs_and_say_so() -> None:
+    config = parse_server_args(["--schedule-policy", "dfs-weight"])
+    assert config.unmodelled_args == ("--schedule-policy", "dfs-weight")
+    queue = [request("a", 20_000, 4, ctx=1), request("b", 20_000, 4, ctx=2)]
+    assert first_token_order(["--schedule-policy", "dfs-weight"], queue) == ["a", "b"]
+
+
+def test_max_prefill_tokens_stops_adding_requests_to_a_batch() -> None:
+    def first_steps(flags: list[str]) -> list[int]:
+        engine = Engine(parse_server_args(HICACHE + flags))
+        for rid, ctx in (("a", 1), ("b", 2)):
+            engine.add_request(request(rid, 3_000, 2, ctx=ctx))
+        return [i for i, s in enumerate(run(engine)) for e in s.emissions if e.first]
+
+    assert first_steps([]) == [0, 0]                          # 6,000 < 8,192: one batch
+    assert first_steps(["--max-prefill-tokens", "4096"]) == [0, 1]   # 3,000 + 3,000 > 4,096
+
+
 # ---- cache flush and gauges ----------------------------------------------------------
 
 def test_flush_cache_refuses_while_busy_and_empties_both_tiers_when_idle() -> None:
