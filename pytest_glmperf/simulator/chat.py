@@ -94,7 +94,8 @@ class ChatCompletions:
     async def chat_completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Validate, then stream (or collect) from the engine or from a script."""
         body = await self._json_body(scope, receive)
-        params = parse_chat(body, self._served_name(), bool(self.config.reasoning_parser))
+        params = parse_chat(body, self._served_name(), bool(self.config.reasoning_parser),
+                            self.config.stream_response_default_include_usage)
         await self._serve(scope, receive, send, params, self._chat_format)
 
     def _chat_format(self, params: RequestParams, prompt_tokens: int) -> WireFormat:

@@ -24,7 +24,8 @@ class TextCompletions(ChatCompletions):
 
     async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``/v1/completions``: ``text`` deltas, the finish reason on the last one."""
-        params = parse_completion(await self._json_body(scope, receive), self._served_name())
+        params = parse_completion(await self._json_body(scope, receive), self._served_name(),
+                                  self.config.stream_response_default_include_usage)
         await self._serve(scope, receive, send, params, self._completion_format)
 
     def _completion_format(self, params: RequestParams, prompt_tokens: int) -> WireFormat:
@@ -37,4 +38,5 @@ class TextCompletions(ChatCompletions):
 
     def _generate_format(self, params: RequestParams, prompt_tokens: int) -> WireFormat:
         return GenerateFormat(params.rid, prompt_tokens, self._cache_report(),
-                              time.perf_counter_ns(), self.options.time_scale)
+                              time.perf_counter_ns(), self.options.time_scale,
+                              incremental=self.config.incremental_streaming_output)

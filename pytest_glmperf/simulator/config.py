@@ -77,6 +77,8 @@ class EngineConfig:
     disable_radix_cache: bool = False
     decode_log_interval: int = 40
     stream_interval: int = 1
+    incremental_streaming_output: bool = False      # /generate chunks carry deltas
+    stream_response_default_include_usage: bool = False
     watchdog_timeout: float = 300.0
     enable_metrics: bool = False
     enable_cache_report: bool = False
@@ -405,6 +407,9 @@ _SWITCHES: dict[str, str] = {
     "--enable-metrics": "enable_metrics",
     "--enable-cache-report": "enable_cache_report",
     "--enable-mixed-chunk": "enable_mixed_chunk",
+    "--incremental-streaming-output": "incremental_streaming_output",
+    "--stream-output": "incremental_streaming_output",   # SGLang's deprecated spelling
+    "--stream-response-default-include-usage": "stream_response_default_include_usage",
     "--enable-hierarchical-cache": "enable_hierarchical_cache",
     "--disable-radix-cache": "disable_radix_cache",
 }

@@ -59,8 +59,12 @@ def _thinking(body: dict[str, Any]) -> bool:
     return body.get("reasoning_effort") != "none"
 
 
-def parse_chat(body: Any, served_model: str, has_reasoning_parser: bool) -> RequestParams:
-    """Validate a chat request the way SGLang's protocol model does (400, not 422)."""
+def parse_chat(body: Any, served_model: str, has_reasoning_parser: bool,
+               default_include_usage: bool = False) -> RequestParams:
+    """Validate a chat request the way SGLang's protocol model does (400, not 422).
+
+    ``default_include_usage``: ``--stream-response-default-include-usage`` (a usage chunk
+    even when the request does not ask for one)."""
     if not isinstance(body, dict):
         raise HTTPError(400, "request body must be a JSON object", "Bad Request")
     messages = body.get("messages")
@@ -80,7 +84,7 @@ def parse_chat(body: Any, served_model: str, has_reasoning_parser: bool) -> Requ
         messages=messages,
         tools=body.get("tools") or None,
         stream=bool(body.get("stream", False)),
-        include_usage=bool(stream_options.get("include_usage", False)),
+        include_usage=bool(stream_options.get("include_usage", False)) or default_include_usage,
         continuous_usage=bool(stream_options.get("continuous_usage_stats", False)),
         max_new_tokens=max_new,
         thinking=_thinking(body),
@@ -125,7 +129,8 @@ def _stream_options(body: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def parse_completion(body: Any, served_model: str) -> RequestParams:
+def parse_completion(body: Any, served_model: str,
+                     default_include_usage: bool = False) -> RequestParams:
     """``/v1/completions``: a raw prompt, no chat template and no reasoning split."""
     if not isinstance(body, dict):
         raise HTTPError(400, "request body must be a JSON object", "Bad Request")
@@ -137,7 +142,7 @@ def parse_completion(body: Any, served_model: str) -> RequestParams:
     return RequestParams(
         rid=_rid(body), model=str(body.get("model") or served_model),
         messages=[], tools=None, stream=bool(body.get("stream", False)),
-        include_usage=bool(options.get("include_usage", False)),
+        include_usage=bool(options.get("include_usage", False)) or default_include_usage,
         continuous_usage=bool(options.get("continuous_usage_stats", False)),
         max_new_tokens=16 if max_new is None else max_new,   # CompletionRequest.max_tokens
         thinking=False, separate_reasoning=False, stream_reasoning=True,

@@ -174,17 +174,19 @@ class CompletionFormat(WireFormat):
 
 
 class GenerateFormat(WireFormat):
-    """Native ``/generate`` chunks: SGLang's default (non-incremental) streaming, where each
-    chunk carries the whole text and output ids so far plus ``meta_info``.
+    """Native ``/generate`` chunks: by default (SGLang's non-incremental streaming) each
+    chunk carries the whole text and output ids so far plus ``meta_info``; with
+    ``--incremental-streaming-output`` only this chunk's text and ids.
 
     ``e2e_latency`` in the last chunk is in model seconds, like every simulator figure.
     """
 
     def __init__(self, rid: str, prompt_tokens: int, cache_report: bool,
-                 started_ns: int, time_scale: float) -> None:
+                 started_ns: int, time_scale: float, incremental: bool = False) -> None:
         super().__init__(prompt_tokens, cache_report)
         self.rid = rid
         self.started_ns, self.time_scale = started_ns, time_scale
+        self.incremental = incremental
         self._text: list[str] = []
         self._ids: list[str] = []
         self._completion = 0
@@ -206,6 +208,9 @@ class GenerateFormat(WireFormat):
 
     def token(self, reasoning: bool, start: int, tokens: int, usage: str | None,
               finish: str | None) -> bytes:
+        if self.incremental:
+            self._text.clear()
+            self._ids.clear()
         self._text.append(output_text(start, tokens, json_escaped=True))
         self._ids.append(",".join(map(str, output_ids(start, tokens))))
         self._completion = start + tokens
@@ -213,6 +218,9 @@ class GenerateFormat(WireFormat):
 
     def error(self, code: int, message: str) -> bytes:
         """SGLang yields the aborted output itself, finish_reason carrying the status."""
+        if self.incremental:   # nothing new since the last chunk
+            self._text.clear()
+            self._ids.clear()
         return self._chunk('{"type":"abort","message":' + json.dumps(message)
                            + f',"status_code":{code},"err_type":null}}')
 

@@ -163,3 +163,20 @@ def test_stream_interval_sends_the_first_token_then_every_nth(start_sim, client_
     # Every output but the last leaves 1 mod 4 tokens; a slow reader may merge outputs.
     assert all(n % 4 == 1 for n in lengths[:-1])
     assert len(lengths) <= 5
+
+
+def test_incremental_generate_and_default_usage_flags(start_sim, client_for):
+    """--incremental-streaming-output: /generate chunks carry only their own text and ids;
+    --stream-response-default-include-usage: a usage chunk nobody asked for."""
+    sim = start_sim("--incremental-streaming-output", "--stream-response-default-include-usage",
+                    "--time-scale", "50")
+    sim.wait_ready()
+    http = client_for(sim)
+    body = {"text": "def add(a, b):", "sampling_params": {"max_new_tokens": 9}, "stream": True}
+    chunks = http.chat(body, path="/generate").chunks()
+    whole = http.post("/generate", json={**body, "stream": False}).json()
+    assert "".join(c["text"] for c in chunks) == whole["text"]
+    assert [i for c in chunks for i in c["output_ids"]] == whole["output_ids"]
+    assert chunks[-1]["meta_info"]["completion_tokens"] == 9
+    s = http.chat({"prompt": "x", "max_tokens": 3, "stream": True}, path="/v1/completions")
+    assert s.chunks()[-1]["choices"] == [] and s.chunks()[-1]["usage"]["completion_tokens"] == 3
