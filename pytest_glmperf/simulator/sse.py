@@ -55,13 +55,14 @@ class WireFormat:
         """A chunk after the last token (chat's finish chunk), or None."""
         return None
 
-    def usage(self, completion: int, reasoning: int) -> str:
-        """SGLang's usage object (reasoning_tokens is top-level, not in details)."""
+    def usage(self, completion: int, reasoning: int, omit_null: bool = False) -> str:
+        """SGLang's usage object (reasoning_tokens is top-level, not in details);
+        ``omit_null`` drops a null ``prompt_tokens_details`` (pydantic's exclude_none)."""
         details = f'{{"cached_tokens":{self.cached_tokens}}}' if self.cache_report else "null"
         p = self.prompt_tokens
+        field = "" if omit_null and details == "null" else f'"prompt_tokens_details":{details},'
         return (f'{{"prompt_tokens":{p},"total_tokens":{p + completion},'
-                f'"completion_tokens":{completion},"prompt_tokens_details":{details},'
-                f'"reasoning_tokens":{reasoning}}}')
+                f'"completion_tokens":{completion},{field}"reasoning_tokens":{reasoning}}}')
 
     def usage_chunk(self, completion: int, reasoning: int) -> bytes:
         """The final usage chunk (choices empty)."""
@@ -155,7 +156,7 @@ class CompletionFormat(WireFormat):
                 + "}\n\n").encode()
 
     def usage_chunk(self, completion: int, reasoning: int) -> bytes:
-        usage = self.usage(completion, reasoning).replace(',"prompt_tokens_details":null', "")
+        usage = self.usage(completion, reasoning, omit_null=True)
         return ("data: " + self.head + ',"choices":[],"usage":' + usage + "}\n\n").encode()
 
     def malformed(self) -> bytes:
