@@ -75,6 +75,9 @@ class _Req:
         return self.done + (self.generated if self.done >= self.target else 0)
 
 
+INPUT_BUDGET_SPENT = -1.0   # _try_admit: refused for --max-prefill-tokens (never a load time)
+
+
 class Engine:
     """Continuous batching with chunked prefill, a radix/HiCache KV model and EAGLE."""
 
@@ -281,11 +284,11 @@ class Engine:
             if len(self.running) + len(batch) >= self._max_running:
                 break
             req = self.waiting[0]
-            if batch and self._uncached_tokens(req) >= input_budget:
-                break                # AddReqResult.OTHER: no latch
-            loaded = self._try_admit(req, reserved)
+            loaded = self._try_admit(req, reserved, input_budget if batch else None)
             if loaded is None:  # NO_TOKEN: no admission until a running request leaves
                 self._batch_full = bool(batch) or bool(self.running)
+                break
+            if loaded == INPUT_BUDGET_SPENT:   # AddReqResult.OTHER: no latch
                 break
             self.waiting.popleft()
             admitted.append(req)
@@ -316,13 +319,14 @@ class Engine:
             req.memo = (cache.version, match)
         return req.memo[1]
 
-    def _uncached_tokens(self, req: _Req) -> int:
-        """SGLang's real_input_tokens: the prompt less its device and host hits."""
-        match = self._match(req)
-        return req.target - (match.device_pages + match.host_pages) * self.config.page_size
+    def _try_admit(self, req: _Req, reserved: float,
+                   input_budget: int | None = None) -> float | None:
+        """Match, lock and budget-check ``req``; load host pages; the load-back seconds.
 
-    def _try_admit(self, req: _Req, reserved: float) -> float | None:
-        """Match, lock and budget-check ``req``; load host pages. None = does not fit."""
+        None: it does not fit (NO_TOKEN). INPUT_BUDGET_SPENT: its new input (the prompt
+        less device and host hits, SGLang's real_input_tokens) reaches ``input_budget``,
+        what is left of --max-prefill-tokens in a batch that already holds a request.
+        """
         cache, page = self.cache, self.config.page_size
         keys = req.sim.page_keys
         match = self._match(req)
@@ -331,6 +335,9 @@ class Engine:
         room = cache.free_tokens + cache.evictable_tokens - reserved
         if need >= room:  # locking the prefix can only shrink the room: fail fast
             return None
+        uncached = req.target - (match.device_pages + match.host_pages) * page
+        if input_budget is not None and uncached >= input_budget:
+            return INPUT_BUDGET_SPENT
         cache.lock(keys, match.device_pages, self.now)
         room = cache.free_tokens + cache.evictable_tokens - reserved
         if need >= room:
