@@ -22,10 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
-import importlib.util
 import json
 import sys
-import tempfile
 import time
 import types
 import zipfile
@@ -64,12 +62,9 @@ def load_bench_serving(wheel: str) -> types.ModuleType:
          remove_prefix=lambda s, p: s[len(p):] if s.startswith(p) else s)
     stub("sglang.srt.disaggregation.utils", FAKE_BOOTSTRAP_HOST="")
     stub("sglang.srt.utils.network", NetworkAddress=object)
-    with tempfile.NamedTemporaryFile("wb", suffix=".py", delete=False) as f:
-        f.write(source)
-    spec = importlib.util.spec_from_file_location("bench_serving", f.name)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = types.ModuleType("bench_serving")
+    sys.modules[module.__name__] = module      # dataclasses look their module up there
+    exec(compile(source, f"{paths[0]}/sglang/bench_serving.py", "exec"), module.__dict__)
     module.set_global_args(argparse.Namespace(
         disable_ignore_eos=False, disable_stream=False, return_logprob=False,
         return_routed_experts=False, logprob_start_len=-1, top_logprobs_num=0,
