@@ -318,7 +318,7 @@ def test_abort_frees_the_kv_of_a_running_request() -> None:
 # ---- queue order (--schedule-policy) and batch input (--max-prefill-tokens) -------------
 
 def first_token_order(flags: list[str], requests: list[SimRequest],
-                      warm: list[SimRequest] = ()) -> list[str]:
+                      warm: tuple[SimRequest, ...] = ()) -> list[str]:
     """Request ids in the order their first tokens come out, on a fresh engine."""
     engine = Engine(parse_server_args(HICACHE + flags))
     for req in warm:
@@ -331,7 +331,7 @@ def first_token_order(flags: list[str], requests: list[SimRequest],
 
 def test_lpm_serves_the_longest_cached_prefix_first() -> None:
     queue = [request("fresh", 20_000, 4, ctx=1), request("cached", 20_000, 4, ctx=2)]
-    warm = [request("warm", 20_000, 1, ctx=2)]
+    warm = (request("warm", 20_000, 1, ctx=2),)
     assert first_token_order([], queue, warm) == ["fresh", "cached"]
     assert first_token_order(["--schedule-policy", "lpm"], queue, warm) == ["cached", "fresh"]
 
