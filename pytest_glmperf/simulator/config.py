@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from .hardware import GIB, GLM51_FP8, MIB, HardwareSpec, ModelSpec, get_hardware, kv_bytes_per_token
+from .hardware import (
+    GIB,
+    GLM51_FP8,
+    MIB,
+    HardwareSpec,
+    ModelSpec,
+    get_hardware,
+    kv_bytes_per_token,
+    latent_bytes_per_token,
+)
 from .schedule_policy import MODELLED_POLICIES
 
 # SGLang constants (python/sglang/srt/...; 0.5.23 wheel unless noted).
@@ -53,6 +62,11 @@ SCHEDULE_POLICIES = ("fcfs", "lpm", "random", "dfs-weight", "lof", "priority", "
 KV_DTYPES = ("auto", "fp8_e4m3", "fp8_e5m2", "bf16", "bfloat16")
 INTERLEAVE = ("auto", "prefill-first", "mixed")
 DSA_KV_DEFAULTS = ("fp8_e4m3", "bfloat16", "sm")
+# EAGLE + HiCache on a DSA model: the June image (0.5.12, Scheduler._maybe_register_hicache_draft)
+# gives the draft layer a host mirror of its MLA latent only, so a load-back leaves the
+# draft's DSA indexer K stale (sglang#28895, fix in #28896). "restored" models an image
+# that carries the draft indexer too.
+DRAFT_INDEXER_RESTORE = ("stale", "restored")
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,9 @@ class EngineConfig:
     model: ModelSpec = GLM51_FP8
     seed: int = 0
     spec_accept_prob: float = 0.87       # per-draft acceptance probability (see speculative.py)
+    # EAGLE + HiCache: what a load-back restores for the draft layer's DSA indexer (below).
+    hicache_draft_indexer: str = "stale"
+    spec_stale_accept_prob: float = 0.37  # per-draft acceptance over a stale draft indexer
     dsa_kv_default: str = "fp8_e4m3"     # what kv_cache_dtype=auto resolves to (see below)
     decode_interleave: str = "auto"      # see engine.py: how decode shares steps with prefill
     decode_floor_us: float | None = None  # per-layer decode floor; None: costs.py's constant
@@ -256,15 +273,18 @@ class EngineConfig:
 
     @property
     def host_pool_tokens(self) -> int:
-        """HostKVCache: hicache_size GB (1e9) per rank // bytes per token, else ratio x
-        device pool; 0 without HiCache."""
+        """HostKVCache size (SGLang 0.5.11-0.5.14, memory_pool_host.py): hicache_size GB (1e9)
+        per rank // the MLA latent's bytes per token, else ratio x device pool; then
+        ``size // page + 1`` pages. The DSA indexer's host copy is a sidecar pool of the same
+        token count allocated beside it (``NSAIndexerPoolHost``), not out of hicache_size.
+        0 without HiCache."""
         if not self.enable_hierarchical_cache:
             return 0
         if self.hicache_size > 0:
-            tokens = int(self.hicache_size * 1e9 // self.kv_bytes_per_token)
+            tokens = int(self.hicache_size * 1e9 // latent_bytes_per_token(self.model, self.resolved_kv_dtype))
         else:
             tokens = int(self.device_pool_tokens * self.hicache_ratio)
-        return tokens // self.page_size * self.page_size
+        return (tokens // self.page_size + 1) * self.page_size
 
     @property
     def effective_max_running_requests(self) -> int:
@@ -296,6 +316,12 @@ class EngineConfig:
             return self.decode_interleave
         return "prefill-first" if self.spec_enabled else "mixed"
 
+    @property
+    def stale_draft_after_load_back(self) -> bool:
+        """EAGLE with HiCache, on an image that does not restore the draft's DSA indexer."""
+        return (self.spec_enabled and self.enable_hierarchical_cache
+                and self.hicache_draft_indexer == "stale")
+
     def validate(self) -> EngineConfig:
         """Refuse configurations SGLang would refuse to start with; return self."""
         if self.kv_pool_bytes <= 0 or self.device_pool_tokens < self.page_size:
@@ -303,6 +329,11 @@ class EngineConfig:
                 f"--mem-fraction-static: {self.resolved_mem_fraction_static} leaves no GPU memory "
                 f"for the KV cache after {self.weight_bytes / 1e9:.1f} GB of weights per GPU "
                 f"on {self.hardware.name} at --tp-size {self.tp_size}")
+        if self.enable_hierarchical_cache and self.host_pool_tokens <= self.device_pool_tokens:
+            flag = "--hicache-size" if self.hicache_size > 0 else "--hicache-ratio"
+            raise ValueError(
+                f"{flag}: the host tier ({self.host_pool_tokens:,} tokens) must be larger than "
+                f"the device pool ({self.device_pool_tokens:,} tokens), as SGLang asserts")
         return self
 
 
@@ -399,6 +430,8 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--sim-hardware": ("hardware", _hardware),
     "--sim-seed": ("seed", _int),
     "--sim-spec-accept-prob": ("spec_accept_prob", _probability),
+    "--sim-hicache-draft-indexer": ("hicache_draft_indexer", _choice(DRAFT_INDEXER_RESTORE)),
+    "--sim-spec-stale-accept-prob": ("spec_stale_accept_prob", _probability),
     "--sim-decode-interleave": ("decode_interleave", _choice(INTERLEAVE)),
     "--sim-decode-floor-us": ("decode_floor_us", _non_negative),
     "--sim-dsa-kv-default": ("dsa_kv_default", _choice(DSA_KV_DEFAULTS)),
@@ -502,7 +535,8 @@ def with_overrides(config: EngineConfig, **changes: Any) -> EngineConfig:
 
 
 _HIDDEN = {"hardware", "model", "seed", "spec_accept_prob", "decode_interleave",
-           "dsa_kv_default", "unmodelled_args", "decode_floor_us"}
+           "dsa_kv_default", "unmodelled_args", "decode_floor_us", "hicache_draft_indexer",
+           "spec_stale_accept_prob"}
 
 
 def server_args_dict(config: EngineConfig) -> dict[str, Any]:

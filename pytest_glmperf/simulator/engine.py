@@ -60,6 +60,7 @@ class _Req:
     cached_device: int = 0
     cached_host: int = 0
     verify_calls: int = 0
+    accept_prob: float | None = None        # per-draft acceptance, when not the default
     memo: tuple[int, Match] | None = None   # (cache version, match) of the last attempt
 
     @property
@@ -354,10 +355,25 @@ class Engine:
                                               self.config.resolved_hicache_io[0])
         req.pages = match.device_pages + match.host_pages
         req.done = req.pages * page
+        req.accept_prob = self._draft_accept_prob(req)
         if not req.first_sent:
             req.cached_device, req.cached_host = device_tokens, host_tokens
         self.counters.prefill_cache_tokens += req.done
         return load_s
+
+    def _draft_accept_prob(self, req: _Req) -> float | None:
+        """Per-draft acceptance for ``req`` when part of its prefix was loaded back and the
+        image does not restore the draft's DSA indexer: the draft then selects its sparse
+        keys from stale index K over that part. Interpolated by the stale share of the
+        prompt (an assumption; the endpoints are measured, docs/simulator.md)."""
+        cfg = self.config
+        if not cfg.stale_draft_after_load_back or not req.pages:
+            return None
+        stale = self.cache.loaded_pages(req.sim.page_keys, req.pages) * cfg.page_size
+        if not stale:
+            return None
+        share = min(1.0, stale / req.target)
+        return cfg.spec_accept_prob * (1 - share) + cfg.spec_stale_accept_prob * share
 
     # ---- running a step -----------------------------------------------------------------
 
@@ -423,7 +439,7 @@ class Engine:
         emissions = []
         generated = 0
         for req in batch:
-            tokens = self.spec.accept_length() if self.spec is not None else 1
+            tokens = self.spec.accept_length(req.accept_prob) if self.spec is not None else 1
             if self.spec is not None:
                 req.verify_calls += 1
             emission = self._emit(req, tokens)

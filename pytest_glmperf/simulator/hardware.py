@@ -183,13 +183,21 @@ GLM51_FP8 = ModelSpec(
 )
 
 
-def kv_bytes_per_token(model: ModelSpec, kv_dtype: str) -> int:
-    """Device KV bytes per token on one rank (the MLA latent is replicated on every rank).
+def latent_bytes_per_token(model: ModelSpec, kv_dtype: str) -> int:
+    """MLA latent bytes per token on one rank, all layers (the latent is replicated on every
+    rank). sglang-facts §7: FP8 512 (nope) + 512/128*4 (scales) + 64*2 (bf16 rope) = 656 B,
+    BF16 (512 + 64) * 2 = 1152 B, per layer: FP8 51,168 B; BF16 89,856 B."""
+    per_layer = 656 if kv_dtype.startswith("fp8") else 2 * (model.kv_lora_rank + model.qk_rope_dim)
+    return per_layer * model.layers
 
-    sglang-facts §7: FP8 latent 512 (nope) + 512/128*4 (scales) + 64*2 (bf16 rope) = 656 B,
-    BF16 latent (512 + 64) * 2 = 1152 B, plus the indexer K cache 128 + 4 = 132 B, per
-    layer: FP8 788 B x 78 = 61,464 B; BF16 1284 B x 78 = 100,152 B.
-    """
-    latent = 656 if kv_dtype.startswith("fp8") else 2 * (model.kv_lora_rank + model.qk_rope_dim)
-    indexer = model.index_head_dim + 4
-    return (latent + indexer) * model.layers
+
+def indexer_bytes_per_token(model: ModelSpec) -> int:
+    """DSA indexer K cache bytes per token on one rank, all layers: FP8 128 + one fp32 scale
+    per 128 = 132 B per layer, whatever the KV dtype (``index_k_with_scale_buffer``)."""
+    return (model.index_head_dim + 4) * model.layers
+
+
+def kv_bytes_per_token(model: ModelSpec, kv_dtype: str) -> int:
+    """Device KV bytes per token on one rank: latent + indexer K, FP8 61,464 B, BF16 100,152 B.
+    A host load-back moves both (HiCache's host pool group: KV plus the indexer sidecar)."""
+    return latent_bytes_per_token(model, kv_dtype) + indexer_bytes_per_token(model)

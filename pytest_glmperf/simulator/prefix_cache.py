@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 
 class _Page:
-    __slots__ = ("children", "depth", "dev_children", "key", "last", "lock", "on_dev",
-                 "on_host", "parent")
+    __slots__ = ("children", "depth", "dev_children", "key", "last", "loaded", "lock",
+                 "on_dev", "on_host", "parent")
 
     def __init__(self, key: int, parent: _Page | None, depth: int) -> None:
         self.key, self.parent, self.depth = key, parent, depth
@@ -35,6 +35,7 @@ class _Page:
         self.dev_children = 0   # child pages resident on device
         self.on_dev = False
         self.on_host = False
+        self.loaded = False     # device copy came from host (load-back), not a prefill
         self.lock = 0
         self.last = 0.0
 
@@ -173,6 +174,7 @@ class PrefixCache:
                 if parent is not None:
                     parent.children += 1
             if not page.on_dev:
+                page.loaded = False
                 self._set_dev(page, True)
                 if self.write_through and self.host_capacity:
                     self._backup(page)
@@ -188,11 +190,18 @@ class PrefixCache:
         """Bring host-only pages [start, end) back to device (slots must be free)."""
         for i in range(start, end):
             page = self._pages[keys[i]]
+            page.loaded = True
             self._set_dev(page, True)
             page.last = now
         tokens = (end - start) * self.page_size
         self.load_back_tokens += tokens
         return tokens
+
+    def loaded_pages(self, keys: Sequence[int], count: int) -> int:
+        """How many of the first ``count`` pages (on device) were loaded back from host
+        rather than computed: only the state a load-back copies is there."""
+        pages = self._pages
+        return sum(1 for i in range(count) if pages[keys[i]].loaded)
 
     def flush(self) -> None:
         """Drop every unlocked page from device and host (``/flush_cache``)."""

@@ -64,11 +64,13 @@ class SpecDecoder:
         p = self.accept_prob
         return sum(p**i for i in range(self.draft_tokens))
 
-    def accept_length(self) -> int:
-        """Tokens one request gets from one verify step (1 .. draft_tokens)."""
+    def accept_length(self, accept_prob: float | None = None) -> int:
+        """Tokens one request gets from one verify step (1 .. draft_tokens); ``accept_prob``
+        overrides the per-draft probability for this request (a degraded draft)."""
+        p = self.accept_prob if accept_prob is None else accept_prob
         drafts = 0
         rand = self._rng.random
-        while drafts < self.draft_tokens - 1 and rand() < self.accept_prob:
+        while drafts < self.draft_tokens - 1 and rand() < p:
             drafts += 1
         stats = self.stats
         stats.verify_reqs += 1

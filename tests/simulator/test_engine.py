@@ -206,6 +206,46 @@ def test_speculative_steps_carry_several_tokens() -> None:
     assert engine.internal_state()["avg_spec_accept_length"] == pytest.approx(mean, rel=0.01)
 
 
+def mean_accept(steps: list[StepResult], rid: str) -> float:
+    """Tokens per verify step of ``rid`` after its first token."""
+    tokens = [t for _, t in emissions_of(steps, rid)][1:]
+    return sum(tokens) / len(tokens)
+
+
+def accept_length(p: float) -> float:
+    return 1 + p + p**2 + p**3   # (3, 1, 4): three drafts and the bonus token
+
+
+@pytest.mark.parametrize("draft_indexer", ["stale", "restored"])
+def test_load_back_leaves_the_eagle_draft_indexer_stale(draft_indexer: str) -> None:
+    # The June image restores the draft's MLA latent on a load-back but not its DSA
+    # indexer K (sglang#28895): the draft picks its sparse keys from stale index K over
+    # the loaded share of the prompt, and acceptance drops until those pages are recomputed.
+    flags = HICACHE + MTP[2:] + SMALL_POOL + ["--sim-hicache-draft-indexer", draft_indexer]
+    engine = Engine(parse_server_args(flags), seed=5)
+    engine.add_request(request("first", 100_000, 8, ctx=1))
+    run(engine)
+    engine.add_request(request("other", 100_000, 8, ctx=2))  # evicts context 1 to host
+    run(engine)
+    engine.add_request(request("revisit", 100_000, 1500, ctx=1))
+    revisit = run(engine)
+    loaded = engine.counters.load_back_tokens
+    assert loaded > 50_000
+    engine.add_request(request("again", 100_000, 1500, ctx=1))  # a device hit, same pages
+    again = run(engine)
+    engine.add_request(request("fresh", 1000, 1500))            # nothing loaded back
+    fresh = run(engine)
+
+    share = loaded // 64 * 64 / 100_000
+    stale = accept_length(0.87 * (1 - share) + 0.37 * share)
+    expected = stale if draft_indexer == "stale" else accept_length(0.87)
+    assert mean_accept(revisit, "revisit") == pytest.approx(expected, rel=0.08)
+    assert mean_accept(again, "again") == pytest.approx(expected, rel=0.08)
+    assert mean_accept(fresh, "fresh") == pytest.approx(accept_length(0.87), rel=0.08)
+    if draft_indexer == "stale":
+        assert stale < 2.6  # vs 3.29: the measured collapse (1.59 of 4.49 at 5 drafts)
+
+
 # ---- admission -----------------------------------------------------------------------
 
 def test_kv_admission_queues_a_request_that_does_not_fit() -> None:

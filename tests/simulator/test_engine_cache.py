@@ -59,3 +59,23 @@ def test_pool_accounting_adds_up() -> None:
     assert not cache.alloc(500)
     cache.release(600)
     assert cache.free_tokens == 1000 and cache.used_tokens == 0
+
+
+def test_a_page_remembers_whether_its_device_copy_was_loaded_back() -> None:
+    cache = PrefixCache(page_size=64, device_tokens=64 * 6, host_tokens=64 * 100)
+    a, b = keys(1, 4), keys(2, 4)
+    cached(cache, a, 1.0)
+    cached(cache, b, 2.0)  # a's two deepest pages go to host
+    assert cache.loaded_pages(a, 2) == 0
+    cache.lock(a, 2, 3.0)  # admission: pin the device prefix, load the rest back
+    assert cache.ensure_free(128)
+    cache.load_back(a, 2, 4, 3.0)
+    cache.lock(a[2:], 2, 3.0)
+    assert cache.loaded_pages(a, 4) == 2
+    cache.unlock(a, 4, 3.0)
+    # Evicted again and recomputed: the device copy is a prefill's again.
+    cached(cache, keys(3, 6), 4.0)
+    assert cache.match(a, 4).device_pages == 0
+    assert cache.alloc(4 * 64)
+    cache.insert(a, 0, 4, 5.0)
+    assert cache.loaded_pages(a, 4) == 0

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from pytest_glmperf.simulator.config import parse_server_args, server_args_dict
-from pytest_glmperf.simulator.hardware import GLM51_FP8, kv_bytes_per_token
+from pytest_glmperf.simulator.hardware import GLM51_FP8, kv_bytes_per_token, latent_bytes_per_token
 
 
 def test_kv_bytes_per_token_match_the_fact_sheet() -> None:
     assert kv_bytes_per_token(GLM51_FP8, "fp8_e4m3") == 61_464
     assert kv_bytes_per_token(GLM51_FP8, "bfloat16") == 100_152
+    # The host tier is sized by the latent alone (656 / 1152 B per layer).
+    assert latent_bytes_per_token(GLM51_FP8, "fp8_e4m3") == 51_168
+    assert latent_bytes_per_token(GLM51_FP8, "bfloat16") == 89_856
 
 
 def test_compose_profile_flags_parse() -> None:
@@ -25,8 +28,9 @@ def test_compose_profile_flags_parse() -> None:
     assert config.tp_size == 8 and config.port == 8000
     assert config.enable_hierarchical_cache and config.hicache_size == 200
     assert config.unmodelled_args == ("--trust-remote-code", "--foo=bar")
-    # 200 GB per rank / 61,464 B per token, in whole pages.
-    assert config.host_pool_tokens == 200e9 // 61_464 // 64 * 64
+    # SGLang's HostKVCache: 200 GB per rank // 51,168 latent bytes per token, + 1 page (the
+    # indexer's host copy is a sidecar beside it).
+    assert config.host_pool_tokens == (200e9 // 51_168 // 64 + 1) * 64 == 3_908_736
     # ~4.8 contexts of 100k (docs/simulator.md, "Memory").
     assert 475_000 < config.device_pool_tokens < 490_000
     # SGLang rewrites page_first + direct (no per-page copy of that layout) to page_first_direct.
@@ -88,6 +92,9 @@ def test_fewer_decode_graphs_leave_more_static_memory() -> None:
     (["--context-length"], "--context-length"),
     (["--enable-metrics=maybe"], "--enable-metrics"),
     (["--sim-hardware", "h100x8"], "--mem-fraction-static"),  # weights do not fit at tp 8
+    # SGLang asserts a host tier larger than the device pool.
+    (["--enable-hierarchical-cache", "--hicache-size", "20"], "--hicache-size"),
+    (["--enable-hierarchical-cache", "--hicache-ratio", "0.5"], "--hicache-ratio"),
 ])
 def test_bad_values_name_the_flag(argv: list[str], flag: str) -> None:
     with pytest.raises(ValueError, match=flag):
