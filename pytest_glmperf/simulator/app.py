@@ -272,6 +272,8 @@ class SimulatorApp(TextCompletions):
         if not self.config.enable_metrics:
             await respond_json(send, {"detail": "Not Found"}, 404)
             return
+        if self.driver is not None:
+            self.driver.catch_up_idle()
         await respond(send, 200, render(self.registry), b"text/plain; version=0.0.4; charset=utf-8")
 
     # -- simulator admin ----------------------------------------------------------------------

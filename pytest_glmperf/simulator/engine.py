@@ -76,6 +76,7 @@ class _Req:
         return self.done + (self.generated if self.done >= self.target else 0)
 
 
+IDLE_LOG_INTERVAL_S = 30.0  # SGLang logs metrics while idle at most every 30 s
 INPUT_BUDGET_SPENT = -1.0   # _try_admit: refused for --max-prefill-tokens (never a load time)
 
 
@@ -116,6 +117,7 @@ class Engine:
         self._decode_ct = 0
         self._window_tokens = 0
         self._window_start = 0.0
+        self._last_log_s = 0.0      # model time of the last metrics log (prefill or decode)
         self.gauges.max_total_num_tokens = config.device_pool_tokens
         self.gauges.hicache_host_total_tokens = config.host_pool_tokens
 
@@ -180,14 +182,18 @@ class Engine:
         return result
 
     def advance_to(self, t: float) -> None:
-        """Move the clock while idle; SGLang's idle log tick zeroes gen_throughput."""
+        """Move the clock while idle. SGLang's idle loop logs metrics only once 30 s have
+        passed since the last log (``_maybe_log_idle_metrics``): then gen_throughput reads 0
+        and the other gauges catch up; shorter pauses leave every gauge as last logged. The
+        decode log window is not reset, so the next gen_throughput spans the pause."""
         if t <= self.now:
             return
         self.now = t
-        if not self.has_work():
-            self.new_token_ratio = self.config.init_new_token_ratio
+        if self.has_work():
+            return
+        self.new_token_ratio = self.config.init_new_token_ratio
+        if t - self._last_log_s >= IDLE_LOG_INTERVAL_S:
             self.gauges.gen_throughput = 0.0
-            self._window_start, self._window_tokens = t, 0
             self._refresh_common()
 
     def flush_cache(self) -> bool:
@@ -542,6 +548,7 @@ class Engine:
         if self.spec is not None:
             g.spec_accept_length, _ = self.spec.stats.take_window(self.config.spec_draft_tokens)
         self._refresh_common()
+        self._last_log_s = self.now
 
     def _refresh_on_prefill(self, admitted: list[_Req]) -> None:
         total = sum(r.sim.prompt_tokens for r in admitted)
@@ -549,6 +556,7 @@ class Engine:
         if total:
             self.gauges.cache_hit_rate = cached / total
         self._refresh_common()
+        self._last_log_s = self.now
 
     def _refresh_common(self) -> None:
         g, cache = self.gauges, self.cache

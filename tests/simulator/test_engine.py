@@ -435,7 +435,13 @@ def test_gen_throughput_refreshes_every_40_decode_steps_and_zeroes_when_idle() -
     decode.append(engine.step())
     assert engine.gauges.gen_throughput == pytest.approx(40 / engine.now)
     run(engine)
-    engine.advance_to(engine.now + 30)
+    end = engine.now
+    # A short pause leaves the gauges as last logged (running 1, the last window's rate);
+    # SGLang's idle loop logs once 30 s have passed since the last log.
+    engine.advance_to(end + 5)
+    assert engine.gauges.num_running_reqs == 1
+    assert engine.gauges.gen_throughput > 0
+    engine.advance_to(end + 30)
     assert engine.gauges.gen_throughput == 0.0
     assert engine.gauges.num_running_reqs == 0
 

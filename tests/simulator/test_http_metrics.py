@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from pytest_glmperf.scrape import GAUGES, MetricsSnapshot
@@ -120,3 +122,19 @@ def test_the_gauge_samplers_filtered_parse_reads_what_a_full_parse_reads(start_s
     for name in GAUGES:
         assert only.series[name] == full.series[name], name
     assert full.value("token_usage") > 0 and full.value("hicache_host_used_tokens") > 0  # live values
+
+
+def test_idle_gauges_hold_until_the_30_s_idle_log(start_sim, client_for):
+    # SGLang logs metrics while idle only once 30 s have passed since the last log: a
+    # scrape just after the last request still reads its last decode window.
+    proc = start_sim("--enable-metrics", "--served-model-name", "glm-5.1", "--time-scale", "50")
+    proc.wait_ready()
+    client = client_for(proc)
+    assert client.chat(client.body(max_tokens=100)).done  # 99 decode steps: 2 windows logged
+    just_after = scrape(client)
+    assert value(just_after, "sglang:gen_throughput") > 0
+    assert value(just_after, "sglang:num_running_reqs") == 1
+    time.sleep(0.9)  # 45 model seconds
+    idle = scrape(client)
+    assert value(idle, "sglang:gen_throughput") == 0
+    assert value(idle, "sglang:num_running_reqs") == 0
