@@ -168,11 +168,12 @@ class Engine:
     def step(self) -> StepResult:
         """Run one scheduler iteration and advance ``now`` by its modelled duration."""
         start = self.now
+        decoding = len(self.running)  # SGLang's running_batch when the prefill batch forms
         batch, load_s, admitted = self._form_prefill_batch()
         mixed = bool(batch) and self.config.interleave == "mixed" and bool(self.running)
         if batch:
             result = self._run_prefill(batch, load_s, mixed, start)
-            self._refresh_on_prefill(admitted)
+            self._refresh_on_prefill(admitted, decoding)
         elif self.running:
             result = self._run_decode(start)
         else:
@@ -550,17 +551,19 @@ class Engine:
         self._refresh_common()
         self._last_log_s = self.now
 
-    def _refresh_on_prefill(self, admitted: list[_Req]) -> None:
+    def _refresh_on_prefill(self, admitted: list[_Req], decoding: int) -> None:
+        """The prefill log: running is the decode batch the prefill batch formed beside
+        (PrefillStats.from_adder), not the requests being prefilled."""
         total = sum(r.sim.prompt_tokens for r in admitted)
         cached = sum(r.cached_device + r.cached_host for r in admitted)
         if total:
             self.gauges.cache_hit_rate = cached / total
-        self._refresh_common()
+        self._refresh_common(decoding)
         self._last_log_s = self.now
 
-    def _refresh_common(self) -> None:
+    def _refresh_common(self, running: int | None = None) -> None:
         g, cache = self.gauges, self.cache
-        g.num_running_reqs = len(self.running) + (1 if self.chunked else 0)
+        g.num_running_reqs = len(self.running) if running is None else running
         g.num_queue_reqs = len(self.waiting)
         g.num_used_tokens = cache.used_tokens
         g.token_usage = cache.used_tokens / cache.capacity if cache.capacity else 0.0

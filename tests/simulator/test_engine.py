@@ -446,6 +446,18 @@ def test_gen_throughput_refreshes_every_40_decode_steps_and_zeroes_when_idle() -
     assert engine.gauges.num_running_reqs == 0
 
 
+def test_prefill_log_counts_the_decode_batch_not_the_prompt_being_prefilled() -> None:
+    # PrefillStats.from_adder: num_running_reqs is the running batch the prefill formed
+    # beside; a chunked 100k prompt is not running yet.
+    engine = Engine(parse_server_args(MTP))
+    start_decoding(engine, "a")
+    engine.add_request(request("b", 100_000, 8))
+    engine.add_request(request("c", 100_000, 8))
+    step = engine.step()
+    assert step.kind == "prefill" and step.prefill_tokens == 8192
+    assert (engine.gauges.num_running_reqs, engine.gauges.num_queue_reqs) == (1, 1)
+
+
 def test_internal_state_reports_memory_like_sglang() -> None:
     engine = Engine(parse_server_args(HICACHE))
     state = engine.internal_state()
