@@ -84,6 +84,17 @@ DEFAULT_PROFILES = {
 }
 
 
+def simulated_profiles() -> list[str]:
+    """Every simulated profile in compose/profiles.yaml (e.g. sim-hicache-mtp), else the two
+    built-in ones."""
+    try:
+        from pytest_glmperf.profiles import load_registry
+        registry = load_registry(ROOT / "compose" / "profiles.yaml")
+        return sorted(name for name, p in registry.profiles.items() if p.is_simulated)
+    except Exception:
+        return sorted(DEFAULT_PROFILES)
+
+
 def profile_args(name: str) -> list[str]:
     """Server args of a simulated profile: compose/profiles.yaml if readable, else built-in."""
     try:
@@ -534,8 +545,8 @@ def capacity_table(name: str, levels: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", action="append", choices=sorted(DEFAULT_PROFILES),
-                        help="simulated profile (repeatable; default both)")
+    parser.add_argument("--profile", action="append", choices=simulated_profiles(),
+                        help="simulated profile (repeatable; default sim-hicache and sim-mtp)")
     parser.add_argument("--workload", choices=("mixed", "capacity", "both"), default="both")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=1,
