@@ -127,15 +127,17 @@ def cache_table(report: dict, warm: dict | None = None) -> str:
 
 
 def device_gain(cache: dict) -> float | None:
-    """Tokens the simulator's device pool gained over the run: prefilled + loaded back - evicted.
+    """Tokens the simulator's device pool gained over the run: prefilled + answers + loaded
+    back - evicted.
 
-    Whatever is prefilled or loaded back stays until evicted, so a run that starts on a flushed
-    cache ends up near a full pool, and one that starts warm (pool already full) near zero.
-    The simulator does not cache answers, so, unlike SGLang, they do not count.
+    Whatever is prefilled, answered (cache_finished_req keeps it) or loaded back stays until
+    evicted, so a run that starts on a flushed cache ends up near a full pool, and one that
+    starts warm (pool already full) near zero.
     """
     if cache.get("prompt_tokens") is None or cache.get("evicted_tokens") is None:
         return None
     computed = cache["prompt_tokens"] - (cache.get("cached_total_tokens") or 0)
+    computed += cache.get("generation_tokens") or 0
     return computed + ((cache.get("load_back_tokens") or 0) - cache["evicted_tokens"]) / TP_SIZE
 
 

@@ -485,6 +485,7 @@ class Engine:
 
     def _complete(self, req: _Req) -> None:
         self._by_rid.pop(req.rid, None)
+        self._cache_answer(req)
         self._release(req)
         c = self.counters
         c.requests += 1
@@ -493,6 +494,24 @@ class Engine:
         c.cached_tokens_device += req.cached_device
         c.cached_tokens_host += req.cached_host
         c.spec_verify_calls += req.verify_calls
+
+    def _cache_answer(self, req: _Req) -> None:
+        """cache_finished_req: prompt + output up to the last token with KV go into the tree
+        in whole pages, so a finished answer keeps its slots as an evictable leaf (backed up
+        to host under write-through) instead of freeing them. Its pages are keyed by the
+        request: the toy tokenizer cannot re-derive them from a resent answer, so they take
+        room and count in eviction and host use but are never hit."""
+        page = self.config.page_size
+        prompt_pages = len(req.sim.page_keys)
+        if req.pages != prompt_pages:
+            return
+        pages = (req.sim.prompt_tokens + req.generated - 1) // page - prompt_pages
+        if pages <= 0:
+            return
+        keys = [*req.sim.page_keys, *(hash((req.rid, "answer", i)) for i in range(pages))]
+        moved = self.cache.insert(keys, prompt_pages, prompt_pages + pages, self.now)
+        req.private -= moved * page
+        self.cache.unlock(keys[prompt_pages:], moved, self.now)
 
     def _release(self, req: _Req) -> None:
         self.cache.unlock(req.sim.page_keys, req.pages, self.now)

@@ -180,6 +180,23 @@ def test_without_hicache_an_evicted_prefix_is_recomputed() -> None:
     assert computed > 50_000
 
 
+def test_a_finished_answer_stays_cached_as_an_evictable_leaf() -> None:
+    # cache_finished_req: prompt + output (up to the last token with KV) go into the tree in
+    # whole pages; only the partial tail is freed. Write-through backs the answer up too.
+    engine = Engine(parse_server_args(HICACHE))
+    engine.add_request(request("a", 1000, 200, ctx=1))   # 15 full prompt pages
+    run(engine)
+    cache = engine.cache
+    assert cache.dev_pages == (1000 + 200 - 1) // 64 == 18
+    assert cache.request_tokens == 0 and cache.locked_dev_pages == 0
+    assert cache.evictable_tokens == 18 * 64
+    assert cache.host_used_tokens == 18 * 64
+    # The answer is the LRU leaf: evicted before the prompt it hangs from.
+    cache.ensure_free(cache.free_tokens + 3 * 64)
+    assert cache.evicted_tokens == 3 * 64
+    assert cache.match(request("b", 1000, 8, ctx=1).page_keys, 15).device_pages == 15
+
+
 def test_device_hit_skips_the_cached_prefix() -> None:
     engine = Engine(parse_server_args(HICACHE))
     engine.add_request(request("a", 50_000, 4, ctx=7))
