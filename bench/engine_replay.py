@@ -84,24 +84,30 @@ DEFAULT_PROFILES = {
 }
 
 
+def _registry() -> Any:
+    """compose/profiles.yaml's registry, or None when it cannot be read (then the built-ins)."""
+    try:
+        from pytest_glmperf.profiles import load_registry
+        return load_registry(ROOT / "compose" / "profiles.yaml")
+    except Exception:
+        return None
+
+
 def simulated_profiles() -> list[str]:
     """Every simulated profile in compose/profiles.yaml (e.g. sim-hicache-mtp), else the two
     built-in ones."""
-    try:
-        from pytest_glmperf.profiles import load_registry
-        registry = load_registry(ROOT / "compose" / "profiles.yaml")
-        return sorted(name for name, p in registry.profiles.items() if p.is_simulated)
-    except Exception:
+    registry = _registry()
+    if registry is None:
         return sorted(DEFAULT_PROFILES)
+    return sorted(name for name, p in registry.profiles.items() if p.is_simulated)
 
 
 def profile_args(name: str) -> list[str]:
     """Server args of a simulated profile: compose/profiles.yaml if readable, else built-in."""
-    try:
-        from pytest_glmperf.profiles import load_registry
-        return list(load_registry(ROOT / "compose" / "profiles.yaml").get(name).server_args)
-    except Exception:
-        return list(DEFAULT_PROFILES[name])
+    registry = _registry()
+    if registry is not None and name in registry.profiles:
+        return list(registry.profiles[name].server_args)
+    return list(DEFAULT_PROFILES[name])
 
 
 @dataclass
