@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .hardware import HardwareSpec, ModelSpec
+from .hardware import HardwareSpec, ModelSpec, indexer_bytes_per_token, latent_bytes_per_token
 
 # ---- efficiencies (fraction of datasheet peak) -----------------------------------------
 # FP8 grouped GEMMs of a 256-expert top-8 MoE under TP8 with 8192-token chunks: each
@@ -111,9 +111,9 @@ class CostModel:
                               / (bf16 * MFU_SPARSE_ATTN))
         self._hbm = hbm
         # Decode reads: index-K cache (132 B per token per layer) for the indexer, and the
-        # top-k selected latent entries for attention.
-        self._index_bytes_per_ctx_token = (model.index_head_dim + 4) * model.layers
-        self._latent_bytes = 656 * model.layers
+        # top-k selected latent entries (FP8 cell, 656 B per layer) for attention.
+        self._index_bytes_per_ctx_token = indexer_bytes_per_token(model)
+        self._latent_bytes = latent_bytes_per_token(model, "fp8_e4m3")
         self._layer_floor = floor * model.layers
         self._draft_pass = floor * DRAFT_PASS_LAYERS + (
             2 * model.vocab * model.hidden / tp) / hbm
