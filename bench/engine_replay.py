@@ -8,6 +8,7 @@ fast (~3 s for everything); bench/suite_vs_brief.py is the end-to-end check.
 
     python bench/engine_replay.py                 # both profiles, both workloads
     python bench/engine_replay.py --runs 2        # run 2: same workloads, no flush in between
+    python bench/engine_replay.py --runs 2 --flush-every-run --profile sim-hicache-l3
     python bench/engine_replay.py --warm          # each window primed first, as --warm-cache
     python bench/engine_replay.py --workload capacity --seen-levels 1,2,4 \
         --sim-arg=--sim-decode-interleave=prefill-first   # the field's capacity verdicts
@@ -232,6 +233,17 @@ class Replay:
 
 # ---- workloads -------------------------------------------------------------------------
 
+def flush_cache(engine: Engine, retry_s: float = 600.0) -> bool:
+    """POST /flush_cache as run.py sends it: retried until the server is idle (L3 backups
+    drain behind the last prefill), for up to 60 wall s, 600 model s at time scale 10."""
+    deadline = engine.now + retry_s
+    while not engine.flush_cache():
+        if engine.now >= deadline or engine.has_work():
+            return False
+        engine.advance_to(engine.now + 0.1)
+    return True
+
+
 def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = None,
               duration: float = 600.0, flush: bool = True,
               contexts: int = 4, workers: int = 3, context_tokens: int = 100_000,
@@ -257,7 +269,7 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
             spike_key(int(k.rsplit("-", 1)[1])) if k.startswith("mixed-spike-") else k
             for k in keys)), context_tokens)
     elif flush:  # workloads.py: POST /flush_cache before the mixed run
-        engine.flush_cache()
+        flush_cache(engine)
     replay = Replay(engine, ids=_ids_for(engine))
     last_used: dict[int, float] = {}
     start = engine.now
@@ -297,6 +309,7 @@ def run_mixed(config: EngineConfig, *, seed: int = 0, engine: Engine | None = No
 def _cache_counters(engine: Engine) -> dict[str, int]:
     c = engine.counters
     return {"cached_device": c.cached_tokens_device, "cached_host": c.cached_tokens_host,
+            "cached_storage": c.cached_tokens_storage,
             "evicted": c.evicted_tokens, "load_back": c.load_back_tokens}
 
 
@@ -373,7 +386,7 @@ def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None =
     spec = CapacitySpec(contexts=contexts, context_tokens=context_tokens,
                         level_duration_s=level_duration, spike_interval_s=spike_every)
     if seen_levels:
-        engine.flush_cache()
+        flush_cache(engine)
         for level in seen_levels:
             prime(engine, capacity_prompts(spec, level), context_tokens)
     out = []
@@ -383,7 +396,7 @@ def run_capacity(config: EngineConfig, *, seed: int = 0, engine: Engine | None =
         if warm and not seen_levels:
             prime(engine, keys, context_tokens)
         elif flush and not seen_levels:  # workloads.py: POST /flush_cache before each level
-            engine.flush_cache()
+            flush_cache(engine)
         replay = Replay(engine, ids=_ids_for(engine))
         start = engine.now
         deadline = start + level_duration
@@ -520,6 +533,8 @@ def little_table(results: dict[str, dict[str, Any]]) -> str:
 
 def cache_table(results: dict[str, dict[str, Any]]) -> str:
     keys = ["cached_device", "cached_host", "evicted", "load_back", "host_used"]
+    if any(res["cache"].get("cached_storage") for res in results.values()):
+        keys.insert(2, "cached_storage")   # an L3 tier's hits (loaded back as well)
     lines = ["| counter (logical tokens) | " + " | ".join(
         f"{n} brief | {n} replay" for n in results) + " |",
         "|---|" + "---:|" * (2 * len(results))]
@@ -558,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1,
                         help="run each workload this many times on the same server; runs 2+ "
                              "skip /flush_cache (an operator re-running a script)")
+    parser.add_argument("--flush-every-run", action="store_true",
+                        help="runs 2+ flush too, as the suite run again does (an L3 tier "
+                             "keeps what earlier runs wrote)")
     parser.add_argument("--spike-mode", choices=("slot", "extra"), default="slot",
                         help="capacity spikes: sent by the next free agent, or on time beside them")
     parser.add_argument("--warm", action="store_true",
@@ -579,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload in ("mixed", "both"):
         engines = {p: Engine(cfg, seed=args.seed) for p, cfg in configs.items()}
         for run in range(1, args.runs + 1):
-            mixed = {p: run_mixed(cfg, engine=engines[p], flush=run == 1, warm=args.warm,
+            flush = run == 1 or args.flush_every_run
+            mixed = {p: run_mixed(cfg, engine=engines[p], flush=flush, warm=args.warm,
                                    spike_texts=args.spike_texts)
                      for p, cfg in configs.items()}
             out["mixed"].append(mixed)
@@ -590,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## Capacity workload, run {run} (levels 1, 2, 4, 8, 12 x 240 s)\n")
             levels_by_profile = {}
             for p, cfg in configs.items():
-                levels = run_capacity(cfg, engine=engines[p], flush=run == 1, warm=args.warm,
+                flush = run == 1 or args.flush_every_run
+                levels = run_capacity(cfg, engine=engines[p], flush=flush, warm=args.warm,
                                       spike_mode=args.spike_mode, seen_levels=seen)
                 levels_by_profile[p] = levels
                 print(capacity_table(p, levels))

@@ -53,6 +53,18 @@ CACHE_ROWS = [
     ("load_back_tokens", "loaded back"),
     ("host_used_after_tokens", "host used after"),
 ]
+# Shown only when a server reports them (an L3 storage tier is attached).
+STORAGE_ROWS = [
+    ("cached_storage_tokens", "cached from L3 storage"),
+    ("prefetched_tokens", "prefetched L3 -> host"),
+    ("storage_backup_tokens", "backed up host -> L3"),
+]
+
+
+def cache_rows(caches: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The cache table's rows: the field report's, plus L3 rows any of ``caches`` has."""
+    return CACHE_ROWS + [(key, title) for key, title in STORAGE_ROWS
+                         if any(cache.get(key) is not None for cache in caches)]
 
 
 @dataclass
@@ -156,8 +168,9 @@ def side_by_side(targets: dict[str, dict[str, Any]], fmt: str = "github") -> lis
     if any(mixed.values()):
         rows = [[title, *(_fmt(mixed[n].get(key), p) for n in names)] for key, title, p in MIXED_ROWS]
         tables.append(tabulate(rows, headers=["mixed workload", *names], tablefmt=fmt, disable_numparse=True))
-        rows = [[title, *(_fmt((mixed[n].get("cache") or {}).get(key), "{:,.0f}") for n in names)]
-                for key, title in CACHE_ROWS]
+        caches = {n: mixed[n].get("cache") or {} for n in names}
+        rows = [[title, *(_fmt(caches[n].get(key), "{:,.0f}") for n in names)]
+                for key, title in cache_rows(list(caches.values()))]
         tables.append(tabulate(rows, headers=["cache counter delta", *names], tablefmt=fmt, disable_numparse=True))
     levels = sorted({lv["concurrency"] for n in names for lv in targets[n]["capacity"]["levels"]})
     if levels:
@@ -257,7 +270,8 @@ def render_markdown(data: dict[str, Any]) -> str:
         mixed = target.get("mixed")
         if mixed:
             rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
-            rows += [[title, _fmt((mixed.get("cache") or {}).get(key), "{:,.0f}")] for key, title in CACHE_ROWS]
+            cache = mixed.get("cache") or {}
+            rows += [[title, _fmt(cache.get(key), "{:,.0f}")] for key, title in cache_rows([cache])]
             out += ["### Mixed coding-agent workload", "",
                     tabulate(rows, headers=["metric", "value"], tablefmt="github", disable_numparse=True), "",
                     f"decode streams: {mixed.get('explain', '–')}", ""]

@@ -42,6 +42,8 @@ from .teardown import cancelled_by_sigterm, run_async
 from .thresholds import Thresholds
 from .workloads import FAILURE_PAUSE_S, Load, capacity_prompts, mixed_prompts, prime, run_capacity_level, run_mixed
 
+FLUSH_RETRY_S = 60.0  # wall seconds a refused /flush_cache is retried before a window
+
 Progress = Callable[[str], None]
 STALLS_KEPT = 10
 
@@ -261,12 +263,17 @@ class GlmperfServer:
         return self._contexts
 
     async def flush_cache(self, client: StreamingClient) -> bool:
-        """POST /flush_cache, retried briefly: SGLang answers 400 until the server is idle."""
-        for _ in range(50):
+        """POST /flush_cache, retried: SGLang answers 400 until the server is idle, HiCache
+        L3 backups included (they drain behind the last prefill). Says so if it never took."""
+        deadline = time.monotonic() + FLUSH_RETRY_S
+        while True:
             if await client.flush_cache():
                 return True
+            if time.monotonic() >= deadline:
+                self.run.progress(f"glmperf {self.target.key}: /flush_cache refused for "
+                                  f"{FLUSH_RETRY_S:.0f} s; this window starts on a warm cache")
+                return False
             await asyncio.sleep(0.1)
-        return False
 
     async def prepare_cache(self, client: StreamingClient, contexts: ContextFactory, keys: list[str],
                             context_tokens: int, level: int | None = None) -> None:

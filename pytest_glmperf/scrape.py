@@ -30,6 +30,10 @@ CACHE_COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
     "cached_total_tokens": ("cached_tokens_total", {}),
     "evicted_tokens": ("evicted_tokens_total", {}),
     "load_back_tokens": ("load_back_tokens_total", {}),
+    # HiCache L3 (--hicache-storage-backend): hits by backend class, per-rank series summed.
+    "cached_storage_tokens": ("cached_tokens_total", {"cache_source": "storage_*"}),
+    "prefetched_tokens": ("prefetched_tokens_total", {}),
+    "storage_backup_tokens": ("backuped_tokens_total", {}),
     "prompt_tokens": ("prompt_tokens_total", {}),
     "generation_tokens": ("generation_tokens_total", {}),
     "requests": ("num_requests_total", {}),
@@ -71,7 +75,8 @@ class MetricsSnapshot:
         return cls.parse(text) if text else None
 
     def value(self, name: str, **labels: str) -> float | None:
-        """Sum of the samples of ``name`` whose labels include ``labels``; None if absent."""
+        """Sum of the samples of ``name`` whose labels include ``labels`` (``"prefix*"``
+        matches by prefix); None if absent."""
         matches = [v for lab, v in self.series.get(name, ()) if _contains(lab, labels)]
         return sum(matches) if matches else None
 
@@ -169,4 +174,6 @@ def _sample_lines(names: tuple[str, ...]) -> re.Pattern[str]:
 
 
 def _contains(labels: dict[str, str], wanted: dict[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in wanted.items())
+    """Every wanted label matches; a value ending in ``*`` matches by prefix."""
+    return all(labels.get(k, "").startswith(v[:-1]) if v.endswith("*") else labels.get(k) == v
+               for k, v in wanted.items())

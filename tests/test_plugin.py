@@ -227,7 +227,7 @@ def test_server_errors_mid_run_are_recorded_and_the_run_goes_on(pytester: pytest
     assert any(r["outcome"] == "ok" for r in records)
 
 
-@pytest.mark.parametrize("profile", ["sim-hicache-mtp", "sim-hicache-400g"])
+@pytest.mark.parametrize("profile", ["sim-hicache-mtp", "sim-hicache-400g", "sim-hicache-l3"])
 def test_profiles_declared_in_yaml_alone_run(pytester: pytest.Pytester, profile: str):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, f"--profile={profile}", "--concurrency-levels=1")

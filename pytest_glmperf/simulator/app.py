@@ -8,10 +8,12 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``POST|PU
 (streaming and not), ``GET /v1/loads``, ``GET /v1/models[/{id}]``,
 ``GET /health``, ``GET /health_generate`` (503 while starting), ``GET /ping``,
 ``GET /server_info`` and ``/get_server_info``, ``GET /model_info`` and ``/get_model_info``,
-``GET|POST /flush_cache`` (400 unless idle), ``GET /metrics`` (404 without
-``--enable-metrics``). Simulator extensions: ``GET|POST|DELETE /glmperf/faults`` (server-wide
-fault injection, see faults.py) and ``GET /glmperf/sends/{rid}`` (the true send instant of
-every chunk of a request, ``perf_counter_ns`` taken right after the write).
+``GET|POST /flush_cache`` (400 unless idle), ``POST /hicache/storage-backend/clear`` and the
+deprecated ``GET|POST /clear_hicache_storage_backend`` (400 without an L3 tier),
+``GET /metrics`` (404 without ``--enable-metrics``). Simulator extensions:
+``GET|POST|DELETE /glmperf/faults`` (server-wide fault injection, see faults.py) and
+``GET /glmperf/sends/{rid}`` (the true send instant of every chunk of a request,
+``perf_counter_ns`` taken right after the write).
 
 A request body may carry ``glmperf_script`` (an SGLang-style extension field) to bypass the
 engine and emit exactly the scripted stream; times are model seconds.
@@ -76,6 +78,7 @@ class SimulatorApp(TextCompletions):
             context_len=config.resolved_context_length,
             counters=lambda: self.engine.counters, gauges=lambda: self.engine.gauges,
             latency=self.latency, health=self.health,
+            storage_backend=config.hicache_storage_backend,
         ))
         self.ready_at_s = 0.0
         self.stopping = False
@@ -98,6 +101,9 @@ class SimulatorApp(TextCompletions):
             ("GET", "/get_model_info"): self.model_info,
             ("GET", "/flush_cache"): self.flush_cache,
             ("POST", "/flush_cache"): self.flush_cache,
+            ("POST", "/hicache/storage-backend/clear"): self.clear_storage,
+            ("GET", "/clear_hicache_storage_backend"): self.clear_storage_deprecated,
+            ("POST", "/clear_hicache_storage_backend"): self.clear_storage_deprecated,
             ("GET", "/metrics"): self.metrics,
             ("GET", "/glmperf/faults"): self.faults_get,
             ("POST", "/glmperf/faults"): self.faults_set,
@@ -243,6 +249,8 @@ class SimulatorApp(TextCompletions):
     async def flush_cache(self, scope: Scope, receive: Receive, send: Send) -> None:
         """200 only when fully idle, like SGLang; otherwise 400 and nothing is flushed."""
         text = b"text/plain; charset=utf-8"
+        if self.driver is not None:
+            self.driver.catch_up_idle()   # L3 backups finish in model time
         if (self.driver is not None and self.driver.busy()) or not self.engine.flush_cache():
             await respond(send, 400, b"Cache not flushed because there are pending requests. "
                                      b"(When there are running or waiting requests, the operation "
@@ -251,6 +259,19 @@ class SimulatorApp(TextCompletions):
         await respond(send, 200, b"Cache flushed.\nPlease check backend logs for more details. "
                                  b"(When there are running or waiting requests, the operation "
                                  b"will not be performed.)\n", text)
+
+    async def clear_storage(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Empty the L3 tier (SGLang: 400 when no storage backend is attached)."""
+        ok = self.engine.clear_storage()
+        await respond(send, 200 if ok else 400, b"Hierarchical cache storage backend cleared.\n",
+                      b"text/plain; charset=utf-8")
+
+    async def clear_storage_deprecated(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ok = self.engine.clear_storage()
+        await respond(send, 200 if ok else 400,
+                      b"Deprecated endpoint. Use POST /hicache/storage-backend/clear.\n"
+                      b"Hierarchical cache storage backend cleared.\n",
+                      b"text/plain; charset=utf-8")
 
     async def loads(self, scope: Scope, receive: Receive, send: Send) -> None:
         """``/v1/loads``: one DP rank's core load section and the aggregate, as in SGLang."""

@@ -23,6 +23,14 @@ from .hardware import (
     latent_bytes_per_token,
 )
 from .schedule_policy import MODELLED_POLICIES
+from .storage import (
+    MODELLED_BACKENDS,
+    PREFETCH_CAPACITY_SHARE,
+    PREFETCH_POLICIES,
+    STORAGE_BACKENDS,
+    StorageSettings,
+    parse_extra_config,
+)
 
 # SGLang constants (python/sglang/srt/...; 0.5.23 wheel unless noted).
 CLIP_MAX_NEW_TOKENS = 4096          # schedule_policy.py: decode reservation clip per request
@@ -106,6 +114,9 @@ class EngineConfig:
     hicache_write_policy: str = "write_through"
     hicache_io_backend: str = "kernel"
     hicache_mem_layout: str = "page_first"
+    hicache_storage_backend: str | None = None
+    hicache_storage_prefetch_policy: str = "timeout"
+    hicache_storage_backend_extra_config: str | None = None
     host: str = "127.0.0.1"
     port: int = 30000
     reasoning_parser: str | None = None
@@ -121,6 +132,8 @@ class EngineConfig:
     dsa_kv_default: str = "fp8_e4m3"     # what kv_cache_dtype=auto resolves to (see below)
     decode_interleave: str = "auto"      # see engine.py: how decode shares steps with prefill
     decode_floor_us: float | None = None  # per-layer decode floor; None: costs.py's constant
+    storage_read_gbps: float | None = None   # L3 file backend; None: the hardware's figure
+    storage_write_gbps: float | None = None
     unmodelled_args: tuple[str, ...] = ()
 
     # ---- resolved values (what SGLang decides when a flag is left unset) ----
@@ -322,6 +335,31 @@ class EngineConfig:
         return (self.spec_enabled and self.enable_hierarchical_cache
                 and self.hicache_draft_indexer == "stale")
 
+    @property
+    def storage_enabled(self) -> bool:
+        return self.hicache_storage_backend is not None
+
+    @property
+    def storage_settings(self) -> StorageSettings:
+        text = self.hicache_storage_backend_extra_config
+        return parse_extra_config(text) if text else StorageSettings()
+
+    @property
+    def storage_read_bandwidth(self) -> float:
+        gbps = self.storage_read_gbps
+        return gbps * 1e9 if gbps else self.hardware.storage_read_bandwidth
+
+    @property
+    def storage_write_bandwidth(self) -> float:
+        gbps = self.storage_write_gbps
+        return gbps * 1e9 if gbps else self.hardware.storage_write_bandwidth
+
+    @property
+    def prefetch_capacity_limit_tokens(self) -> int:
+        """cache_controller.prefetch_capacity_limit: 80 % of (host - device) tokens."""
+        return max(0, int(PREFETCH_CAPACITY_SHARE
+                          * (self.host_pool_tokens - self.device_pool_tokens)))
+
     def validate(self) -> EngineConfig:
         """Refuse configurations SGLang would refuse to start with; return self."""
         if self.kv_pool_bytes <= 0 or self.device_pool_tokens < self.page_size:
@@ -334,7 +372,22 @@ class EngineConfig:
             raise ValueError(
                 f"{flag}: the host tier ({self.host_pool_tokens:,} tokens) must be larger than "
                 f"the device pool ({self.device_pool_tokens:,} tokens), as SGLang asserts")
+        if self.storage_enabled:
+            self._validate_storage()
         return self
+
+    def _validate_storage(self) -> None:
+        backend = self.hicache_storage_backend
+        if not self.enable_hierarchical_cache:
+            raise ValueError("--hicache-storage-backend: needs --enable-hierarchical-cache "
+                             "(L3 storage sits behind the host tier)")
+        if backend not in MODELLED_BACKENDS:
+            raise ValueError(f"--hicache-storage-backend: {backend} is not modelled; "
+                             f"modelled: {', '.join(MODELLED_BACKENDS)}")
+        try:
+            _ = self.storage_settings
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--hicache-storage-backend-extra-config: {exc}") from None
 
 
 # ---- argument parsing ------------------------------------------------------------------
@@ -364,6 +417,13 @@ def _non_negative(text: str) -> float:
     value = float(text)
     if value < 0 or math.isnan(value):
         raise ValueError("must be zero or positive")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0 or math.isinf(value):
+        raise ValueError("must be positive")
     return value
 
 
@@ -423,6 +483,10 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--hicache-write-policy": ("hicache_write_policy", _choice(WRITE_POLICIES)),
     "--hicache-io-backend": ("hicache_io_backend", _choice(IO_BACKENDS)),
     "--hicache-mem-layout": ("hicache_mem_layout", _choice(MEM_LAYOUTS)),
+    "--hicache-storage-backend": ("hicache_storage_backend", _choice(STORAGE_BACKENDS)),
+    "--hicache-storage-prefetch-policy": ("hicache_storage_prefetch_policy",
+                                          _choice(PREFETCH_POLICIES)),
+    "--hicache-storage-backend-extra-config": ("hicache_storage_backend_extra_config", str),
     "--host": ("host", str),
     "--port": ("port", _pos_int),
     "--reasoning-parser": ("reasoning_parser", str),
@@ -435,6 +499,8 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--sim-decode-interleave": ("decode_interleave", _choice(INTERLEAVE)),
     "--sim-decode-floor-us": ("decode_floor_us", _non_negative),
     "--sim-dsa-kv-default": ("dsa_kv_default", _choice(DSA_KV_DEFAULTS)),
+    "--sim-storage-read-gbps": ("storage_read_gbps", _positive),
+    "--sim-storage-write-gbps": ("storage_write_gbps", _positive),
 }
 _SWITCHES: dict[str, str] = {
     "--enable-metrics": "enable_metrics",
@@ -536,7 +602,7 @@ def with_overrides(config: EngineConfig, **changes: Any) -> EngineConfig:
 
 _HIDDEN = {"hardware", "model", "seed", "spec_accept_prob", "decode_interleave",
            "dsa_kv_default", "unmodelled_args", "decode_floor_us", "hicache_draft_indexer",
-           "spec_stale_accept_prob"}
+           "spec_stale_accept_prob", "storage_read_gbps", "storage_write_gbps"}
 
 
 def server_args_dict(config: EngineConfig) -> dict[str, Any]:

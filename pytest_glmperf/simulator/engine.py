@@ -21,6 +21,10 @@ forward + result processing):
 3. time it with ``CostModel`` and emit tokens. A decode step that does not fit retracts
    requests and re-estimates ``new_token_ratio``; otherwise the ratio decays.
 
+With an L3 storage tier (``storage.py``) a request's prefetch starts when it arrives; the
+adder skips a request whose prefetch the policy does not yet let it stop, and a step with
+nothing else to run waits (in short slices) for the next prefetch to finish or time out.
+
 Requests between steps are admitted at the next step, as SGLang polls its input socket
 between iterations. Everything is O(running + queue) per step; the prefix cache is
 touched only at admission, chunk completion and finish.
@@ -38,6 +42,7 @@ from .hardware import GIB
 from .prefix_cache import Match, PrefixCache
 from .schedule_policy import MODELLED_POLICIES, order_waiting
 from .speculative import SpecDecoder
+from .storage import StorageTier
 from .types import EngineCounters, EngineGauges, SimRequest, StepResult, TokenEmission
 
 
@@ -59,6 +64,8 @@ class _Req:
     first_sent: bool = False
     cached_device: int = 0
     cached_host: int = 0
+    cached_storage: int = 0     # of the host hit, tokens an L3 prefetch brought in
+    storage_hit: int = 0        # tokens its L3 prefetch added to the tree
     verify_calls: int = 0
     accept_prob: float | None = None        # per-draft acceptance, when not the default
     memo: tuple[int, Match] | None = None   # (cache version, match) of the last attempt
@@ -77,6 +84,7 @@ class _Req:
 
 
 IDLE_LOG_INTERVAL_S = 30.0  # SGLang logs metrics while idle at most every 30 s
+PREFETCH_WAIT_SLICE_S = 0.05  # longest idle step while queued requests wait on L3 prefetches
 INPUT_BUDGET_SPENT = -1.0   # _try_admit: refused for --max-prefill-tokens (never a load time)
 
 
@@ -96,7 +104,15 @@ class Engine:
             host_tokens=config.host_pool_tokens,
             write_policy=config.hicache_write_policy,
             enabled=not config.disable_radix_cache,
+            track_backups=config.storage_enabled,
         )
+        self.storage = StorageTier(
+            page_size=config.page_size, bytes_per_token=config.cell_bytes_per_token,
+            read_bandwidth=config.storage_read_bandwidth,
+            write_bandwidth=config.storage_write_bandwidth,
+            policy=config.hicache_storage_prefetch_policy, settings=config.storage_settings,
+            capacity_limit_tokens=config.prefetch_capacity_limit_tokens,
+        ) if config.storage_enabled else None
         self.spec = SpecDecoder(
             num_steps=config.spec_num_steps, draft_tokens=config.spec_draft_tokens,
             accept_prob=config.spec_accept_prob, seed=seed or config.seed,
@@ -146,6 +162,7 @@ class Engine:
         state = _Req(sim=req, target=req.prompt_tokens, arrival=self.now)
         self.waiting.append(state)
         self._by_rid[req.rid] = state
+        self._maybe_prefetch(state)
 
     def abort(self, rid: str) -> None:
         """The client went away: drop the request wherever it is and free its KV."""
@@ -154,6 +171,7 @@ class Engine:
             return
         if req in self.waiting:
             self.waiting.remove(req)
+            self._drop_prefetch(req)
         elif req is self.chunked:
             self.chunked = None
         elif req in self.running:
@@ -178,7 +196,7 @@ class Engine:
             result = self._run_decode(start)
         else:
             self.new_token_ratio = self.config.init_new_token_ratio  # self_check_during_idle
-            return StepResult(start_s=start, duration_s=0.0, kind="idle")
+            return self._wait_for_prefetch(start)
         self._sync_cache_counters()
         return result
 
@@ -190,6 +208,8 @@ class Engine:
         if t <= self.now:
             return
         self.now = t
+        if self.storage is not None:
+            self._sync_cache_counters()
         if self.has_work():
             return
         self.new_token_ratio = self.config.init_new_token_ratio
@@ -198,13 +218,21 @@ class Engine:
             self._refresh_common()
 
     def flush_cache(self) -> bool:
-        """``/flush_cache``: only when idle; empties device tree and host tier."""
-        if self.has_work():
+        """``/flush_cache``: only when idle (L3 backups included); empties the device tree
+        and host tier. L3 storage keeps its pages."""
+        if self.has_work() or (self.storage is not None and self.storage.busy(self.now)):
             return False
         self.cache.flush()
         if self.spec is not None:
             self.spec.reset_stats()
         self._refresh_common()
+        return True
+
+    def clear_storage(self) -> bool:
+        """``/hicache/storage-backend/clear``: False without an L3 tier."""
+        if self.storage is None:
+            return False
+        self.storage.clear()
         return True
 
     def internal_state(self) -> dict[str, object]:
@@ -288,17 +316,21 @@ class Engine:
                 return batch, load_s, admitted
             self.chunked = None
         reserved = self._reserved() + sum(r.target - r.done for r, _ in batch)
-        while self.waiting and budget >= page:
+        i = 0
+        while i < len(self.waiting) and budget >= page:
             if len(self.running) + len(batch) >= self._max_running:
                 break
-            req = self.waiting[0]
+            req = self.waiting[i]
+            if not self._prefetch_done(req):   # check_prefetch_progress: skip, look further
+                i += 1
+                continue
             loaded = self._try_admit(req, reserved, input_budget if batch else None)
             if loaded is None:  # NO_TOKEN: no admission until a running request leaves
                 self._batch_full = bool(batch) or bool(self.running)
                 break
             if loaded == INPUT_BUDGET_SPENT:   # AddReqResult.OTHER: no latch
                 break
-            self.waiting.popleft()
+            del self.waiting[i]
             admitted.append(req)
             load_s += loaded
             n = self._chunk_len(req.target - req.done, budget, page)
@@ -354,7 +386,6 @@ class Engine:
         host_tokens = match.host_pages * page
         load_s = 0.0
         if host_tokens:
-            cache.ensure_free(host_tokens)
             start, end = match.device_pages, match.device_pages + match.host_pages
             cache.load_back(keys, start, end, self.now)
             cache.lock(keys[start:end], match.host_pages, self.now)
@@ -364,9 +395,71 @@ class Engine:
         req.done = req.pages * page
         req.accept_prob = self._draft_accept_prob(req)
         if not req.first_sent:
-            req.cached_device, req.cached_host = device_tokens, host_tokens
+            storage = min(host_tokens, req.storage_hit)
+            req.cached_device, req.cached_host = device_tokens, host_tokens - storage
+            req.cached_storage = storage
         self.counters.prefill_cache_tokens += req.done
         return load_s
+
+    # ---- L3 storage prefetch (HiRadixCache.prefetch_from_storage) -----------------------
+
+    def _maybe_prefetch(self, req: _Req) -> None:
+        """At arrival: start fetching the stored pages past the device + host match.
+
+        As SGLang: host room is made for the whole new input first (evicting host LRU
+        leaves, shrinking to what is free), then storage is asked how many consecutive
+        pages it holds; under the threshold the prefetch is revoked, else it keeps host
+        slots for the hits and counts the whole new input against the rate limit.
+        """
+        storage, cache = self.storage, self.cache
+        if storage is None or storage.rate_limited:
+            return
+        page, keys = self.config.page_size, req.sim.page_keys
+        match = self._match(req)
+        start = match.device_pages + match.host_pages
+        new_pages = min(len(keys), req.target // page) - start
+        if new_pages * page < storage.threshold:
+            return
+        room = min(new_pages, cache.make_host_room(new_pages))
+        if room * page < storage.threshold:
+            return
+        hits = storage.hit_pages(keys, start, start + room, self.now)
+        if hits * page < storage.threshold:
+            return
+        cache.reserve_host(hits)
+        storage.start(req.rid, start, hits, new_pages * page, self.now)
+
+    def _prefetch_done(self, req: _Req) -> bool:
+        """check_prefetch_progress: False while the policy makes ``req`` wait; once it may
+        stop, the pages that arrived join the tree as host pages (its storage hit)."""
+        storage = self.storage
+        if storage is None or not storage.ongoing(req.rid):
+            return True
+        if not storage.ready(req.rid, self.now):
+            return False
+        op = storage.stop(req.rid, self.now)
+        self.cache.unreserve_host(op.reserved - op.pages)
+        added = self.cache.insert_host(req.sim.page_keys, op.start, op.start + op.pages, self.now)
+        req.storage_hit = added * self.config.page_size
+        storage.prefetched_tokens += req.storage_hit
+        return True
+
+    def _drop_prefetch(self, req: _Req) -> None:
+        """An aborted request's prefetch stops; its host slots are released."""
+        if self.storage is not None and self.storage.ongoing(req.rid):
+            op = self.storage.stop(req.rid, self.now)
+            self.cache.unreserve_host(op.reserved)
+
+    def _wait_for_prefetch(self, start: float) -> StepResult:
+        """Nothing can run: idle until the next prefetch may end (in short slices, so a
+        request arriving meanwhile waits no longer than SGLang's polling would let it)."""
+        storage = self.storage
+        if storage is None or not self.waiting or not any(
+                storage.ongoing(r.rid) for r in self.waiting):
+            return StepResult(start_s=start, duration_s=0.0, kind="idle")
+        wait = min(storage.next_event_s(start) - start, PREFETCH_WAIT_SLICE_S)
+        self.now = start + max(wait, 1e-6)
+        return StepResult(start_s=start, duration_s=self.now - start, kind="idle")
 
     def _draft_accept_prob(self, req: _Req) -> float | None:
         """Per-draft acceptance for ``req`` when part of its prefix was loaded back and the
@@ -468,7 +561,8 @@ class Engine:
         req.first_sent = True
         finished = req.remaining_new <= 0
         return TokenEmission(rid=req.rid, tokens=tokens, first=first, finished=finished,
-                             cached_tokens=req.cached_device + req.cached_host if first else 0)
+                             cached_tokens=(req.cached_device + req.cached_host
+                                            + req.cached_storage) if first else 0)
 
     def _drop_finished(self) -> None:
         """Finished requests leave the batch, unlock their pages and count (tokenizer side:
@@ -493,6 +587,7 @@ class Engine:
         c.generation_tokens += req.generated
         c.cached_tokens_device += req.cached_device
         c.cached_tokens_host += req.cached_host
+        c.cached_tokens_storage += req.cached_storage
         c.spec_verify_calls += req.verify_calls
 
     def _cache_answer(self, req: _Req) -> None:
@@ -595,6 +690,10 @@ class Engine:
         c.evicted_tokens = cache.evicted_tokens
         c.load_back_tokens = cache.load_back_tokens
         c.backup_tokens = cache.backup_tokens
+        if self.storage is not None:
+            self.storage.backup(cache.take_backups(), self.now)
+            c.storage_prefetched_tokens = self.storage.prefetched_tokens
+            c.storage_backup_tokens = self.storage.backed_up_tokens
 
 
 def _ctx(batch: list[_Req]) -> int:

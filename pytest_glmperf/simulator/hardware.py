@@ -29,6 +29,10 @@ class HardwareSpec:
     pcie_h2d_bandwidth: float   # B/s host->device per GPU when all GPUs copy at once
     sm_major: int               # 9 = Hopper; SGLang picks DSA KV dtype by this
     cuda_context_bytes: int     # taken by the CUDA context before SGLang measures free memory
+    # HiCache L3 through the ``file`` storage backend (local disk), in KV bytes per second
+    # one prefetch moves into the host tier, or one backup writes out (below).
+    storage_read_bandwidth: float = 1.2e9
+    storage_write_bandwidth: float = 1.2e9
 
     @property
     def hbm_gib(self) -> float:
@@ -43,6 +47,12 @@ class HardwareSpec:
 # own copy of the (replicated) MLA latent at the same moment, so each gets about half:
 # 27.5 GB/s. CUDA context + cuBLAS/NCCL handles before SGLang profiles memory: ~0.75 GiB
 # (typical torch CUDA init on Hopper).
+# L3 ``file`` backend (HiCacheFile: one .bin file per page and pool, read with readinto
+# and copied into the host pool page by page, written with numpy tofile by TP rank 0
+# only, since the MLA latent is the same on every rank): sglang#26886 (2026-06) measured
+# 1.2 GB/s of disk reads (iostat) while prefetches ran under write_through. Writes are
+# not measured there; the same 1.2 GB/s is assumed. In containers it can be far worse:
+# sglang#21880 logged ~0.17 GB/s per 1 GB prefetch batch (io + copy time).
 H200X8 = HardwareSpec(
     name="h200x8",
     gpu_name="NVIDIA H200",

@@ -33,6 +33,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
+from .storage import MODELLED_BACKENDS
 from .types import EngineCounters, EngineGauges
 
 # SGLang's default buckets (observability/metrics_collector.py, TokenizerMetricsCollector).
@@ -121,10 +122,14 @@ class MetricSources:
     gauges: Callable[[], EngineGauges]
     latency: LatencyHistograms
     health: SimHealth
+    storage_backend: str | None = None     # --hicache-storage-backend (L3), e.g. "file"
 
 
 _SCHED = ("engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank")
 _TOK = ("engine_type", "model_name")
+# HiRadixCache's StorageMetricsCollector labels (one collector per TP rank).
+_STORAGE = ("storage_backend", "tp_rank", "dp_rank", "pp_rank", "pp_size", "attn_cp_rank",
+            "attn_cp_size")
 
 
 class SGLangCollector:
@@ -199,6 +204,9 @@ class SGLangCollector:
                                      labels=["cache_source", *_TOK])
         cached.add_metric(["device", *self._tok], float(c.cached_tokens_device))
         cached.add_metric(["host", *self._tok], float(c.cached_tokens_host))
+        if self.src.storage_backend is not None:
+            source = f"storage_{MODELLED_BACKENDS[self.src.storage_backend]}"
+            cached.add_metric([source, *self._tok], float(c.cached_tokens_storage))
         yield cached
         yield self._counter("sglang:num_requests", "Number of requests processed.", c.requests)
         yield self._counter("sglang:num_aborted_requests", "Number of requests aborted.",
@@ -215,6 +223,8 @@ class SGLangCollector:
         realtime.add_metric([*self._sched, "decode"], float(c.generation_tokens))
         yield realtime
         yield from self._radix_counters(c)
+        if self.src.storage_backend is not None:
+            yield from self._storage_counters(c)
 
     def _radix_counters(self, c: EngineCounters) -> Iterator[Metric]:
         # Every TP rank's scheduler process owns a replica of the radix tree and increments
@@ -230,6 +240,23 @@ class SGLangCollector:
                                 "Number of tokens loaded back from host to device.",
                                 c.load_back_tokens * ranks, labels=("cache_type",),
                                 values=cache_type)
+
+    def _storage_counters(self, c: EngineCounters) -> Iterator[Metric]:
+        # One series per TP rank: every rank reads the prefetched pages into its own host
+        # pool, but for an MLA model only rank 0 writes backups (cache_controller.backup_skip;
+        # the other ranks log 0, which the collector skips).
+        def rank_labels(rank: int) -> list[str]:
+            return [self.src.storage_backend or "", str(rank), "0", "0", "1", "0", "1"]
+
+        prefetched = CounterMetricFamily("sglang:prefetched_tokens",
+                                         "Number of prefetched tokens.", labels=list(_STORAGE))
+        for rank in range(max(1, self.src.tp_size)):
+            prefetched.add_metric(rank_labels(rank), float(c.storage_prefetched_tokens))
+        yield prefetched
+        backuped = CounterMetricFamily("sglang:backuped_tokens", "Number of backuped tokens.",
+                                       labels=list(_STORAGE))
+        backuped.add_metric(rank_labels(0), float(c.storage_backup_tokens))
+        yield backuped
 
     def _histograms(self) -> Iterator[Metric]:
         lat = self.src.latency

@@ -14,8 +14,11 @@ SGLang semantics kept (mem_cache/radix_cache.py, unified_radix_cache.py, 0.5.23)
   insertion; a device-evicted page with a host copy becomes host-only; a later match
   continues from the device prefix into host-only pages, which are loaded back;
   ``write_back`` copies a page to host only when it is evicted from device;
-* the host tier evicts host-only leaves in LRU order only when a backup needs room, and
-  skips the backup when nothing can be evicted.
+* the host tier evicts host-only leaves in LRU order only when a backup (or an L3
+  prefetch, ``storage.py``) needs room, and skips the backup when nothing can be evicted;
+* pages fetched from L3 storage join the tree as host-only pages below the request's
+  host match (``_insert_helper_host``). With L3 enabled, every new host copy is reported
+  (``take_backups``) so the engine can queue it for storage.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 
 class _Page:
     __slots__ = ("children", "depth", "dev_children", "key", "last", "loaded", "lock",
-                 "on_dev", "on_host", "parent")
+                 "on_dev", "on_host", "parent", "pinned")
 
     def __init__(self, key: int, parent: _Page | None, depth: int) -> None:
         self.key, self.parent, self.depth = key, parent, depth
@@ -37,6 +40,7 @@ class _Page:
         self.on_host = False
         self.loaded = False     # device copy came from host (load-back), not a prefill
         self.lock = 0
+        self.pinned = False     # host copy being loaded back: not a host-eviction victim
         self.last = 0.0
 
 
@@ -52,7 +56,8 @@ class PrefixCache:
     """Device pool accounting plus the radix tree of cached pages (and host tier)."""
 
     def __init__(self, *, page_size: int, device_tokens: int, host_tokens: int = 0,
-                 write_policy: str = "write_through", enabled: bool = True) -> None:
+                 write_policy: str = "write_through", enabled: bool = True,
+                 track_backups: bool = False) -> None:
         self.page_size = page_size
         self.capacity = device_tokens
         self.host_capacity = host_tokens
@@ -65,6 +70,9 @@ class PrefixCache:
         self.dev_pages = 0
         self.locked_dev_pages = 0
         self.host_pages = 0
+        self.host_reserved = 0       # host pages held for L3 prefetches in flight
+        self.track_backups = track_backups
+        self._new_backups: list[int] = []
         self.request_tokens = 0      # slots held privately by requests (not in the tree)
         self.evicted_tokens = 0
         self.backup_tokens = 0
@@ -89,6 +97,10 @@ class PrefixCache:
     @property
     def host_used_tokens(self) -> int:
         return self.host_pages * self.page_size
+
+    @property
+    def host_free_pages(self) -> int:
+        return self.host_capacity // self.page_size - self.host_pages - self.host_reserved
 
     def ensure_free(self, tokens: int) -> bool:
         """Evict LRU unlocked device pages until ``tokens`` slots are free."""
@@ -187,13 +199,21 @@ class PrefixCache:
         return end - start
 
     def load_back(self, keys: Sequence[int], start: int, end: int, now: float) -> int:
-        """Bring host-only pages [start, end) back to device (slots must be free)."""
+        """Bring host-only pages [start, end) back to device, evicting device pages for
+        room first. The pages to load are pinned meanwhile: under write-back those
+        evictions copy pages to host and may have to evict host pages."""
+        tokens = (end - start) * self.page_size
+        loading = [self._pages[keys[i]] for i in range(start, end)]
+        for page in loading:
+            page.pinned = True
+        self.ensure_free(tokens)
+        for page in loading:
+            page.pinned = False
         for i in range(start, end):
             page = self._pages[keys[i]]
             page.loaded = True
             self._set_dev(page, True)
             page.last = now
-        tokens = (end - start) * self.page_size
         self.load_back_tokens += tokens
         return tokens
 
@@ -202,6 +222,53 @@ class PrefixCache:
         rather than computed: only the state a load-back copies is there."""
         pages = self._pages
         return sum(1 for i in range(count) if pages[keys[i]].loaded)
+
+    # ---- L3 storage side -----------------------------------------------------------------
+
+    def take_backups(self) -> list[int]:
+        """Keys of pages that got a host copy since the last call (L3 backup queue)."""
+        keys, self._new_backups = self._new_backups, []
+        return keys
+
+    def make_host_room(self, pages: int) -> int:
+        """Evict host-only LRU leaves toward ``pages`` free host pages; the free count."""
+        if self.host_free_pages < pages:
+            self._evict_host(pages - self.host_free_pages)
+        return max(0, self.host_free_pages)
+
+    def reserve_host(self, pages: int) -> None:
+        self.host_reserved += pages
+
+    def unreserve_host(self, pages: int) -> None:
+        self.host_reserved -= pages
+
+    def insert_host(self, keys: Sequence[int], start: int, end: int, now: float) -> int:
+        """Pages [start, end) arrived from storage into reserved host slots: add the ones
+        the tree lacks as host-only pages. Returns how many were new (the storage hit);
+        all reserved slots are released, the duplicates' too. Nothing lands if the page
+        before ``start`` left the tree meanwhile."""
+        self.host_reserved -= end - start
+        parent = self._pages.get(keys[start - 1]) if start > 0 else None
+        if start > 0 and parent is None:
+            return 0
+        added = 0
+        for i in range(start, end):
+            page = self._pages.get(keys[i])
+            if page is None:
+                page = _Page(keys[i], parent, i)
+                self._pages[keys[i]] = page
+                if parent is not None:
+                    parent.children += 1
+                page.on_host = True
+                self.host_pages += 1
+                added += 1
+            page.last = now
+            parent = page
+        if added:
+            self.version += 1
+            if parent is not None and parent.children == 0 and not parent.on_dev:
+                self._push_host(parent)
+        return added
 
     def flush(self) -> None:
         """Drop every unlocked page from device and host (``/flush_cache``)."""
@@ -277,14 +344,16 @@ class PrefixCache:
 
     def _backup(self, page: _Page) -> None:
         """Copy one page to host, evicting host-only LRU leaves for room; skip if full."""
-        if self.host_pages >= self.host_capacity // self.page_size:
+        if self.host_free_pages <= 0:
             self._evict_host(1)
-        if self.host_pages >= self.host_capacity // self.page_size:
+        if self.host_free_pages <= 0:
             return
         page.on_host = True
         self.version += 1
         self.host_pages += 1
         self.backup_tokens += self.page_size
+        if self.track_backups:
+            self._new_backups.append(page.key)
 
     def _evict_host(self, pages: int) -> None:
         heap = self._host_heap
@@ -293,7 +362,7 @@ class PrefixCache:
             last, _, _, key = heapq.heappop(heap)
             page = self._pages.get(key)
             if (page is None or page.on_dev or not page.on_host or page.children
-                    or page.lock or page.last != last):
+                    or page.lock or page.pinned or page.last != last):
                 continue
             page.on_host = False
             self.version += 1

@@ -61,6 +61,9 @@ class EngineCounters:
     aborted_requests: int = 0
     cached_tokens_device: int = 0
     cached_tokens_host: int = 0
+    cached_tokens_storage: int = 0      # L3 hits (prefetched, then loaded back)
+    storage_prefetched_tokens: int = 0  # L3 -> host, per rank (every rank reads the files)
+    storage_backup_tokens: int = 0      # host -> L3 (TP rank 0 writes for an MLA model)
     evicted_tokens: int = 0
     load_back_tokens: int = 0
     backup_tokens: int = 0

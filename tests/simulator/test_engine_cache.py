@@ -79,3 +79,18 @@ def test_a_page_remembers_whether_its_device_copy_was_loaded_back() -> None:
     assert cache.alloc(4 * 64)
     cache.insert(a, 0, 4, 5.0)
     assert cache.loaded_pages(a, 4) == 0
+
+
+def test_write_back_load_back_never_evicts_the_pages_it_loads() -> None:
+    # Write-back copies a page to host only when it leaves the device. Loading context a
+    # back evicts context b from device, whose copies need host room; the only host-only
+    # leaves are a's own pages, which must stay until they are on device.
+    cache = PrefixCache(page_size=64, device_tokens=64 * 4, host_tokens=64 * 4,
+                        write_policy="write_back")
+    a, b = keys(1, 4), keys(2, 4)
+    cached(cache, a, 1.0)
+    cached(cache, b, 2.0)          # a leaves the device for host
+    assert cache.match(a, 4).host_pages == 4
+    assert cache.load_back(a, 0, 4, 3.0) == 4 * 64
+    assert cache.match(a, 4).device_pages == 4
+    assert cache.match(b, 4).device_pages == 0

@@ -6,7 +6,7 @@ import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from pytest_glmperf.scrape import GAUGES, MetricsSnapshot
+from pytest_glmperf.scrape import GAUGES, MetricsSnapshot, counter_deltas
 
 SCHED_LABELS = {"engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank"}
 TOK_LABELS = {"engine_type", "model_name"}
@@ -90,6 +90,57 @@ def test_hicache_server_exports_host_tier_metrics(start_sim, client_for):
     assert evicted.labels == {"cache_type": "UnifiedRadixCache"}
     assert value(samples, "sglang:hicache_host_total_tokens") > 0
     assert "sglang:hicache_host_used_tokens" in samples
+
+
+def test_l3_storage_survives_flush_and_is_cleared_over_http(start_sim, client_for):
+    """A prompt written through to L3 comes back from storage after /flush_cache, counted
+    under SGLang's storage labels; POST /hicache/storage-backend/clear empties the tier."""
+    proc = start_sim("--enable-metrics", "--enable-cache-report", "--enable-hierarchical-cache",
+                     "--hicache-size", "200", "--hicache-storage-backend", "file",
+                     "--served-model-name", "glm-5.1", "--time-scale", "100")
+    proc.wait_ready()
+    http = client_for(proc)
+    prompt = [{"role": "user", "content": "def handler(event):\n    return event\n" * 2000}]
+
+    def send() -> int:
+        stream = http.chat(http.body(max_tokens=4, messages=prompt))
+        assert stream.done
+        return stream.chunks()[-1]["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    def flush() -> None:   # refused while the L3 backup is still writing
+        deadline = time.monotonic() + 10
+        while http.post("/flush_cache").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
+    assert send() == 0
+    flush()
+    before = MetricsSnapshot.parse(http.get("/metrics").text)
+    stored = send()
+    assert stored > 15_000   # the whole prompt but its last partial page
+    after = MetricsSnapshot.parse(http.get("/metrics").text)
+    deltas = counter_deltas(before, after)   # what the plugin reports
+    assert deltas["cached_storage_tokens"] == stored
+    assert deltas["prefetched_tokens"] == 8 * stored          # eight ranks' series, summed
+    assert deltas["cached_host_tokens"] == 0
+    samples = scrape(http)
+    assert value(samples, "sglang:cached_tokens_total", cache_source="storage_HiCacheFile") == stored
+    prefetched = samples["sglang:prefetched_tokens_total"]
+    assert {s.labels["tp_rank"] for s in prefetched} == {str(r) for r in range(8)}
+    assert all(s.value == stored for s in prefetched)
+    assert set(prefetched[0].labels) == {"storage_backend", "tp_rank", "dp_rank", "pp_rank",
+                                         "pp_size", "attn_cp_rank", "attn_cp_size"}
+    (backuped,) = samples["sglang:backuped_tokens_total"]   # MLA: only rank 0 writes
+    assert backuped.labels["tp_rank"] == "0" and backuped.value >= stored
+
+    assert http.post("/hicache/storage-backend/clear").status_code == 200
+    flush()
+    assert send() == 0
+
+
+def test_clearing_storage_without_an_l3_tier_is_refused(http):
+    assert http.post("/hicache/storage-backend/clear").status_code == 400
+    assert http.get("/clear_hicache_storage_backend").status_code == 400
 
 
 def test_simulator_lag_and_time_scale_are_exported(http):

@@ -1,0 +1,174 @@
+"""HiCache L3 storage in the engine model (pytest_glmperf.simulator.storage), hand-checked.
+
+The set-up: a device pool of ~145k tokens and a 10 GB host tier (195k tokens) behind it,
+so after three 100k contexts the first one is gone from device and host and only L3
+(``--hicache-storage-backend file``) still holds it. Reads and writes run at the file
+backend's 1.2 GB/s of KV (61,464 B per token): a whole context takes ~5.1 s either way.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_glmperf.simulator.config import parse_server_args
+from pytest_glmperf.simulator.engine import Engine
+from pytest_glmperf.simulator.storage import PREFETCH_BATCH_PAGES
+from tests.simulator.test_engine import HICACHE, SMALL_POOL, request, run
+
+SMALL_HOST = [*HICACHE[:4], "10", *HICACHE[5:], *SMALL_POOL]
+L3 = ["--hicache-storage-backend", "file"]
+PAGE_BYTES = 64 * 61_464
+
+
+def three_contexts_then_revisit(*flags: str, pause_s: float = 30.0) -> tuple[Engine, float]:
+    """Contexts 1-3 in turn, a pause, then context 1 again; the revisit's TTFT."""
+    engine = Engine(parse_server_args(SMALL_HOST + list(flags)))
+    for rid, ctx in (("c1", 1), ("c2", 2), ("c3", 3)):
+        engine.add_request(request(rid, 100_000, 8, ctx=ctx))
+        run(engine)
+    engine.advance_to(engine.now + pause_s)
+    sent = engine.now
+    engine.add_request(request("revisit", 100_000, 8, ctx=1))
+    steps = run(engine)
+    first = next(s.end_s for s in steps for e in s.emissions if e.first)
+    return engine, first - sent
+
+
+def test_every_host_copy_is_written_to_storage_at_the_write_rate() -> None:
+    engine = Engine(parse_server_args(SMALL_HOST + L3 + ["--sim-storage-write-gbps", "0.1"]))
+    engine.add_request(request("c1", 100_000, 8, ctx=1))
+    steps = run(engine)
+    storage = engine.storage
+    assert storage is not None
+    # Each chunk's pages are queued once inserted (write-through); one writer drains them
+    # in order, so at 0.1 GB/s the 1562 pages finish ~61 s after the first chunk.
+    write_s = 1562 * PAGE_BYTES / 0.1e9
+    first_chunk = steps[0].end_s
+    assert storage.busy(first_chunk + write_s - 0.5)
+    assert not storage.busy(first_chunk + write_s + 0.5)
+    engine.advance_to(first_chunk + write_s + 0.5)
+    assert engine.counters.storage_backup_tokens == 1562 * 64
+
+
+def test_at_the_file_rate_backups_keep_up_with_the_prefill() -> None:
+    engine = Engine(parse_server_args(SMALL_HOST + L3))
+    engine.add_request(request("c1", 100_000, 8, ctx=1))
+    run(engine)
+    # 1.2 GB/s writes a chunk of 128 pages in 0.42 s, under any chunk's prefill time.
+    assert not engine.storage.busy(engine.now + 0.42)
+
+
+def test_revisit_evicted_from_host_is_prefetched_from_storage() -> None:
+    plain, plain_ttft = three_contexts_then_revisit()
+    engine, ttft = three_contexts_then_revisit(*L3)
+    c = engine.counters
+    assert plain.counters.cached_tokens_host == 0 and plain_ttft > 10   # a full re-prefill
+    # The host tier had room for ~786 pages of the new input once its host-only leaves were
+    # evicted (the rest of it holds contexts 2 and 3, still on device): that much came from
+    # storage, 128 pages per batch, then was loaded back like a host hit.
+    assert c.cached_tokens_storage == c.storage_prefetched_tokens > 40_000
+    assert c.cached_tokens_storage % 64 == 0
+    assert c.cached_tokens_host == 0 and c.cached_tokens_device == 0
+    assert c.load_back_tokens >= c.cached_tokens_storage
+    read_s = c.cached_tokens_storage / 64 * PAGE_BYTES / 1.2e9
+    assert ttft > read_s
+    assert ttft < plain_ttft    # reading the head of the context beats recomputing it
+
+
+def test_best_effort_stops_the_prefetch_as_soon_as_the_request_is_scheduled() -> None:
+    engine, _ = three_contexts_then_revisit(*L3, "--hicache-storage-prefetch-policy",
+                                            "best_effort")
+    # An idle scheduler reaches the request at once: nothing has arrived yet.
+    assert engine.counters.cached_tokens_storage == 0
+    assert engine.counters.storage_prefetched_tokens == 0
+
+
+def test_timeout_policy_keeps_the_batches_that_arrived_in_time() -> None:
+    slow = ["--sim-storage-read-gbps", "0.2"]
+    waited, waited_ttft = three_contexts_then_revisit(*L3, *slow, "--hicache-storage-prefetch-policy",
+                                                      "wait_complete")
+    timed, timed_ttft = three_contexts_then_revisit(*L3, *slow)
+    full = waited.counters.cached_tokens_storage
+    got = timed.counters.cached_tokens_storage
+    # timeout = 2 s + 0.1 s per 1024 prefetched tokens; batches of 128 pages at 0.2 GB/s.
+    timeout = 2 + 0.1 * full / 1024
+    batch_s = PREFETCH_BATCH_PAGES * PAGE_BYTES / 0.2e9
+    assert got == int(timeout / batch_s) * PREFETCH_BATCH_PAGES * 64
+    assert 0 < got < full
+    assert waited_ttft > full / 64 * PAGE_BYTES / 0.2e9
+    assert timed_ttft > timeout
+
+
+def test_a_waiting_prefetch_does_not_hold_back_the_queue() -> None:
+    engine = Engine(parse_server_args(SMALL_HOST + L3 + ["--hicache-storage-prefetch-policy",
+                                                         "wait_complete"]))
+    for rid, ctx in (("c1", 1), ("c2", 2), ("c3", 3)):
+        engine.add_request(request(rid, 100_000, 8, ctx=ctx))
+        run(engine)
+    engine.advance_to(engine.now + 30)
+    engine.add_request(request("revisit", 100_000, 8, ctx=1))
+    engine.add_request(request("short", 2_000, 8, ctx=9))
+    steps = run(engine)
+    order = [e.rid for s in steps for e in s.emissions if e.first]
+    assert order == ["short", "revisit"]   # the scheduler skips a request still prefetching
+    assert any(s.kind == "idle" and s.duration_s > 0 for s in steps)   # then waits for it
+
+
+def test_flush_keeps_storage_and_clear_empties_it() -> None:
+    engine = Engine(parse_server_args(SMALL_HOST + L3))
+    engine.add_request(request("c1", 100_000, 8, ctx=1))
+    run(engine)
+    assert not engine.flush_cache()          # refused while the backup is still writing
+    engine.advance_to(engine.now + 10)
+    assert engine.flush_cache()
+    engine.add_request(request("again", 100_000, 8, ctx=1))
+    steps = run(engine)
+    first = next(e for s in steps for e in s.emissions if e.first)
+    assert first.cached_tokens == engine.counters.cached_tokens_storage > 50_000
+
+    assert engine.clear_storage()
+    engine.advance_to(engine.now + 10)
+    assert engine.flush_cache()
+    engine.add_request(request("cold", 100_000, 8, ctx=1))
+    steps = run(engine)
+    assert next(e for s in steps for e in s.emissions if e.first).cached_tokens == 0
+
+
+def test_an_abort_releases_the_prefetch_host_slots() -> None:
+    engine = Engine(parse_server_args(SMALL_HOST + L3 + ["--hicache-storage-prefetch-policy",
+                                                         "wait_complete"]))
+    for rid, ctx in (("c1", 1), ("c2", 2), ("c3", 3)):
+        engine.add_request(request(rid, 100_000, 8, ctx=ctx))
+        run(engine)
+    engine.advance_to(engine.now + 30)
+    engine.add_request(request("revisit", 100_000, 8, ctx=1))
+    assert engine.cache.host_reserved > 0 and engine.storage.occupied > 0
+    engine.abort("revisit")
+    assert engine.cache.host_reserved == 0 and engine.storage.occupied == 0
+    assert not engine.storage.busy(engine.now)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ([*L3, "--mem-fraction-static", "0.85"], "needs --enable-hierarchical-cache"),
+    ([*SMALL_HOST, "--hicache-storage-backend", "mooncake"], "mooncake is not modelled; modelled: file"),
+    (SMALL_HOST + L3 + ["--hicache-storage-backend-extra-config", '{"prefetch_threshold": "1"}'],
+     "--hicache-storage-backend-extra-config: prefetch_threshold must be int"),
+    (SMALL_HOST + L3 + ["--hicache-storage-backend-extra-config", "{bad"],
+     "--hicache-storage-backend-extra-config: not valid JSON"),
+    ([*SMALL_HOST, "--hicache-storage-prefetch-policy", "eager"],
+     "--hicache-storage-prefetch-policy: invalid value 'eager'"),
+])
+def test_storage_flags_are_checked(flags: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_server_args(flags)
+
+
+def test_extra_config_sets_the_prefetch_knobs(tmp_path) -> None:
+    config_file = tmp_path / "l3.yaml"
+    config_file.write_text("prefetch_threshold: 4096\nprefetch_timeout_base: 5\n")
+    config = parse_server_args(SMALL_HOST + L3 + ["--hicache-storage-backend-extra-config",
+                                                  f"@{config_file}"])
+    settings = config.storage_settings
+    assert settings.prefetch_threshold == 4096
+    assert settings.timeout_s(10_240) == pytest.approx(5 + 0.1 * 10)
+    assert settings.timeout_s(10_000_000) == 30.0
