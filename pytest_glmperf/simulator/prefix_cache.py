@@ -179,12 +179,7 @@ class PrefixCache:
             return 0
         parent = self._pages.get(keys[start - 1]) if start > 0 else None
         for i in range(start, end):
-            page = self._pages.get(keys[i])
-            if page is None:
-                page = _Page(keys[i], parent, i)
-                self._pages[keys[i]] = page
-                if parent is not None:
-                    parent.children += 1
+            page, _ = self._get_or_add(keys[i], parent, i)
             if not page.on_dev:
                 page.loaded = False
                 self._set_dev(page, True)
@@ -253,12 +248,8 @@ class PrefixCache:
             return 0
         added = 0
         for i in range(start, end):
-            page = self._pages.get(keys[i])
-            if page is None:
-                page = _Page(keys[i], parent, i)
-                self._pages[keys[i]] = page
-                if parent is not None:
-                    parent.children += 1
+            page, new = self._get_or_add(keys[i], parent, i)
+            if new:
                 page.on_host = True
                 self.host_pages += 1
                 added += 1
@@ -290,6 +281,18 @@ class PrefixCache:
         self.version += 1
 
     # ---- internals ----------------------------------------------------------------------
+
+    def _get_or_add(self, key: int, parent: _Page | None, depth: int) -> tuple[_Page, bool]:
+        """The page ``key`` under ``parent``, created (neither on device nor host) if the
+        tree lacks it; whether it was created."""
+        page = self._pages.get(key)
+        if page is not None:
+            return page, False
+        page = _Page(key, parent, depth)
+        self._pages[key] = page
+        if parent is not None:
+            parent.children += 1
+        return page, True
 
     def _set_dev(self, page: _Page, on: bool) -> None:
         self.version += 1

@@ -20,13 +20,19 @@ L3 = ["--hicache-storage-backend", "file"]
 PAGE_BYTES = 64 * 61_464
 
 
-def three_contexts_then_revisit(*flags: str, pause_s: float = 30.0) -> tuple[Engine, float]:
-    """Contexts 1-3 in turn, a pause, then context 1 again; the revisit's TTFT."""
+def after_three_contexts(*flags: str, pause_s: float = 30.0) -> Engine:
+    """Contexts 1-3 in turn, then a pause: context 1 is left in storage only."""
     engine = Engine(parse_server_args(SMALL_HOST + list(flags)))
     for rid, ctx in (("c1", 1), ("c2", 2), ("c3", 3)):
         engine.add_request(request(rid, 100_000, 8, ctx=ctx))
         run(engine)
     engine.advance_to(engine.now + pause_s)
+    return engine
+
+
+def three_contexts_then_revisit(*flags: str) -> tuple[Engine, float]:
+    """Context 1 again after contexts 1-3; the revisit's TTFT."""
+    engine = after_three_contexts(*flags)
     sent = engine.now
     engine.add_request(request("revisit", 100_000, 8, ctx=1))
     steps = run(engine)
@@ -100,12 +106,7 @@ def test_timeout_policy_keeps_the_batches_that_arrived_in_time() -> None:
 
 
 def test_a_waiting_prefetch_does_not_hold_back_the_queue() -> None:
-    engine = Engine(parse_server_args(SMALL_HOST + L3 + ["--hicache-storage-prefetch-policy",
-                                                         "wait_complete"]))
-    for rid, ctx in (("c1", 1), ("c2", 2), ("c3", 3)):
-        engine.add_request(request(rid, 100_000, 8, ctx=ctx))
-        run(engine)
-    engine.advance_to(engine.now + 30)
+    engine = after_three_contexts(*L3, "--hicache-storage-prefetch-policy", "wait_complete")
     engine.add_request(request("revisit", 100_000, 8, ctx=1))
     engine.add_request(request("short", 2_000, 8, ctx=9))
     steps = run(engine)
@@ -135,12 +136,7 @@ def test_flush_keeps_storage_and_clear_empties_it() -> None:
 
 
 def test_an_abort_releases_the_prefetch_host_slots() -> None:
-    engine = Engine(parse_server_args(SMALL_HOST + L3 + ["--hicache-storage-prefetch-policy",
-                                                         "wait_complete"]))
-    for rid, ctx in (("c1", 1), ("c2", 2), ("c3", 3)):
-        engine.add_request(request(rid, 100_000, 8, ctx=ctx))
-        run(engine)
-    engine.advance_to(engine.now + 30)
+    engine = after_three_contexts(*L3, "--hicache-storage-prefetch-policy", "wait_complete")
     engine.add_request(request("revisit", 100_000, 8, ctx=1))
     assert engine.cache.host_reserved > 0 and engine.storage.occupied > 0
     engine.abort("revisit")
