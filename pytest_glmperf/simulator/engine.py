@@ -522,6 +522,7 @@ class Engine:
             req.pages = full if moved else req.pages
         if req.done < req.target:
             return None
+        self.cache.hit_path(keys, req.pages)   # the prefill's last, non-chunked insert
         return self._emit(req, 1)
 
     def _run_decode(self, start: float) -> StepResult:
@@ -600,12 +601,11 @@ class Engine:
         prompt_pages = len(req.sim.page_keys)
         if req.pages != prompt_pages:
             return
-        pages = (req.sim.prompt_tokens + req.generated - 1) // page - prompt_pages
-        if pages <= 0:
-            return
+        pages = max(0, (req.sim.prompt_tokens + req.generated - 1) // page - prompt_pages)
         keys = [*req.sim.page_keys, *(hash((req.rid, "answer", i)) for i in range(pages))]
         moved = self.cache.insert(keys, prompt_pages, prompt_pages + pages, self.now)
         req.private -= moved * page
+        self.cache.hit_path(keys, prompt_pages + moved)
         self.cache.unlock(keys[prompt_pages:], moved, self.now)
 
     def _release(self, req: _Req) -> None:

@@ -10,8 +10,10 @@ SGLang semantics kept (mem_cache/radix_cache.py, unified_radix_cache.py, 0.5.23)
 * eviction is on demand when an allocation finds too few free slots, leaf-first over
   unlocked pages in LRU order (``--radix-eviction-policy lru``);
 * a running request locks its matched path (lock_ref), so it cannot be evicted;
-* with HiCache, ``write_through`` backs every newly inserted device page up to host at
-  insertion; a device-evicted page with a host copy becomes host-only; a later match
+* with HiCache, ``write_through`` backs a device page up to host once a non-chunked insert
+  has passed over it (``hit_path``; ``_inc_hit_count`` skips the inserts between chunks,
+  so a long prompt is copied when its prefill completes), ``write_through_selective`` once
+  two have; a device-evicted page with a host copy becomes host-only; a later match
   continues from the device prefix into host-only pages, which are loaded back;
   ``write_back`` copies a page to host only when it is evicted from device;
 * the host tier evicts host-only leaves in LRU order only when a backup (or an L3
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 
 class _Page:
-    __slots__ = ("children", "depth", "dev_children", "key", "last", "loaded", "lock",
+    __slots__ = ("children", "depth", "dev_children", "hits", "key", "last", "loaded", "lock",
                  "on_dev", "on_host", "parent", "pinned")
 
     def __init__(self, key: int, parent: _Page | None, depth: int) -> None:
@@ -40,6 +42,7 @@ class _Page:
         self.on_host = False
         self.loaded = False     # device copy came from host (load-back), not a prefill
         self.lock = 0
+        self.hits = 0           # non-chunked inserts that passed over it (write-through)
         self.pinned = False     # host copy being loaded back: not a host-eviction victim
         self.last = 0.0
 
@@ -62,6 +65,8 @@ class PrefixCache:
         self.capacity = device_tokens
         self.host_capacity = host_tokens
         self.write_through = write_policy.startswith("write_through")
+        # HiRadixCache.write_through_threshold: hits before a page is copied to host
+        self.backup_after_hits = 2 if write_policy == "write_through_selective" else 1
         self.enabled = enabled
         self._pages: dict[int, _Page] = {}
         self._dev_heap: list[tuple[float, int, int, int]] = []
@@ -183,8 +188,6 @@ class PrefixCache:
             if not page.on_dev:
                 page.loaded = False
                 self._set_dev(page, True)
-                if self.write_through and self.host_capacity:
-                    self._backup(page)
             self.request_tokens -= self.page_size
             if page.lock == 0:
                 self.locked_dev_pages += 1
@@ -192,6 +195,27 @@ class PrefixCache:
             page.last = now
             parent = page
         return end - start
+
+    def hit_path(self, keys: Sequence[int], count: int) -> None:
+        """A non-chunked insert over pages [0, count) (a completed prefill, a finished
+        request): each device page counts a hit, and under write-through one without a
+        host copy is backed up once it has enough. Root first, and a page whose parent has
+        no host copy is skipped, as backed-up pages must form a prefix (``write_backup``)."""
+        if not (self.write_through and self.host_capacity):
+            return
+        pages = self._pages
+        for i in range(count):
+            page = pages.get(keys[i])
+            if page is None:
+                return
+            if not page.on_dev:
+                continue
+            page.hits += 1
+            if page.on_host or page.hits < self.backup_after_hits:
+                continue
+            if page.parent is not None and not page.parent.on_host:
+                return
+            self._backup(page)
 
     def load_back(self, keys: Sequence[int], start: int, end: int, now: float) -> int:
         """Bring host-only pages [start, end) back to device, evicting device pages for

@@ -13,6 +13,7 @@ def cached(cache: PrefixCache, k: list[int], now: float) -> None:
     """Compute and insert a whole prompt, then release it (a finished request)."""
     assert cache.alloc(len(k) * 64)
     cache.insert(k, 0, len(k), now)
+    cache.hit_path(k, len(k))
     cache.unlock(k, len(k), now)
 
 

@@ -1,4 +1,5 @@
-"""HiCache L3 storage in the engine model (pytest_glmperf.simulator.storage), hand-checked.
+"""HiCache L3 storage in the engine model (pytest_glmperf.simulator.storage), and when
+write-through copies a prompt to host (which is when L3 can have it), hand-checked.
 
 The set-up: a device pool of ~145k tokens and a 10 GB host tier (195k tokens) behind it,
 so after three 100k contexts the first one is gone from device and host and only L3
@@ -40,28 +41,38 @@ def three_contexts_then_revisit(*flags: str) -> tuple[Engine, float]:
     return engine, first - sent
 
 
-def test_every_host_copy_is_written_to_storage_at_the_write_rate() -> None:
-    engine = Engine(parse_server_args(SMALL_HOST + L3 + ["--sim-storage-write-gbps", "0.1"]))
+def test_a_prompt_is_written_to_storage_once_its_prefill_completes() -> None:
+    engine = Engine(parse_server_args(SMALL_HOST + L3))
     engine.add_request(request("c1", 100_000, 8, ctx=1))
     steps = run(engine)
     storage = engine.storage
     assert storage is not None
-    # Each chunk's pages are queued once inserted (write-through); one writer drains them
-    # in order, so at 0.1 GB/s the 1562 pages finish ~61 s after the first chunk.
-    write_s = 1562 * PAGE_BYTES / 0.1e9
-    first_chunk = steps[0].end_s
-    assert storage.busy(first_chunk + write_s - 0.5)
-    assert not storage.busy(first_chunk + write_s + 0.5)
-    engine.advance_to(first_chunk + write_s + 0.5)
+    # SGLang counts no write-through hit for the inserts between chunks: the host copy, and
+    # then the one writer to storage, start when the last chunk is in. 1562 pages at
+    # 1.2 GB/s take 5.1 s.
+    prefilled = next(s.end_s for s in steps for e in s.emissions if e.first)
+    keys = request("c1", 100_000, 8, ctx=1).page_keys
+    assert storage.hit_pages(keys, 0, len(keys), prefilled) == 0
+    write_s = 1562 * PAGE_BYTES / 1.2e9
+    assert storage.busy(prefilled + write_s - 0.1)
+    assert not storage.busy(prefilled + write_s + 0.1)
+    assert storage.hit_pages(keys, 0, len(keys), prefilled + write_s + 0.1) == 1562
+    engine.advance_to(prefilled + write_s + 0.1)
     assert engine.counters.storage_backup_tokens == 1562 * 64
 
 
-def test_at_the_file_rate_backups_keep_up_with_the_prefill() -> None:
-    engine = Engine(parse_server_args(SMALL_HOST + L3))
+@pytest.mark.parametrize(("policy", "on_host_while_decoding"), [
+    ("write_through", 1562), ("write_through_selective", 0)])
+def test_write_through_selective_copies_a_prompt_on_its_second_hit(
+        policy: str, on_host_while_decoding: int) -> None:
+    engine = Engine(parse_server_args([*SMALL_HOST, "--hicache-write-policy", policy]))
     engine.add_request(request("c1", 100_000, 8, ctx=1))
+    while not any(e.first for e in engine.step().emissions):
+        pass
+    # The completed prefill is one hit; the finished request's insert is the second.
+    assert engine.cache.host_used_tokens == on_host_while_decoding * 64
     run(engine)
-    # 1.2 GB/s writes a chunk of 128 pages in 0.42 s, under any chunk's prefill time.
-    assert not engine.storage.busy(engine.now + 0.42)
+    assert engine.cache.host_used_tokens == 1562 * 64
 
 
 def test_revisit_evicted_from_host_is_prefetched_from_storage() -> None:
