@@ -199,8 +199,8 @@ class PrefixCache:
     def hit_path(self, keys: Sequence[int], count: int) -> None:
         """A non-chunked insert over pages [0, count) (a completed prefill, a finished
         request): each device page counts a hit, and under write-through one without a
-        host copy is backed up once it has enough. Root first, and a page whose parent has
-        no host copy is skipped, as backed-up pages must form a prefix (``write_backup``)."""
+        host copy is backed up once it has enough. Root first; the walk stops at a page
+        whose parent has no host copy, as backed-up pages form a prefix (``write_backup``)."""
         if not (self.write_through and self.host_capacity):
             return
         pages = self._pages
@@ -228,8 +228,6 @@ class PrefixCache:
         self.ensure_free(tokens)
         for page in loading:
             page.pinned = False
-        for i in range(start, end):
-            page = self._pages[keys[i]]
             page.loaded = True
             self._set_dev(page, True)
             page.last = now
