@@ -631,6 +631,7 @@ class Engine:
             victim.target = victim.sim.prompt_tokens + victim.generated
             victim.done = 0
             self.waiting.append(victim)
+            self._maybe_prefetch(victim)   # _add_request_to_queue(is_retracted=True)
             self.counters.retracted_requests += 1
             self._retracted_since_log += 1
             retracted = True
