@@ -188,17 +188,24 @@ class Replay:
         while True:
             while self.events and self.events[0][0] <= engine.now:
                 heapq.heappop(self.events)[2]()
-            if engine.has_work():
-                self._step()
-            elif self.events:
-                t = self.events[0][0]
-                self._sample_until(t)
-                engine.advance_to(t)
-            else:
+            if engine.has_work() and self._step():
+                continue
+            # Nothing ran: the clock moves to the next arrival, or to when a queued
+            # request's L3 prefetch may end, whichever comes first.
+            wake = engine.wake_at() if engine.has_work() else None
+            times = [t for t in (wake, self.events[0][0] if self.events else None) if t is not None]
+            if not times:
+                if engine.has_work():
+                    raise RuntimeError("the engine has work but nothing can run")
                 return
+            self._sample_until(min(times))
+            engine.advance_to(min(times))
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One engine step; False when nothing could run."""
         result = self.engine.step()
+        if result.duration_s <= 0 and not result.emissions:
+            return False
         self.steps += 1
         self._sample_until(result.end_s)
         for em in result.emissions:
@@ -212,6 +219,7 @@ class Replay:
                 del self.live[em.rid]
                 if on_done is not None:
                     on_done(rec)
+        return True
 
     def _sample_until(self, t: float) -> None:
         """Gauge scrapes every gauge_interval seconds (values as of the last step)."""

@@ -164,6 +164,7 @@ class Driver:
         self.streams: dict[str, RequestStream] = {}
         self.on_step: Callable[[StepResult], None] | None = None
         self._idle: asyncio.Future[None] | None = None
+        self._parked = False    # the loop waits for news: the engine clock may lag wall time
         self._task: asyncio.Task[None] | None = None
         self._last_lag_log_ns = 0
 
@@ -188,9 +189,9 @@ class Driver:
         the HTTP layer turns into a 400 before the stream starts, as SGLang does.
         """
         now = self.model_now()
-        if not self.engine.has_work() and now > self.engine.now:
+        if (self._parked or not self.engine.has_work()) and now > self.engine.now:
             self.engine.advance_to(now)
-        request.arrival_s = min(now, self.engine.now) if self.engine.has_work() else self.engine.now
+        request.arrival_s = min(now, self.engine.now)
         self.engine.add_request(request)
         stream = RequestStream(request.rid, request.arrival_s)
         self.streams[request.rid] = stream
@@ -200,7 +201,7 @@ class Driver:
     def catch_up_idle(self) -> None:
         """Bring an idle engine's clock to now, so its idle metrics log (every 30 s of
         model time) shows on a scrape that no request preceded."""
-        if not self.engine.has_work():
+        if self._parked or not self.engine.has_work():
             self.engine.advance_to(self.model_now())
 
     def abort(self, rid: str) -> None:
@@ -236,19 +237,14 @@ class Driver:
         self.streams.clear()
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         caught_up = 0  # due steps delivered since the loop last ran other work
         while True:
             if not self.engine.has_work():
-                self._idle = loop.create_future()
-                await self._idle
-                self._idle = None
+                await self._park(None)
                 continue
             step = self.engine.step()
             if step.duration_s <= 0 and not step.emissions:  # nothing can run: wait for news
-                self._idle = loop.create_future()
-                await self._idle
-                self._idle = None
+                await self._park(self.engine.wake_at())
                 continue
             target = self.wall_ns(step.end_s)
             if target > time.perf_counter_ns() or caught_up >= MAX_CATCH_UP_STEPS:
@@ -260,6 +256,20 @@ class Driver:
             self._deliver(step)
             if self.on_step is not None:
                 self.on_step(step)
+
+    async def _park(self, wake_s: float | None) -> None:
+        """Wait for an arrival (``_wake``), or until model time ``wake_s`` if given (an L3
+        prefetch may end then); the engine clock follows to the earlier of the two."""
+        loop = asyncio.get_running_loop()
+        self._idle = loop.create_future() if wake_s is None else self.pacer.until(self.wall_ns(wake_s))
+        self._parked = True
+        try:
+            await self._idle
+        finally:
+            self._parked = False
+            self._idle = None
+        if wake_s is not None:
+            self.engine.advance_to(min(wake_s, self.model_now()))
 
     def _note_lag(self, late_ns: int) -> None:
         """Record how late this step was delivered, in model seconds; warn when it matters."""

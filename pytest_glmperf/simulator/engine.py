@@ -22,8 +22,9 @@ forward + result processing):
    requests and re-estimates ``new_token_ratio``; otherwise the ratio decays.
 
 With an L3 storage tier (``storage.py``) a request's prefetch starts when it arrives; the
-adder skips a request whose prefetch the policy does not yet let it stop, and a step with
-nothing else to run waits (in short slices) for the next prefetch to finish or time out.
+adder skips a request whose prefetch the policy does not yet let it stop. When nothing
+else can run, ``step()`` is idle and ``wake_at()`` says when a prefetch may end: the
+driver moves the clock there, or to an earlier arrival.
 
 Requests between steps are admitted at the next step, as SGLang polls its input socket
 between iterations. Everything is O(running + queue) per step; the prefix cache is
@@ -32,6 +33,7 @@ touched only at admission, chunk completion and finish.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from dataclasses import dataclass
@@ -84,7 +86,6 @@ class _Req:
 
 
 IDLE_LOG_INTERVAL_S = 30.0  # SGLang logs metrics while idle at most every 30 s
-PREFETCH_WAIT_SLICE_S = 0.05  # longest idle step while queued requests wait on L3 prefetches
 INPUT_BUDGET_SPENT = -1.0   # _try_admit: refused for --max-prefill-tokens (never a load time)
 
 
@@ -183,6 +184,16 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running or self.chunked)
 
+    def wake_at(self) -> float | None:
+        """When an idle step has work queued: the model time at which an L3 prefetch a
+        queued request waits for may end (None: only a new request can change anything).
+        Whoever drives the engine advances the clock to it, or to an earlier arrival."""
+        storage = self.storage
+        if storage is None or not any(storage.ongoing(r.rid) for r in self.waiting):
+            return None
+        wake = storage.next_event_s(self.now)
+        return None if wake == math.inf else wake
+
     def step(self) -> StepResult:
         """Run one scheduler iteration and advance ``now`` by its modelled duration."""
         start = self.now
@@ -196,7 +207,7 @@ class Engine:
             result = self._run_decode(start)
         else:
             self.new_token_ratio = self.config.init_new_token_ratio  # self_check_during_idle
-            return self._wait_for_prefetch(start)
+            return StepResult(start_s=start, duration_s=0.0, kind="idle")
         self._sync_cache_counters()
         return result
 
@@ -449,17 +460,6 @@ class Engine:
         if self.storage is not None and self.storage.ongoing(req.rid):
             op = self.storage.stop(req.rid, self.now)
             self.cache.unreserve_host(op.reserved)
-
-    def _wait_for_prefetch(self, start: float) -> StepResult:
-        """Nothing can run: idle until the next prefetch may end (in short slices, so a
-        request arriving meanwhile waits no longer than SGLang's polling would let it)."""
-        storage = self.storage
-        if storage is None or not self.waiting or not any(
-                storage.ongoing(r.rid) for r in self.waiting):
-            return StepResult(start_s=start, duration_s=0.0, kind="idle")
-        wait = min(storage.next_event_s(start) - start, PREFETCH_WAIT_SLICE_S)
-        self.now = start + max(wait, 1e-6)
-        return StepResult(start_s=start, duration_s=self.now - start, kind="idle")
 
     def _draft_accept_prob(self, req: _Req) -> float | None:
         """Per-draft acceptance for ``req`` when part of its prefix was loaded back and the

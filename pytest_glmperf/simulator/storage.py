@@ -181,11 +181,11 @@ class StorageTier:
         """Pages of ``rid``'s prefetch in host memory at ``now`` (whole batches)."""
         op = self._by_rid[rid]
         self._schedule()
-        elapsed = min(now, op.end_s(self.page_read_s)) - op.begin_s
+        if now >= op.end_s(self.page_read_s):   # the very instant next_event_s names
+            return op.pages
+        elapsed = now - op.begin_s
         if elapsed <= 0:
             return 0
-        if elapsed >= op.pages * self.page_read_s - 1e-12:
-            return op.pages
         batch_s = PREFETCH_BATCH_PAGES * self.page_read_s
         return min(op.pages, int(elapsed / batch_s + 1e-9) * PREFETCH_BATCH_PAGES)
 
@@ -196,17 +196,18 @@ class StorageTier:
             return True
         if self.arrived_pages(rid, now) >= op.pages:
             return True
-        return self.policy == "timeout" and now - op.created_s > op.timeout_s
+        return self.policy == "timeout" and now >= op.created_s + op.timeout_s
 
     def next_event_s(self, now: float) -> float:
-        """Earliest time a waiting prefetch could become ready (completion or timeout)."""
+        """The next time after ``now`` a prefetch completes or times out (inf: none). At
+        that instant ``ready`` is true for it: both compare the same expressions."""
         self._schedule()
         times = []
         for op in self._by_rid.values():
             times.append(op.end_s(self.page_read_s))
             if self.policy == "timeout":
                 times.append(op.created_s + op.timeout_s)
-        return max(now, min(times)) if times else math.inf
+        return min((t for t in times if t > now), default=math.inf)
 
     def stop(self, rid: str, now: float) -> _Prefetch:
         """Terminate ``rid``'s prefetch; the IO thread drops the rest of it."""

@@ -28,10 +28,15 @@ def request(rid: str, prompt: int, new: int, ctx: int | None = None) -> SimReque
 
 
 def run(engine: Engine, until: str | None = None) -> list[StepResult]:
-    """Step until idle (or until request ``until`` finishes); return the steps."""
+    """Step until idle (or until request ``until`` finishes); return the steps. When
+    nothing can run, the clock moves to ``wake_at()`` (an L3 prefetch may end then)."""
     steps = []
     while engine.has_work():
         step = engine.step()
+        if step.duration_s <= 0 and not step.emissions:
+            wake = engine.wake_at()
+            assert wake is not None, "the engine has work but nothing can run"
+            engine.advance_to(wake)
         steps.append(step)
         if until and any(e.rid == until and e.finished for e in step.emissions):
             break

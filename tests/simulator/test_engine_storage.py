@@ -13,7 +13,7 @@ import pytest
 
 from pytest_glmperf.simulator.config import parse_server_args
 from pytest_glmperf.simulator.engine import Engine
-from pytest_glmperf.simulator.storage import PREFETCH_BATCH_PAGES
+from pytest_glmperf.simulator.storage import PREFETCH_BATCH_PAGES, StorageTier
 from tests.simulator.test_engine import HICACHE, SMALL_POOL, request, run
 
 SMALL_HOST = [*HICACHE[:4], "10", *HICACHE[5:], *SMALL_POOL]
@@ -123,7 +123,8 @@ def test_a_waiting_prefetch_does_not_hold_back_the_queue() -> None:
     steps = run(engine)
     order = [e.rid for s in steps for e in s.emissions if e.first]
     assert order == ["short", "revisit"]   # the scheduler skips a request still prefetching
-    assert any(s.kind == "idle" and s.duration_s > 0 for s in steps)   # then waits for it
+    idle = [s for s in steps if s.kind == "idle"]   # then waits for it
+    assert idle and engine.wake_at() is None
 
 
 def test_flush_keeps_storage_and_clear_empties_it() -> None:
@@ -179,3 +180,17 @@ def test_extra_config_sets_the_prefetch_knobs(tmp_path) -> None:
     assert settings.prefetch_threshold == 4096
     assert settings.timeout_s(10_240) == pytest.approx(5 + 0.1 * 10)
     assert settings.timeout_s(10_000_000) == 30.0
+
+
+@pytest.mark.parametrize("policy", ["timeout", "wait_complete"])
+@pytest.mark.parametrize("created", [0.0, 1234.567, 98_765.4321])
+def test_a_prefetch_is_ready_at_the_instant_its_next_event_names(policy: str, created: float) -> None:
+    # The driver parks the engine until next_event_s; were ready() still false there (a
+    # rounding apart), it would wake at the same instant again and again.
+    tier = StorageTier(page_size=64, bytes_per_token=61_464, read_bandwidth=0.2e9,
+                       write_bandwidth=1.2e9, policy=policy, capacity_limit_tokens=10**9)
+    tier.start("r", 0, 1562, 1562 * 64, created)
+    now = tier.next_event_s(created)
+    assert now > created
+    assert tier.ready("r", now)
+    assert not tier.ready("r", now - 1e-3)

@@ -171,3 +171,47 @@ def test_a_due_step_does_not_queue_behind_the_loops_other_work():
     health, stamps = asyncio.run(run())
     assert len(stamps) == 20                    # every token delivered, some coalesced
     assert health.lag_max_s < 1.0, health      # a round or two: ~0.33 model s here
+
+
+READY_S = 1.0    # model time at which a "stored-*" request's (L3 prefetch) may start
+
+
+class PrefetchingEngine(StubEngine):
+    """Requests named ``stored*`` cannot start before READY_S; meanwhile a step with
+    nothing else to run is idle and ``wake_at`` says when that changes."""
+
+    def _held(self) -> list[SimRequest]:
+        return [r for r in self.pending if r.rid.startswith("stored") and self.now < READY_S]
+
+    def step(self) -> StepResult:
+        held = self._held()
+        self.pending = [r for r in self.pending if r not in held]
+        if not self.pending and not self.running:
+            self.pending = held
+            return StepResult(start_s=self.now, duration_s=0.0, kind="idle")
+        result = super().step()
+        self.pending = held
+        return result
+
+    def wake_at(self) -> float | None:
+        return READY_S if self._held() else None
+
+
+def test_a_parked_loop_wakes_for_an_arrival_and_at_wake_at():
+    async def run() -> tuple[Driver, int, list[int], list[int]]:
+        driver = _driver(PrefetchingEngine())
+        driver.start()
+        stored = asyncio.create_task(_collect(driver, "stored", 1))
+        await asyncio.sleep(0.03)            # 0.3 model s into its 1 s wait
+        sent = time.perf_counter_ns()
+        fast = await _collect(driver, "fast", 1)
+        slow = await stored
+        await driver.stop()
+        return driver, sent, fast, slow
+
+    driver, sent, fast, slow = asyncio.run(run())
+    # The arrival is served by the next step (10 ms), not after the wait ...
+    assert (fast[0] - sent) / 1e6 == pytest.approx(STEP_S / SCALE * 1e3, abs=3.0)
+    # ... and the held request starts at READY_S exactly, one step before its token.
+    due = driver.wall_ns(driver.anchor_model_s + READY_S + STEP_S)
+    assert abs(slow[0] - due) / 1e6 < 3.0
