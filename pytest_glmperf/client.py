@@ -186,6 +186,14 @@ class StreamingClient:
             return False
         return response.status_code == 200
 
+    async def clear_storage(self, *, timeout_s: float = 30.0) -> bool:
+        """POST /hicache/storage-backend/clear (HiCache's L3 tier); False when refused."""
+        try:
+            response = await self.http.post("/hicache/storage-backend/clear", timeout=timeout_s)
+        except httpx.HTTPError:
+            return False
+        return response.status_code == 200
+
     # -- streaming ------------------------------------------------------------------------
     def prepare(self, messages: Sequence[dict[str, Any]], *, max_tokens: int,
                 temperature: float = 0.0, extra_body: dict[str, Any] | None = None,

@@ -235,7 +235,8 @@ def conditions_line(settings: dict[str, Any]) -> str:
     spikes = (f"a spike every {interval:g} s " + ("in an agent's slot" if mode == "slot" else "beside the agents")
               if interval else "no spikes")
     start = {"warm": "primed with its contexts and spikes", "flushed": "flushed",
-             "as-is": "left as it was"}.get(settings.get("cache_start", "flushed"), "?")
+             "cold": "flushed (L3 storage cleared too)", "as-is": "left as it was",
+             }.get(settings.get("cache_start", "flushed"), "?")
     return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
             f" · cache {start} before each window")
 

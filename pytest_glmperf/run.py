@@ -283,6 +283,9 @@ class GlmperfServer:
             self.run.progress(f"glmperf {self.target.key} {label}: priming {len(keys)} contexts (--warm-cache)")
             await prime(self._load(client, contexts, "prime", level=level), keys, context_tokens)
         elif self.settings.flush_cache:
+            if self.settings.clear_storage and not await client.clear_storage():
+                self.run.progress(f"glmperf {self.target.key}: /hicache/storage-backend/clear "
+                                  "refused (no HiCache on this server); flushing only")
             await self.flush_cache(client)
 
     def capacity_search(self, thresholds: Thresholds | None = None) -> dict[int, LevelResult]:

@@ -134,6 +134,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
     Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
     Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run", metavar="BOOL"),
+    Option("clear_storage", _flag, False, "with the flush, also POST /hicache/storage-backend/clear: an L3 disk tier keeps what earlier windows wrote (clears a shared backend for every server on it)", flag=True),
     Option("warm_cache", _flag, False, "instead of flushing, send every context and spike text of a window once before it (a server that has seen these repositories)", flag=True),
     Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
     Option("quick", _flag, False, "small preset: levels 1,2,4, 60 s levels, 20k-token contexts (under 90 s on the simulator)", flag=True),
@@ -169,6 +170,7 @@ class RunSettings:
     temperature: float
     flush_cache: bool
     warm_cache: bool = False
+    clear_storage: bool = False
     capacity_search: bool = False
     repeats: int = 1
 
@@ -189,10 +191,13 @@ class RunSettings:
 
     @property
     def cache_start(self) -> str:
-        """How each window finds the server's prefix cache: "warm" (primed), "flushed" or "as-is"."""
+        """How each window finds the server's prefix cache: "warm" (primed), "cold" (flushed,
+        L3 storage cleared), "flushed" or "as-is"."""
         if self.warm_cache:
             return "warm"
-        return "flushed" if self.flush_cache else "as-is"
+        if not self.flush_cache:
+            return "as-is"
+        return "cold" if self.clear_storage else "flushed"
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,7 @@ class Settings:
             temperature=value("temperature"),
             flush_cache=value("flush_cache"),
             warm_cache=value("warm_cache"),
+            clear_storage=value("clear_storage"),
             capacity_search=value("capacity_search"),
             repeats=value("repeats"),
         )

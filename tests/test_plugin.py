@@ -311,6 +311,21 @@ def test_without_warm_cache_each_window_starts_flushed_and_spikes_are_fresh(pyte
     assert report["settings"]["sim-hicache"]["cache_start"] == "flushed"
 
 
+@pytest.mark.parametrize("clear", [False, True])
+def test_clear_storage_makes_flushed_windows_cold_on_an_l3_server(pytester: pytest.Pytester, clear: bool):
+    """/flush_cache leaves an L3 tier: level 2 finds level 1's context in storage, unless
+    --clear-storage empties it before the flush."""
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--profile=sim-hicache-l3", *(["--clear-storage"] if clear else []))
+    result.assert_outcomes(passed=2)
+    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    level2 = sorted((r for r in records if r["level"] == 2 and r["kind"] == "agent"), key=lambda r: r["send_ns"])
+    opening = next(r for r in level2 if r["context_id"] == 0)   # seen at level 1, then flushed
+    assert (opening["cached_tokens"] == 0) if clear else (opening["cached_tokens"] > 1000)
+    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert report["settings"]["sim-hicache-l3"]["cache_start"] == ("cold" if clear else "flushed")
+
+
 def _busy_intervals(records: list[dict], kind: str) -> list[tuple[int, int]]:
     return [(r["send_ns"], r["done_ns"]) for r in records if r["kind"] == kind and r["scenario"] == "capacity"]
 

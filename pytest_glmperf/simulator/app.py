@@ -9,7 +9,7 @@ Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions`` and ``POST|PU
 ``GET /health``, ``GET /health_generate`` (503 while starting), ``GET /ping``,
 ``GET /server_info`` and ``/get_server_info``, ``GET /model_info`` and ``/get_model_info``,
 ``GET|POST /flush_cache`` (400 unless idle), ``POST /hicache/storage-backend/clear`` and the
-deprecated ``GET|POST /clear_hicache_storage_backend`` (400 without an L3 tier),
+deprecated ``GET|POST /clear_hicache_storage_backend`` (400 without HiCache),
 ``GET /metrics`` (404 without ``--enable-metrics``). Simulator extensions:
 ``GET|POST|DELETE /glmperf/faults`` (server-wide fault injection, see faults.py) and
 ``GET /glmperf/sends/{rid}`` (the true send instant of every chunk of a request,
@@ -261,7 +261,7 @@ class SimulatorApp(TextCompletions):
                                  b"will not be performed.)\n", text)
 
     async def clear_storage(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Empty the L3 tier (SGLang: 400 when no storage backend is attached)."""
+        """Empty the L3 tier (SGLang: 400 without HiCache, 200 with it, L3 or not)."""
         ok = self.engine.clear_storage()
         await respond(send, 200 if ok else 400, b"Hierarchical cache storage backend cleared.\n",
                       b"text/plain; charset=utf-8")

@@ -240,11 +240,11 @@ class Engine:
         return True
 
     def clear_storage(self) -> bool:
-        """``/hicache/storage-backend/clear``: False without an L3 tier."""
-        if self.storage is None:
-            return False
-        self.storage.clear()
-        return True
+        """``/hicache/storage-backend/clear``: empties L3. As 0.5.12's scheduler answers,
+        success means HiCache is on, whether or not an L3 tier is attached."""
+        if self.storage is not None:
+            self.storage.clear()
+        return self.config.enable_hierarchical_cache
 
     def internal_state(self) -> dict[str, object]:
         """``/server_info`` ``internal_states[0]`` (scheduler.get_internal_state)."""

@@ -138,7 +138,7 @@ def test_l3_storage_survives_flush_and_is_cleared_over_http(start_sim, client_fo
     assert send() == 0
 
 
-def test_clearing_storage_without_an_l3_tier_is_refused(http):
+def test_clearing_storage_without_hicache_is_refused(http):
     assert http.post("/hicache/storage-backend/clear").status_code == 400
     assert http.get("/clear_hicache_storage_backend").status_code == 400
 
