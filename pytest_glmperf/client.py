@@ -164,11 +164,7 @@ class StreamingClient:
 
     async def is_ready(self, *, timeout_s: float = 30.0) -> bool:
         """GET /health_generate == 200 (SGLang answers 503 until its warm-up is done)."""
-        try:
-            response = await self.http.get("/health_generate", timeout=timeout_s)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await self._answers_200("GET", "/health_generate", timeout_s)
 
     async def metrics_text(self, *, timeout_s: float = 10.0) -> str | None:
         """The Prometheus text of /metrics, or None when the server has none or is down."""
@@ -180,16 +176,16 @@ class StreamingClient:
 
     async def flush_cache(self, *, timeout_s: float = 30.0) -> bool:
         """POST /flush_cache; False when the server refuses (SGLang: 400 unless idle)."""
-        try:
-            response = await self.http.post("/flush_cache", timeout=timeout_s)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await self._answers_200("POST", "/flush_cache", timeout_s)
 
     async def clear_storage(self, *, timeout_s: float = 30.0) -> bool:
         """POST /hicache/storage-backend/clear (HiCache's L3 tier); False when refused."""
+        return await self._answers_200("POST", "/hicache/storage-backend/clear", timeout_s)
+
+    async def _answers_200(self, method: str, path: str, timeout_s: float) -> bool:
+        """An admin call that either works (200) or not: refusals and network errors alike."""
         try:
-            response = await self.http.post("/hicache/storage-backend/clear", timeout=timeout_s)
+            response = await self.http.request(method, path, timeout=timeout_s)
         except httpx.HTTPError:
             return False
         return response.status_code == 200
