@@ -77,6 +77,11 @@ class _Req:
         return self.sim.rid
 
     @property
+    def cached(self) -> int:
+        """Prompt tokens served from cache: device, host and L3 hits."""
+        return self.cached_device + self.cached_host + self.cached_storage
+
+    @property
     def remaining_new(self) -> int:
         return self.sim.max_new_tokens - self.generated
 
@@ -562,8 +567,7 @@ class Engine:
         req.first_sent = True
         finished = req.remaining_new <= 0
         return TokenEmission(rid=req.rid, tokens=tokens, first=first, finished=finished,
-                             cached_tokens=(req.cached_device + req.cached_host
-                                            + req.cached_storage) if first else 0)
+                             cached_tokens=req.cached if first else 0)
 
     def _drop_finished(self) -> None:
         """Finished requests leave the batch, unlock their pages and count (tokenizer side:
@@ -670,7 +674,7 @@ class Engine:
         """The prefill log: running is the decode batch the prefill batch formed beside
         (PrefillStats.from_adder), not the requests being prefilled."""
         total = sum(r.sim.prompt_tokens for r in admitted)
-        cached = sum(r.cached_device + r.cached_host for r in admitted)
+        cached = sum(r.cached for r in admitted)
         if total:
             self.gauges.cache_hit_rate = cached / total
         self._refresh_common(decoding)

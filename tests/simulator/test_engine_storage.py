@@ -194,3 +194,15 @@ def test_a_prefetch_is_ready_at_the_instant_its_next_event_names(policy: str, cr
     assert now > created
     assert tier.ready("r", now)
     assert not tier.ready("r", now - 1e-3)
+
+
+def test_the_prefill_log_counts_storage_hits_in_the_cache_hit_rate() -> None:
+    engine = after_three_contexts(*L3)
+    engine.add_request(request("revisit", 100_000, 8, ctx=1))
+    while not engine.step().prefill_tokens:   # idle while the prefetch runs
+        wake = engine.wake_at()
+        assert wake is not None
+        engine.advance_to(wake)
+    stored = engine._by_rid["revisit"].cached_storage
+    assert stored > 40_000
+    assert engine.gauges.cache_hit_rate == pytest.approx(stored / 100_000)
