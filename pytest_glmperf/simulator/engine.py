@@ -193,10 +193,9 @@ class Engine:
         """When an idle step has work queued: the model time at which an L3 prefetch a
         queued request waits for may end (None: only a new request can change anything).
         Whoever drives the engine advances the clock to it, or to an earlier arrival."""
-        storage = self.storage
-        if storage is None or not any(storage.ongoing(r.rid) for r in self.waiting):
+        if self.storage is None:   # every prefetch in flight is a queued request's
             return None
-        wake = storage.next_event_s(self.now)
+        wake = self.storage.next_event_s(self.now)
         return None if wake == math.inf else wake
 
     def step(self) -> StepResult:
