@@ -43,6 +43,9 @@ MIXED_ROWS = [
     ("queue_p95", "queue P95", "{:.2f}"),
     ("ttft_p50_s", "TTFT P50 s", "{:.2f}"),
     ("ttft_p95_s", "TTFT P95 s", "{:.2f}"),
+    # The server's own queue_time_seconds (TTFT less prefill and transport); "–" if not exported.
+    ("server_queue_p50_s", "server queue time P50 s", "{:.2f}"),
+    ("server_queue_p95_s", "server queue time P95 s", "{:.2f}"),
     ("gap_p50_s", "max chunk gap P50 s", "{:.2f}"),
     ("gap_p95_s", "max chunk gap P95 s", "{:.2f}"),
 ]

@@ -32,7 +32,15 @@ from .records import RecordLog, RequestRecord, read_records
 from .regression import Check, Tolerances, compare_reports
 from .report import RunReport, render_markdown
 from .results import LevelResult
-from .scrape import GaugeSampler, MetricsSnapshot, counter_deltas, host_used_after, merge_pacing, sim_pacing
+from .scrape import (
+    GaugeSampler,
+    HistogramDelta,
+    MetricsSnapshot,
+    counter_deltas,
+    host_used_after,
+    merge_pacing,
+    sim_pacing,
+)
 from .search import bisect_levels, stop_check
 from .selfcheck import ClientHealth, ClientMonitor
 from .server import ExternalServer, ServerHandle, SimulatedServer
@@ -346,6 +354,8 @@ class GlmperfServer:
         entry = result.as_report()
         entry["stalls"] = self._stalls(windows, bar)
         entry["simulator"] = merge_pacing(w.pacing for w in windows)
+        queue = HistogramDelta.merged(w.queue_delta() for w in windows)
+        entry["server_queue"] = queue.summary() if queue else None
         self.run.report.record_level(self.target.key, entry)
         self.run.write_report()
         return result
@@ -370,7 +380,8 @@ class GlmperfServer:
                     await run_mixed(load, spec, self._progress("mixed"))
             finally:
                 stats = MixedStats.of(load.run.records, load.run.start_ns, window.gauges,
-                                      self._cache(window.before, window.after))
+                                      self._cache(window.before, window.after),
+                                      window.server_queue())
                 result = self._judge_mixed(stats, window, thresholds or self.settings.thresholds)
         return result
 
@@ -471,6 +482,14 @@ class Window:
             span = (run.start_ns, run.start_ns + int(self.load.clock.to_wall(self.window_s) * 1e9))
             self.health = monitor.health([r for r in run.records if r.kind in self.kinds], span,
                                          self.target_concurrency)
+
+    def queue_delta(self) -> HistogramDelta | None:
+        """The server's queue_time_seconds observations during the window."""
+        return HistogramDelta.between(self.before, self.after)
+
+    def server_queue(self) -> dict[str, float | None] | None:
+        delta = self.queue_delta()
+        return delta.summary() if delta else None
 
     def gauge_samples(self) -> dict[str, list[tuple[float, float]]]:
         """Gauge samples in model seconds since the load window started (the records' origin)."""

@@ -18,10 +18,14 @@ from dataclasses import dataclass, field
 from prometheus_client.parser import text_string_to_metric_families
 
 from .clock import ModelClock
-from .stats import GaugeSeries
+from .stats import GaugeSeries, bucket_quantile
 
 GAUGES = ("gen_throughput", "num_queue_reqs", "num_running_reqs", "token_usage",
-          "hicache_host_used_tokens", "spec_accept_length")
+          "hicache_host_used_tokens", "spec_accept_length",
+          # the device pool's split: free and cached-but-evictable slots (SGLang 0.5.12+)
+          "kv_available_tokens", "kv_evictable_tokens")
+# Scheduler-side histogram: queue entry to first forward batch, per request (SGLang 0.5.x).
+QUEUE_TIME = "queue_time_seconds"
 
 # report key -> (metric name without the "sglang:" prefix, label filter)
 CACHE_COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
@@ -80,6 +84,15 @@ class MetricsSnapshot:
         matches = [v for lab, v in self.series.get(name, ()) if _contains(lab, labels)]
         return sum(matches) if matches else None
 
+    def buckets(self, name: str) -> dict[float, float]:
+        """Histogram ``name``'s cumulative counts by upper bound, summed over label sets."""
+        counts: dict[float, float] = {}
+        for labels, value in self.series.get(f"{name}_bucket", ()):
+            bound = float(labels.get("le", "nan"))
+            if not math.isnan(bound):
+                counts[bound] = counts.get(bound, 0.0) + value
+        return counts
+
 
 def counter_deltas(before: MetricsSnapshot | None, after: MetricsSnapshot | None,
                    keys: Iterable[str] = CACHE_COUNTERS) -> dict[str, float | None]:
@@ -96,6 +109,52 @@ def counter_deltas(before: MetricsSnapshot | None, after: MetricsSnapshot | None
         else:
             deltas[key] = new - old if new >= old else None
     return deltas
+
+
+@dataclass
+class HistogramDelta:
+    """A histogram's observations over a window: bucket, count and sum increases."""
+
+    buckets: dict[float, float]
+    count: float
+    total: float
+
+    @classmethod
+    def between(cls, before: MetricsSnapshot | None, after: MetricsSnapshot | None,
+                name: str = QUEUE_TIME) -> HistogramDelta | None:
+        """None when the server does not export ``name``, or restarted in between."""
+        new = after.buckets(name) if after else {}
+        if not new:
+            return None
+        old = before.buckets(name) if before else {}
+        buckets = {bound: count - old.get(bound, 0.0) for bound, count in new.items()}
+        if any(count < 0 for count in buckets.values()):
+            return None
+
+        def grown(suffix: str) -> float:
+            end = (after.value(f"{name}{suffix}") if after else None) or 0.0
+            return end - ((before.value(f"{name}{suffix}") if before else None) or 0.0)
+
+        return cls(buckets, grown("_count"), grown("_sum"))
+
+    @classmethod
+    def merged(cls, deltas: Iterable[HistogramDelta | None]) -> HistogramDelta | None:
+        """Several windows (a level's repeats) as one; None if none was measured."""
+        seen = [d for d in deltas if d is not None]
+        if not seen:
+            return None
+        buckets: dict[float, float] = {}
+        for delta in seen:
+            for bound, count in delta.buckets.items():
+                buckets[bound] = buckets.get(bound, 0.0) + count
+        return cls(buckets, sum(d.count for d in seen), sum(d.total for d in seen))
+
+    def summary(self) -> dict[str, float | None]:
+        """Mean, P50 and P95 in the histogram's unit; quantiles as PromQL's
+        histogram_quantile estimates them, so only as fine as the buckets."""
+        pairs = list(self.buckets.items())
+        return {"count": self.count, "mean_s": self.total / self.count if self.count > 0 else None,
+                "p50_s": bucket_quantile(pairs, 0.50), "p95_s": bucket_quantile(pairs, 0.95)}
 
 
 def host_used_after(snapshot: MetricsSnapshot | None) -> float | None:

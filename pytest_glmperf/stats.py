@@ -28,6 +28,27 @@ def percentile(values: Iterable[float | None], pct: float) -> float | None:
     return data[low] + (data[high] - data[low]) * (rank - low)
 
 
+def bucket_quantile(cumulative: Sequence[tuple[float, float]], q: float) -> float | None:
+    """Quantile ``q`` (0-1) of a Prometheus histogram from its cumulative (le, count) pairs,
+    as PromQL's ``histogram_quantile`` estimates it: linear within the bucket it falls in,
+    from 0 below the first bound, and the highest finite bound when it falls in +Inf.
+    None without observations."""
+    pairs = sorted(cumulative)
+    if not pairs or pairs[-1][1] <= 0:
+        return None
+    rank = q * pairs[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in pairs:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
 def mean(values: Iterable[float | None]) -> float | None:
     data = [v for v in values if v is not None]
     return sum(data) / len(data) if data else None
@@ -175,6 +196,11 @@ class MixedStats:
     queue_p95: float | None = None
     running_mean: float | None = None
     token_usage_mean: float | None = None
+    kv_available_mean: float | None = None      # free device slots (tokens), gauge mean
+    kv_evictable_mean: float | None = None      # cached, unlocked device slots, gauge mean
+    server_queue_mean_s: float | None = None    # queue_time_seconds over the window
+    server_queue_p50_s: float | None = None
+    server_queue_p95_s: float | None = None
     ttft_p50_s: float | None = None
     ttft_p95_s: float | None = None
     gap_p50_s: float | None = None
@@ -195,6 +221,7 @@ class MixedStats:
         start_ns: int,
         gauges: dict[str, GaugeSeries],
         cache_deltas: dict[str, float | None],
+        server_queue: dict[str, float | None] | None = None,
     ) -> MixedStats:
         records = [r for r in records if r.counted]
         everything = StreamStats.of(records)
@@ -209,6 +236,11 @@ class MixedStats:
             queue_p95=gauge.get("num_queue_reqs", {}).get("p95"),
             running_mean=gauge.get("num_running_reqs", {}).get("mean"),
             token_usage_mean=gauge.get("token_usage", {}).get("mean"),
+            kv_available_mean=gauge.get("kv_available_tokens", {}).get("mean"),
+            kv_evictable_mean=gauge.get("kv_evictable_tokens", {}).get("mean"),
+            server_queue_mean_s=(server_queue or {}).get("mean_s"),
+            server_queue_p50_s=(server_queue or {}).get("p50_s"),
+            server_queue_p95_s=(server_queue or {}).get("p95_s"),
             ttft_p50_s=everything.ttft_p50_s,
             ttft_p95_s=everything.ttft_p95_s,
             gap_p50_s=everything.gap_p50_s,

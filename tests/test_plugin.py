@@ -97,6 +97,12 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
     assert target["mixed"]["cache"]["generation_tokens"] > 0
     for window in [*target["capacity"]["levels"], target["mixed"]]:  # the simulator's pacing evidence
         assert set(window["simulator"]) == {"late_steps", "lag_max_since_start_s"}
+    for level in target["capacity"]["levels"]:  # the server's own queue time, request by request
+        assert level["server_queue"]["count"] == level["requests"]
+        assert 0 <= level["server_queue"]["p50_s"] <= level["server_queue"]["p95_s"]
+    mixed = target["mixed"]
+    assert mixed["server_queue_p95_s"] is not None and mixed["kv_available_mean"] > 0
+    assert "server queue time P95 s" in (out / "report.md").read_text()
     records = (out / "records.jsonl").read_text().splitlines()
     assert len(records) >= sum(lv["requests"] for lv in target["capacity"]["levels"])
     assert "## sim-hicache" in (out / "report.md").read_text()

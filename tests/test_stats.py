@@ -3,7 +3,8 @@
 import pytest
 
 from pytest_glmperf.records import FAILED, RequestRecord
-from pytest_glmperf.stats import LevelStats, StreamStats, percentile
+from pytest_glmperf.scrape import HistogramDelta, MetricsSnapshot
+from pytest_glmperf.stats import LevelStats, StreamStats, bucket_quantile, percentile
 
 MS = 1_000_000
 
@@ -71,3 +72,39 @@ def test_failed_requests_carry_no_timing():
     assert stats.failure_rate == 1.0
     assert stats.ttft_p95_s is None
     assert stats.tok_s_p50 is None
+
+
+INF = float("inf")
+
+
+@pytest.mark.parametrize(("buckets", "q", "expected"), [
+    ([(1, 2), (2, 6), (5, 10), (INF, 10)], 0.5, 1.75),    # rank 5: a quarter into (1, 2]
+    ([(1, 2), (2, 6), (5, 10), (INF, 10)], 0.95, 4.625),  # rank 9.5: (2, 5], 3.5 of 4
+    ([(10, 4), (20, 4)], 0.5, 5.0),                        # first bucket: from 0
+    ([(1, 1), (INF, 3)], 0.95, 1.0),                       # +Inf: the highest finite bound
+    ([(0.0, 3), (1, 3), (INF, 3)], 0.95, 0.0),             # all observations exactly 0
+    ([(1, 0), (INF, 0)], 0.5, None),
+])
+def test_bucket_quantile_is_promql_histogram_quantile(buckets, q, expected):
+    assert bucket_quantile(buckets, q) == (None if expected is None else pytest.approx(expected))
+
+
+def exposition(count: int, total: float, cumulative: list[tuple[str, int]]) -> MetricsSnapshot:
+    lines = [f'sglang:queue_time_seconds_bucket{{le="{le}",tp_rank="0"}} {n}' for le, n in cumulative]
+    lines += [f'sglang:queue_time_seconds_count{{tp_rank="0"}} {count}',
+              f'sglang:queue_time_seconds_sum{{tp_rank="0"}} {total}']
+    return MetricsSnapshot.parse("# TYPE sglang:queue_time_seconds histogram\n" + "\n".join(lines) + "\n")
+
+
+def test_histogram_delta_is_the_window_not_the_server_lifetime():
+    before = exposition(2, 0.5, [("1.0", 2), ("10.0", 2), ("+Inf", 2)])
+    after = exposition(6, 24.5, [("1.0", 3), ("10.0", 6), ("+Inf", 6)])
+    delta = HistogramDelta.between(before, after)
+    assert delta is not None and (delta.count, delta.total) == (4, 24.0)
+    summary = delta.summary()
+    assert summary["mean_s"] == 6.0
+    assert summary["p50_s"] == pytest.approx(1 + 9 * (2 - 1) / 3)   # rank 2 of 4, in (1, 10]
+    both = HistogramDelta.merged([delta, None, delta])
+    assert both is not None and both.count == 8 and both.buckets[10.0] == 8
+    assert HistogramDelta.between(after, before) is None            # a restart in between
+    assert HistogramDelta.between(None, MetricsSnapshot.parse("")) is None  # not exported

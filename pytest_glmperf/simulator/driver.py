@@ -291,9 +291,12 @@ class Driver:
             )
 
     def _deliver(self, step: StepResult) -> None:
-        """Give each emission to its stream and feed SGLang's latency histograms."""
+        """Give each emission to its stream and feed SGLang's latency histograms (the queue
+        time too: SGLang observes it as the batch forms, this a step later, at its end)."""
         end = step.end_s
         latency = self.latency
+        for waited in step.queue_times_s:
+            latency.observe_queue(waited)
         for em in step.emissions:
             stream = self.streams.get(em.rid)
             if stream is None:

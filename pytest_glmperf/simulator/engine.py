@@ -69,6 +69,7 @@ class _Req:
     cached_storage: int = 0     # of the host hit, tokens an L3 prefetch brought in
     storage_hit: int = 0        # tokens its L3 prefetch added to the tree
     verify_calls: int = 0
+    in_forward: bool = False    # has been in a forward batch (its queue time is observed)
     accept_prob: float | None = None        # per-draft acceptance, when not the default
     memo: tuple[int, Match] | None = None   # (cache version, match) of the last attempt
 
@@ -141,6 +142,7 @@ class Engine:
         self._window_start = 0.0
         self._last_log_s = 0.0      # model time of the last metrics log (prefill or decode)
         self.gauges.max_total_num_tokens = config.device_pool_tokens
+        self.gauges.kv_available_tokens = config.device_pool_tokens
         self.gauges.hicache_host_total_tokens = config.host_pool_tokens
 
     # ---- public API ---------------------------------------------------------------------
@@ -206,6 +208,7 @@ class Engine:
         mixed = bool(batch) and self.config.interleave == "mixed" and bool(self.running)
         if batch:
             result = self._run_prefill(batch, load_s, mixed, start)
+            result.queue_times_s = self._enter_forward(admitted, start)
             self._refresh_on_prefill(admitted, decoding)
         elif self.running:
             result = self._run_decode(start)
@@ -357,6 +360,17 @@ class Engine:
                 self.chunked = req
                 break
         return batch, load_s, admitted
+
+    @staticmethod
+    def _enter_forward(admitted: list[_Req], start: float) -> list[float]:
+        """Queue times of requests in their first forward (``set_forward_entry_time``: once
+        per request, so a retracted request's second wait is not observed)."""
+        times = []
+        for req in admitted:
+            if not req.in_forward:
+                req.in_forward = True
+                times.append(start - req.arrival)
+        return times
 
     @staticmethod
     def _chunk_len(remaining: int, budget: int, page: int) -> int:
@@ -550,9 +564,10 @@ class Engine:
             emission = self._emit(req, tokens)
             generated += emission.tokens
             emissions.append(emission)
+        seq_lens = _ctx(batch)   # the batch's sequence lengths, finished requests included
         self._drop_finished()
         self.counters.decode_steps += 1
-        self._on_decode_tick(generated)
+        self._on_decode_tick(generated, seq_lens)
         return StepResult(start_s=start, duration_s=duration, kind="decode",
                           decode_requests=len(batch), emissions=emissions)
 
@@ -630,6 +645,8 @@ class Engine:
             else:
                 victim = min(self.running, key=lambda r: (r.generated, -r.sim.prompt_tokens))
             self.running.remove(victim)
+            self.counters.retracted_input_tokens += victim.sim.prompt_tokens
+            self.counters.retracted_output_tokens += victim.generated
             self._release(victim)
             victim.target = victim.sim.prompt_tokens + victim.generated
             victim.done = 0
@@ -653,7 +670,7 @@ class Engine:
 
     # ---- gauges -------------------------------------------------------------------------
 
-    def _on_decode_tick(self, generated: int) -> None:
+    def _on_decode_tick(self, generated: int, seq_lens: int) -> None:
         """Every decode_log_interval decode batches: gen_throughput over the window."""
         self._decode_ct += 1
         self._window_tokens += generated
@@ -664,8 +681,10 @@ class Engine:
         g.gen_throughput = self._window_tokens / span if span > 0 else 0.0
         self._window_start, self._window_tokens = self.now, 0
         g.cache_hit_rate = 0.0
+        g.decode_sum_seq_lens = seq_lens
         if self.spec is not None:
-            g.spec_accept_length, _ = self.spec.stats.take_window(self.config.spec_draft_tokens)
+            g.spec_accept_length, g.spec_accept_rate = self.spec.stats.take_window(
+                self.config.spec_draft_tokens)
         self._refresh_common()
         self._last_log_s = self.now
 
@@ -684,6 +703,8 @@ class Engine:
         g.num_running_reqs = len(self.running) if running is None else running
         g.num_queue_reqs = len(self.waiting)
         g.num_used_tokens = cache.used_tokens
+        g.kv_available_tokens = cache.free_tokens
+        g.kv_evictable_tokens = cache.evictable_tokens
         g.token_usage = cache.used_tokens / cache.capacity if cache.capacity else 0.0
         g.hicache_host_used_tokens = cache.host_used_tokens
         g.new_token_ratio = self.new_token_ratio

@@ -42,6 +42,12 @@ ITL_BUCKETS = (
     0.002, 0.004, 0.006, 0.008, 0.010, 0.015, 0.020, 0.025, 0.030, 0.035, 0.040, 0.060,
     0.080, 0.100, 0.200, 0.400, 0.600, 0.800, 1.000, 2.000, 4.000, 6.000, 8.000,
 )
+# SchedulerMetricsCollector.queue_time (scheduler side: first forward minus queue entry).
+QUEUE_TIME_BUCKETS = (
+    0.0, 0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.5, 1, 2, 3, 4, 5, 10, 15, 20, 30, 40, 50, 60,
+    70, 80, 90, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800,
+    2000, 2500, 3000,
+)
 E2E_BUCKETS = (
     0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200,
     1800, 2400,
@@ -78,12 +84,18 @@ class Histogram:
 
 
 class LatencyHistograms:
-    """SGLang's tokenizer-side latency histograms, fed by the pacing driver in model seconds."""
+    """SGLang's latency histograms, fed by the pacing driver in model seconds: the
+    tokenizer's TTFT / ITL / e2e and the scheduler's queue time."""
 
     def __init__(self) -> None:
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
+        self.queue = Histogram(QUEUE_TIME_BUCKETS)
+
+    def observe_queue(self, seconds: float) -> None:
+        """Queue entry to the first forward batch of a request (once per request)."""
+        self.queue.observe(seconds)
 
     def observe_ttft(self, seconds: float) -> None:
         """Arrival at the server to the first output of a request."""
@@ -176,12 +188,28 @@ class SGLangCollector:
                           g.token_usage)
         yield self._gauge("sglang:num_used_tokens", "The number of used tokens.",
                           g.num_used_tokens)
+        yield self._gauge("sglang:kv_available_tokens",
+                          "Number of free token slots in the KV cache pool.",
+                          g.kv_available_tokens)
+        yield self._gauge("sglang:kv_evictable_tokens",
+                          "Number of evictable (radix-cached) token slots in the KV cache pool.",
+                          g.kv_evictable_tokens)
+        yield self._gauge("sglang:kv_used_tokens",
+                          "Number of actively used token slots in the KV cache pool.",
+                          g.num_used_tokens)
+        yield self._gauge("sglang:decode_sum_seq_lens",
+                          "The sum of all sequence lengths in decode.", g.decode_sum_seq_lens)
         yield self._gauge("sglang:max_total_num_tokens", "Maximum total number of tokens.",
                           g.max_total_num_tokens)
         yield self._gauge("sglang:page_size", "The page size.", src.page_size)
+        yield self._gauge("sglang:num_pages", "The number of pages.",
+                          g.max_total_num_tokens // max(1, src.page_size))
         yield self._gauge("sglang:context_len", "The context length.", src.context_len)
         yield self._gauge("sglang:spec_accept_length", "The average acceptance length.",
                           g.spec_accept_length)
+        yield self._gauge("sglang:spec_accept_rate",
+                          "Speculative acceptance rate (accepted drafts / proposed drafts).",
+                          g.spec_accept_rate)
         yield self._gauge("sglang:new_token_ratio", "The new token ratio.", g.new_token_ratio)
         if src.hierarchical:
             yield self._gauge("sglang:hicache_host_used_tokens",
@@ -213,8 +241,14 @@ class SGLangCollector:
                             c.aborted_requests)
         yield self._counter("sglang:spec_verify_calls", "Number of speculative verify calls.",
                             c.spec_verify_calls)
-        yield self._counter("sglang:num_retracted_requests", "Total number of retracted requests.",
-                            c.retracted_requests, labels=_SCHED, values=self._sched)
+        for name, doc, value in (
+            ("requests", "Total number of retracted requests.", c.retracted_requests),
+            ("input_tokens", "Total number of retracted input tokens.", c.retracted_input_tokens),
+            ("output_tokens", "Total number of retracted output tokens.",
+             c.retracted_output_tokens),
+        ):
+            yield self._counter(f"sglang:num_retracted_{name}", doc, value, labels=_SCHED,
+                                values=self._sched)
         realtime = CounterMetricFamily("sglang:realtime_tokens",
                                        "Total number of tokens processed (by mode).",
                                        labels=[*_SCHED, "mode"])
@@ -271,6 +305,10 @@ class SGLangCollector:
             fam = HistogramMetricFamily(name, doc, labels=list(_TOK))
             fam.add_metric(self._tok, hist.buckets(), hist.total)
             yield fam
+        queue = HistogramMetricFamily("sglang:queue_time_seconds",
+                                      "Histogram of queueing time in seconds.", labels=list(_SCHED))
+        queue.add_metric(self._sched, lat.queue.buckets(), lat.queue.total)
+        yield queue
 
     def _sim_health(self) -> Iterator[Metric]:
         h = self.src.health

@@ -45,6 +45,9 @@ class StepResult:
     prefill_tokens: int = 0            # new (uncached) prompt tokens computed this step
     decode_requests: int = 0
     emissions: list[TokenEmission] = field(default_factory=list)
+    # Requests in their first forward this step: model seconds each waited in the queue
+    # (SGLang's queue_time_seconds, observed once per request, not again after a retraction).
+    queue_times_s: list[float] = field(default_factory=list)
 
     @property
     def end_s(self) -> float:
@@ -69,6 +72,8 @@ class EngineCounters:
     backup_tokens: int = 0
     spec_verify_calls: int = 0
     retracted_requests: int = 0
+    retracted_input_tokens: int = 0     # prompt tokens of retracted requests
+    retracted_output_tokens: int = 0    # output tokens they had generated (recomputed later)
     prefill_compute_tokens: int = 0
     prefill_cache_tokens: int = 0
     decode_steps: int = 0
@@ -84,8 +89,14 @@ class EngineGauges:
     gen_throughput: float = 0.0
     token_usage: float = 0.0
     num_used_tokens: int = 0
+    # Device pool split as SGLang's PoolStats reports it: free, radix-cached but unlocked
+    # (evictable), and locked by requests (kv_used_tokens == num_used_tokens).
+    kv_available_tokens: int = 0
+    kv_evictable_tokens: int = 0
+    decode_sum_seq_lens: int = 0        # sum of the decode batch's sequence lengths (decode log)
     cache_hit_rate: float = 0.0
     spec_accept_length: float = 0.0
+    spec_accept_rate: float = 0.0       # accepted drafts / proposed drafts over the log window
     hicache_host_used_tokens: int = 0
     hicache_host_total_tokens: int = 0
     max_total_num_tokens: int = 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pytest_glmperf.scrape import GAUGES, MetricsSnapshot, counter_deltas
+from pytest_glmperf.scrape import GAUGES, HistogramDelta, MetricsSnapshot, counter_deltas
 
 SCHED_LABELS = {"engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank"}
 TOK_LABELS = {"engine_type", "model_name"}
@@ -17,8 +18,12 @@ def scrape(http) -> dict[str, list]:
     resp = http.get("/metrics")
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/plain")
+    return scrape_text(resp.text)
+
+
+def scrape_text(text: str) -> dict[str, list]:
     samples: dict[str, list] = {}
-    for family in text_string_to_metric_families(resp.text):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples.setdefault(sample.name, []).append(sample)
     return samples
@@ -33,13 +38,37 @@ def test_scheduler_gauges_carry_scheduler_labels(http):
     samples = scrape(http)
     for name in ("sglang:num_running_reqs", "sglang:num_queue_reqs", "sglang:gen_throughput",
                  "sglang:token_usage", "sglang:cache_hit_rate", "sglang:spec_accept_length",
-                 "sglang:max_total_num_tokens"):
+                 "sglang:max_total_num_tokens", "sglang:kv_available_tokens",
+                 "sglang:kv_evictable_tokens", "sglang:kv_used_tokens",
+                 "sglang:decode_sum_seq_lens", "sglang:spec_accept_rate", "sglang:num_pages"):
         (sample,) = samples[name]
         assert set(sample.labels) == SCHED_LABELS, name
         assert sample.labels["model_name"] == "glm-5.1"
         assert sample.labels["engine_type"] == "unified"
     (retracted,) = samples["sglang:num_retracted_reqs"]
     assert set(retracted.labels) == SCHED_LABELS | {"pid"}
+    for name in ("requests", "input_tokens", "output_tokens"):
+        (counter,) = samples[f"sglang:num_retracted_{name}_total"]
+        assert set(counter.labels) == SCHED_LABELS, name
+    pool = [value(samples, f"sglang:kv_{part}_tokens") for part in ("available", "evictable", "used")]
+    assert sum(pool) == value(samples, "sglang:max_total_num_tokens")
+
+
+def test_queue_time_histogram_counts_each_request_once(http):
+    """sglang:queue_time_seconds (scheduler labels, SGLang's buckets to 3000 s) gains one
+    observation per request; the plugin reads the window's mean and quantiles from it."""
+    before = http.get("/metrics").text
+    for _ in range(2):
+        assert http.chat(http.body(max_tokens=4)).done
+    after = http.get("/metrics").text
+    buckets = scrape_text(after)["sglang:queue_time_seconds_bucket"]
+    assert {b.labels["le"] for b in buckets} >= {"0.0", "0.001", "3000.0", "+Inf"}
+    assert all(set(b.labels) == SCHED_LABELS | {"le"} for b in buckets)
+    delta = HistogramDelta.between(MetricsSnapshot.parse(before), MetricsSnapshot.parse(after))
+    assert delta is not None and delta.count == 2
+    summary = delta.summary()
+    assert summary["mean_s"] == pytest.approx(delta.total / 2)
+    assert 0 <= summary["p50_s"] <= summary["p95_s"] <= 0.5  # an idle server admits at once
 
 
 def test_counters_and_histograms_move_with_a_request(http):
