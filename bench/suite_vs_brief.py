@@ -165,25 +165,28 @@ def capacity_table(report: dict, warm: dict | None = None, names: tuple[str, ...
 
 def little_table(report: dict, warm: dict | None = None) -> str:
     """Each mixed run read through Little's law (engine_replay.little_reading): how many
-    answers decoded at a time and how fast, beside the gauge's num_running_reqs mean."""
+    answers decoded at a time and how fast, beside the gauge's num_running_reqs mean and
+    the server's measured queue time (sglang:queue_time_seconds), which checks the
+    reading's mean wait, the figure it gives for the field's runs."""
     rows = []
     for profile, brief in BRIEF_MIXED.items():
         if profile not in report["targets"]:
             continue
-        runs = [("brief", brief["client_tok_s"], brief["queue_mean"], BRIEF_MIXED_RUN_S.get(profile), None)]
+        runs = [("brief", brief["client_tok_s"], brief["queue_mean"], BRIEF_MIXED_RUN_S.get(profile), None, None)]
         for name, run in (("flushed", report), ("warm", warm)):
             mixed = _mixed(run, profile) if run else {}
             if mixed.get("client_tok_s") is not None:
                 runs.append((name, mixed["client_tok_s"], mixed["queue_mean"], mixed["duration_s"],
-                             mixed.get("running_mean")))
-        for name, tok_s, queue, run_s, gauge in runs:
+                             mixed.get("running_mean"), mixed.get("server_queue_mean_s")))
+        for name, tok_s, queue, run_s, gauge, measured in runs:
             if run_s is None:
                 continue
             reading = little_reading(tok_s, queue, run_s)
-            rows.append([profile, name, fmt(reading["wait_s"]), fmt(reading["long_streams"]),
+            rows.append([profile, name, fmt(reading["wait_s"]), fmt(measured), fmt(reading["long_streams"]),
                          fmt(reading["per_stream_tok_s"]), fmt(gauge)])
-    return tabulate(rows, headers=["profile", "mixed run", "mean wait (s)", "decoding streams",
-                                   "per-stream tok/s", "gauge running mean"], tablefmt="github")
+    return tabulate(rows, headers=["profile", "mixed run", "mean wait (s)", "server queue mean (s)",
+                                   "decoding streams", "per-stream tok/s", "gauge running mean"],
+                    tablefmt="github")
 
 
 def lag_note(report_dir: Path, report: dict, scale: float) -> str:
