@@ -156,6 +156,7 @@ class Replay:
         self.samples: dict[str, list[float]] = {"gen_throughput": [], "num_queue_reqs": [],
                                                 "num_running_reqs": []}
         self.steps = 0
+        self.queue_times: list[float] = []   # sglang:queue_time_seconds observations
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -207,6 +208,7 @@ class Replay:
         if result.duration_s <= 0 and not result.emissions:
             return False
         self.steps += 1
+        self.queue_times += result.queue_times_s
         self._sample_until(result.end_s)
         for em in result.emissions:
             rec, on_done = self.live[em.rid]
@@ -335,6 +337,7 @@ def _mixed_summary(replay: Replay, engine: Engine, start: float, wall: float,
         "queue_mean": mean(samples["num_queue_reqs"]),
         "queue_p95": percentile(samples["num_queue_reqs"], 95),
         "running_mean": mean(samples["num_running_reqs"]),
+        "server_queue_mean": mean(replay.queue_times),
         "ttft_p50": percentile((r.ttft for r in recs), 50),
         "ttft_p95": percentile((r.ttft for r in recs), 95),
         "gap_p50": percentile((r.max_gap for r in recs), 50),
@@ -522,20 +525,22 @@ def little_reading(tok_s: float, queue_mean: float, run_s: float, *, workers: in
 
 def little_table(results: dict[str, dict[str, Any]]) -> str:
     """The field's and the replay's mixed figures read through little_reading."""
-    lines = ["| profile | source | answers | mean wait (s) | decoding streams | per-stream tok/s "
-             "| gauge num_running_reqs |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| profile | source | answers | mean wait (s) | server queue mean (s) "
+             "| decoding streams | per-stream tok/s | gauge num_running_reqs |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, res in results.items():
         rows = []
         if name in BRIEF_MIXED_RUN_S:
             brief = BRIEF_MIXED[name]
             rows.append(("brief", little_reading(brief["client_tok_s"], brief["queue_mean"],
-                                                 BRIEF_MIXED_RUN_S[name]), None))
+                                                 BRIEF_MIXED_RUN_S[name]), None, None))
         rows.append(("engine_replay", little_reading(res["client_tok_s"], res["queue_mean"],
-                                                     res["duration"]), res["running_mean"]))
-        for source, r, gauge in rows:
+                                                     res["duration"]), res["server_queue_mean"],
+                     res["running_mean"]))
+        for source, r, measured, gauge in rows:
             lines.append(f"| {name} | {source} | {r['answers']} | {_fmt(r['wait_s'], 1)} | "
-                         f"{_fmt(r['long_streams'])} | {_fmt(r['per_stream_tok_s'], 1)} | "
-                         f"{_fmt(gauge)} |")
+                         f"{_fmt(measured, 1)} | {_fmt(r['long_streams'])} | "
+                         f"{_fmt(r['per_stream_tok_s'], 1)} | {_fmt(gauge)} |")
     return "\n".join(lines)
 
 
