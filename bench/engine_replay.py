@@ -10,6 +10,7 @@ fast (~3 s for everything); bench/suite_vs_brief.py is the end-to-end check.
     python bench/engine_replay.py --runs 2        # run 2: same workloads, no flush in between
     python bench/engine_replay.py --runs 2 --flush-every-run --profile sim-hicache-l3
     python bench/engine_replay.py --warm          # each window primed first, as --warm-cache
+    python bench/engine_replay.py --no-flush      # a cold server, windows back to back
     python bench/engine_replay.py --workload capacity --seen-levels 1,2,4 \
         --sim-arg=--sim-decode-interleave=prefill-first   # the field's capacity verdicts
     python bench/engine_replay.py --profile sim-hicache --workload mixed --json out.json
@@ -589,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flush-every-run", action="store_true",
                         help="runs 2+ flush too, as the suite run again does (an L3 tier "
                              "keeps what earlier runs wrote)")
+    parser.add_argument("--no-flush", action="store_true",
+                        help="never flush: a cold server whose windows follow one another, as "
+                             "the suite's --flush-cache false (and the field's scripts) run")
     parser.add_argument("--spike-mode", choices=("slot", "extra"), default="slot",
                         help="capacity spikes: sent by the next free agent, or on time beside them")
     parser.add_argument("--warm", action="store_true",
@@ -610,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.workload in ("mixed", "both"):
         engines = {p: Engine(cfg, seed=args.seed) for p, cfg in configs.items()}
         for run in range(1, args.runs + 1):
-            flush = run == 1 or args.flush_every_run
+            flush = (run == 1 or args.flush_every_run) and not args.no_flush
             mixed = {p: run_mixed(cfg, engine=engines[p], flush=flush, warm=args.warm,
                                    spike_texts=args.spike_texts)
                      for p, cfg in configs.items()}
@@ -622,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n## Capacity workload, run {run} (levels 1, 2, 4, 8, 12 x 240 s)\n")
             levels_by_profile = {}
             for p, cfg in configs.items():
-                flush = run == 1 or args.flush_every_run
+                flush = (run == 1 or args.flush_every_run) and not args.no_flush
                 levels = run_capacity(cfg, engine=engines[p], flush=flush, warm=args.warm,
                                       spike_mode=args.spike_mode, seen_levels=seen)
                 levels_by_profile[p] = levels

@@ -22,9 +22,9 @@ from .stats import GaugeSeries, bucket_quantile
 
 GAUGES = ("gen_throughput", "num_queue_reqs", "num_running_reqs", "token_usage",
           "hicache_host_used_tokens", "spec_accept_length",
-          # the device pool's split: free and cached-but-evictable slots (SGLang 0.5.12+)
+          # the device pool's split: free and cached-but-evictable slots (0.5.11 and later)
           "kv_available_tokens", "kv_evictable_tokens")
-# Scheduler-side histogram: queue entry to first forward batch, per request (SGLang 0.5.x).
+# Scheduler-side histogram: queue entry to first forward batch, per request (0.5.11 and later).
 QUEUE_TIME = "queue_time_seconds"
 
 # report key -> (metric name without the "sglang:" prefix, label filter)
