@@ -265,6 +265,20 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
     return load.run
 
 
+def background_events(spec: MixedSpec, spike: Callable[[int], None], revisit: Callable[[int], None],
+                      ) -> list[tuple[float, Callable[[int], None], int]]:
+    """The mixed window's spikes and revisits on one timeline, (offset, fire, n) in firing order.
+
+    Why one timeline: with 30 s and 45 s intervals both fall due every 90 s. Two timers would
+    race by wall-clock jitter, and whichever request reached the server first went first in
+    its FCFS queue; that coin flip moved a hicache run's client tok/s by 7 % and its TTFT P95
+    by 30 %. At a shared instant the spike goes first, as in bench/engine_replay.py.
+    """
+    events = [(n * spec.spike_interval_s, 0, n) for n in _firings(spec.spike_interval_s, spec.duration_s)]
+    events += [(n * spec.revisit_interval_s, 1, n) for n in _firings(spec.revisit_interval_s, spec.duration_s)]
+    return [(at, spike if kind == 0 else revisit, n) for at, kind, n in sorted(events)]
+
+
 async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = None) -> WorkloadRun:
     """Decode workers, prefill spikes and revisits for one window, then drain."""
     start = load.begin()
@@ -284,11 +298,6 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
             if not record.ok:
                 await load.clock.sleep(FAILURE_PAUSE_S)
 
-    async def every(interval: float, fire: Callable[[int], None]) -> None:
-        for n in _firings(interval, spec.duration_s):
-            await load.clock.sleep_until(start + n * interval)
-            fire(n)
-
     def spike(n: int) -> None:
         load.spawn(load.send("spike", f"mixed-spike-{n}", spec.context_tokens,
                              spec.spike_output_tokens))
@@ -296,10 +305,14 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
     def revisit(n: int) -> None:
         load.spawn(send_over("revisit", revisit_target(last_used)))
 
+    async def background() -> None:
+        for at, fire, n in background_events(spec, spike, revisit):
+            await load.clock.sleep_until(start + at)
+            fire(n)
+
     for i in range(spec.decode_workers):
         load.spawn(worker(i))  # type: ignore[arg-type]
-    load.spawn(every(spec.spike_interval_s, spike))  # type: ignore[arg-type]
-    load.spawn(every(spec.revisit_interval_s, revisit))  # type: ignore[arg-type]
+    load.spawn(background())  # type: ignore[arg-type]
     await _report_until_drained(load, spec.duration_s, progress)
     return load.run
 
