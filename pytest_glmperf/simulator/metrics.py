@@ -174,50 +174,44 @@ class SGLangCollector:
 
     def _scheduler_gauges(self, g: EngineGauges) -> Iterator[Metric]:
         src = self.src
-        yield self._gauge("sglang:num_running_reqs", "The number of running requests.",
-                          g.num_running_reqs)
-        yield self._gauge("sglang:num_queue_reqs", "The number of requests in the waiting queue.",
-                          g.num_queue_reqs)
-        yield self._gauge("sglang:num_grammar_queue_reqs",
-                          "The number of requests in the grammar waiting queue.", 0)
-        yield self._gauge("sglang:gen_throughput", "The generation throughput (token/s).",
-                          g.gen_throughput)
-        yield self._gauge("sglang:cache_hit_rate", "The prefix cache hit rate.", g.cache_hit_rate)
-        yield self._gauge("sglang:token_usage", "The token usage.", g.token_usage)
-        yield self._gauge("sglang:full_token_usage", "The token usage of the full KV pool.",
-                          g.token_usage)
-        yield self._gauge("sglang:num_used_tokens", "The number of used tokens.",
-                          g.num_used_tokens)
-        yield self._gauge("sglang:kv_available_tokens",
-                          "Number of free token slots in the KV cache pool.",
-                          g.kv_available_tokens)
-        yield self._gauge("sglang:kv_evictable_tokens",
-                          "Number of evictable (radix-cached) token slots in the KV cache pool.",
-                          g.kv_evictable_tokens)
-        yield self._gauge("sglang:kv_used_tokens",
-                          "Number of actively used token slots in the KV cache pool.",
-                          g.num_used_tokens)
-        yield self._gauge("sglang:decode_sum_seq_lens",
-                          "The sum of all sequence lengths in decode.", g.decode_sum_seq_lens)
-        yield self._gauge("sglang:max_total_num_tokens", "Maximum total number of tokens.",
-                          g.max_total_num_tokens)
-        yield self._gauge("sglang:page_size", "The page size.", src.page_size)
-        yield self._gauge("sglang:num_pages", "The number of pages.",
-                          g.max_total_num_tokens // max(1, src.page_size))
-        yield self._gauge("sglang:context_len", "The context length.", src.context_len)
-        yield self._gauge("sglang:spec_accept_length", "The average acceptance length.",
-                          g.spec_accept_length)
-        yield self._gauge("sglang:spec_accept_rate",
-                          "Speculative acceptance rate (accepted drafts / proposed drafts).",
-                          g.spec_accept_rate)
-        yield self._gauge("sglang:new_token_ratio", "The new token ratio.", g.new_token_ratio)
+        gauges: list[tuple[str, str, float]] = [
+            ("num_running_reqs", "The number of running requests.", g.num_running_reqs),
+            ("num_queue_reqs", "The number of requests in the waiting queue.", g.num_queue_reqs),
+            ("num_grammar_queue_reqs", "The number of requests in the grammar waiting queue.", 0),
+            ("gen_throughput", "The generation throughput (token/s).", g.gen_throughput),
+            ("cache_hit_rate", "The prefix cache hit rate.", g.cache_hit_rate),
+            ("token_usage", "The token usage.", g.token_usage),
+            ("full_token_usage", "The token usage of the full KV pool.", g.token_usage),
+            ("num_used_tokens", "The number of used tokens.", g.num_used_tokens),
+            ("kv_available_tokens", "Number of free token slots in the KV cache pool.",
+             g.kv_available_tokens),
+            ("kv_evictable_tokens",
+             "Number of evictable (radix-cached) token slots in the KV cache pool.",
+             g.kv_evictable_tokens),
+            ("kv_used_tokens", "Number of actively used token slots in the KV cache pool.",
+             g.num_used_tokens),
+            ("decode_sum_seq_lens", "The sum of all sequence lengths in decode.",
+             g.decode_sum_seq_lens),
+            ("max_total_num_tokens", "Maximum total number of tokens.", g.max_total_num_tokens),
+            ("page_size", "The page size.", src.page_size),
+            ("num_pages", "The number of pages.", g.max_total_num_tokens // max(1, src.page_size)),
+            ("context_len", "The context length.", src.context_len),
+            ("spec_accept_length", "The average acceptance length.", g.spec_accept_length),
+            ("spec_accept_rate",
+             "Speculative acceptance rate (accepted drafts / proposed drafts).",
+             g.spec_accept_rate),
+            ("new_token_ratio", "The new token ratio.", g.new_token_ratio),
+        ]
         if src.hierarchical:
-            yield self._gauge("sglang:hicache_host_used_tokens",
-                              "The number of used tokens in the HiCache host pool.",
-                              g.hicache_host_used_tokens)
-            yield self._gauge("sglang:hicache_host_total_tokens",
-                              "The total number of tokens in the HiCache host pool.",
-                              g.hicache_host_total_tokens)
+            gauges += [
+                ("hicache_host_used_tokens", "The number of used tokens in the HiCache host pool.",
+                 g.hicache_host_used_tokens),
+                ("hicache_host_total_tokens",
+                 "The total number of tokens in the HiCache host pool.",
+                 g.hicache_host_total_tokens),
+            ]
+        for name, doc, value in gauges:
+            yield self._gauge(f"sglang:{name}", doc, value)
         # No multiprocess_mode in SGLang for this one, so it carries a pid label.
         yield self._gauge("sglang:num_retracted_reqs", "The number of retracted requests.",
                           g.num_retracted_reqs,
