@@ -43,7 +43,7 @@ from .config import EngineConfig, server_args_dict
 from .driver import Driver, Pacer
 from .engine import Engine
 from .faults import FaultBoard, FaultSpecError, ScriptSource, parse_faults
-from .metrics import LatencyHistograms, MetricSources, SendLog, SimHealth, build_registry, render
+from .metrics import MetricSources, RequestHistograms, SendLog, SimHealth, build_registry, render
 from .options import SimOptions, parse_args
 
 log = logging.getLogger("glmperf.sim")
@@ -65,7 +65,7 @@ class SimulatorApp(TextCompletions):
         if engine is None:
             engine = Engine(config, seed=options.seed)
         self.engine = engine
-        self.latency = LatencyHistograms()
+        self.latency = RequestHistograms()
         self.health = SimHealth(time_scale=options.time_scale)
         self.pacer = Pacer(options.spin_ns)
         self.board = FaultBoard(options.faults, seed=options.seed)

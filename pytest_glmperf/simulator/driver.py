@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from .metrics import LatencyHistograms, SimHealth
+from .metrics import RequestHistograms, SimHealth
 from .types import SimRequest, StepResult, TokenEmission
 
 log = logging.getLogger("glmperf.sim")
@@ -97,12 +97,15 @@ class RequestStream:
     """The emissions of one engine request, waiting to be written by its HTTP handler."""
 
     __slots__ = (
-        "_waiter", "aborted", "arrival_s", "finished", "items", "last_s", "rid", "tokens",
+        "_waiter", "aborted", "arrival_s", "cached_tokens", "finished", "items", "last_s",
+        "prompt_tokens", "rid", "tokens",
     )
 
-    def __init__(self, rid: str, arrival_s: float) -> None:
+    def __init__(self, rid: str, arrival_s: float, prompt_tokens: int = 0) -> None:
         self.rid = rid
         self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.cached_tokens = 0
         self.items: deque[TokenEmission] = deque()
         self.tokens = 0
         self.last_s: float | None = None
@@ -146,7 +149,7 @@ class Driver:
         self,
         engine: Any,
         time_scale: float,
-        latency: LatencyHistograms,
+        latency: RequestHistograms,
         health: SimHealth,
         pacer: Pacer | None = None,
         lag_warn_s: float = LAG_WARN_S,
@@ -193,7 +196,7 @@ class Driver:
             self.engine.advance_to(now)
         request.arrival_s = min(now, self.engine.now)
         self.engine.add_request(request)
-        stream = RequestStream(request.rid, request.arrival_s)
+        stream = RequestStream(request.rid, request.arrival_s, request.prompt_tokens)
         self.streams[request.rid] = stream
         self._wake()
         return stream
@@ -303,6 +306,7 @@ class Driver:
                 continue
             if stream.last_s is None:
                 latency.observe_ttft(end - stream.arrival_s)
+                stream.cached_tokens = em.cached_tokens
             else:
                 latency.observe_itl(end - stream.last_s, em.tokens)
             stream.last_s = end
@@ -310,6 +314,7 @@ class Driver:
             if em.finished:
                 stream.finished = True
                 latency.observe_e2e(end - stream.arrival_s)
+                latency.observe_finished(stream.prompt_tokens, stream.cached_tokens, stream.tokens)
                 del self.streams[em.rid]
             stream.push(em)
 

@@ -48,6 +48,13 @@ QUEUE_TIME_BUCKETS = (
     70, 80, 90, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1200, 1400, 1600, 1800,
     2000, 2500, 3000,
 )
+# TokenizerMetricsCollector's default_bucket_prompt_tokens (prompt, uncached prompt and
+# generation lengths alike).
+TOKEN_BUCKETS = (
+    100, 300, 500, 700, 1000, 1500, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000,
+    12500, 15000, 17500, 20000, 22500, 25000, 27500, 30000, 35000, 40000, 60000, 80000,
+    100000, 200000, 300000, 400000, 600000, 800000, 1000000, 1100000,
+)
 E2E_BUCKETS = (
     0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200,
     1800, 2400,
@@ -83,15 +90,25 @@ class Histogram:
         return out
 
 
-class LatencyHistograms:
-    """SGLang's latency histograms, fed by the pacing driver in model seconds: the
-    tokenizer's TTFT / ITL / e2e and the scheduler's queue time."""
+class RequestHistograms:
+    """SGLang's per-request histograms, fed by the pacing driver: the tokenizer's TTFT / ITL /
+    e2e (model seconds) and prompt / uncached prompt / generation lengths (tokens, at the
+    finish), and the scheduler's queue time."""
 
     def __init__(self) -> None:
         self.ttft = Histogram(TTFT_BUCKETS)
         self.itl = Histogram(ITL_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
         self.queue = Histogram(QUEUE_TIME_BUCKETS)
+        self.prompt = Histogram(TOKEN_BUCKETS)
+        self.uncached_prompt = Histogram(TOKEN_BUCKETS)
+        self.generation = Histogram(TOKEN_BUCKETS)
+
+    def observe_finished(self, prompt_tokens: int, cached_tokens: int, generation_tokens: int) -> None:
+        """A finished request's lengths (TokenizerMetricsCollector.observe_one_finished_request)."""
+        self.prompt.observe(prompt_tokens)
+        self.uncached_prompt.observe(prompt_tokens - cached_tokens)
+        self.generation.observe(generation_tokens)
 
     def observe_queue(self, seconds: float) -> None:
         """Queue entry to the first forward batch of a request (once per request)."""
@@ -132,7 +149,7 @@ class MetricSources:
     context_len: int
     counters: Callable[[], EngineCounters]
     gauges: Callable[[], EngineGauges]
-    latency: LatencyHistograms
+    latency: RequestHistograms
     health: SimHealth
     storage_backend: str | None = None     # --hicache-storage-backend (L3), e.g. "file"
 
@@ -295,6 +312,11 @@ class SGLangCollector:
              "Histogram of inter-token latency in seconds.", lat.itl),
             ("sglang:e2e_request_latency_seconds",
              "Histogram of End-to-end request latency in seconds", lat.e2e),
+            ("sglang:prompt_tokens_histogram", "Histogram of prompt token length.", lat.prompt),
+            ("sglang:uncached_prompt_tokens_histogram",
+             "Histogram of uncached (compute) prompt token length.", lat.uncached_prompt),
+            ("sglang:generation_tokens_histogram", "Histogram of generation token length.",
+             lat.generation),
         ):
             fam = HistogramMetricFamily(name, doc, labels=list(_TOK))
             fam.add_metric(self._tok, hist.buckets(), hist.total)

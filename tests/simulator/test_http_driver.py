@@ -14,7 +14,7 @@ import time
 import pytest
 
 from pytest_glmperf.simulator.driver import Driver, Pacer
-from pytest_glmperf.simulator.metrics import LatencyHistograms, SimHealth
+from pytest_glmperf.simulator.metrics import RequestHistograms, SimHealth
 from pytest_glmperf.simulator.types import SimRequest, StepResult, TokenEmission
 
 STEP_S = 0.1     # model seconds per step
@@ -75,7 +75,7 @@ async def _collect(driver: Driver, rid: str, max_new: int) -> list[int]:
 
 
 def _driver(engine: StubEngine) -> Driver:
-    return Driver(engine, SCALE, LatencyHistograms(), SimHealth(time_scale=SCALE), Pacer())
+    return Driver(engine, SCALE, RequestHistograms(), SimHealth(time_scale=SCALE), Pacer())
 
 
 def test_steps_are_delivered_at_the_wall_instant_of_their_end():

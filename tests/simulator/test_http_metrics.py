@@ -93,6 +93,16 @@ def test_counters_and_histograms_move_with_a_request(http):
     # ITL is per token: every output step after the first adds its token count.
     itl = "sglang:inter_token_latency_seconds_count"
     assert value(after, itl) - value(before, itl) == 15
+    # Length histograms at the finish (TokenizerMetricsCollector.observe_one_finished_request).
+    cached = s.chunks()[-1]["usage"].get("prompt_tokens_details", {}) or {}
+    lengths = {"prompt": prompt, "uncached_prompt": prompt - cached.get("cached_tokens", 0),
+               "generation": 16}
+    for name, tokens in lengths.items():
+        family = f"sglang:{name}_tokens_histogram"
+        assert value(after, f"{family}_count") - value(before, f"{family}_count") == 1, name
+        assert value(after, f"{family}_sum") - value(before, f"{family}_sum") == tokens, name
+        les = {b.labels["le"] for b in after[f"{family}_bucket"]}
+        assert {"100.0", "1.1e+06", "+Inf"} <= les, name
     buckets = [x for x in after["sglang:time_to_first_token_seconds_bucket"]]
     assert {b.labels["le"] for b in buckets} >= {"0.1", "400.0", "+Inf"}
     assert "sglang:time_to_first_token_seconds_created" not in after
