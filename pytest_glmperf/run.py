@@ -354,8 +354,7 @@ class GlmperfServer:
         entry = result.as_report()
         entry["stalls"] = self._stalls(windows, bar)
         entry["simulator"] = merge_pacing(w.pacing for w in windows)
-        queue = HistogramDelta.merged(w.queue_delta() for w in windows)
-        entry["server_queue"] = queue.summary() if queue else None
+        entry["server_queue"] = server_queue(windows)
         self.run.report.record_level(self.target.key, entry)
         self.run.write_report()
         return result
@@ -381,7 +380,7 @@ class GlmperfServer:
             finally:
                 stats = MixedStats.of(load.run.records, load.run.start_ns, window.gauges,
                                       self._cache(window.before, window.after),
-                                      window.server_queue())
+                                      server_queue([window]))
                 result = self._judge_mixed(stats, window, thresholds or self.settings.thresholds)
         return result
 
@@ -483,18 +482,17 @@ class Window:
             self.health = monitor.health([r for r in run.records if r.kind in self.kinds], span,
                                          self.target_concurrency)
 
-    def queue_delta(self) -> HistogramDelta | None:
-        """The server's queue_time_seconds observations during the window."""
-        return HistogramDelta.between(self.before, self.after)
-
-    def server_queue(self) -> dict[str, float | None] | None:
-        delta = self.queue_delta()
-        return delta.summary() if delta else None
-
     def gauge_samples(self) -> dict[str, list[tuple[float, float]]]:
         """Gauge samples in model seconds since the load window started (the records' origin)."""
         offset = (self.load.run.start_ns - self.load.clock.start_ns) / 1e9 * self.load.clock.time_scale
         return {name: [(t - offset, v) for t, v in series.samples] for name, series in self.gauges.items()}
+
+
+def server_queue(windows: list[Window]) -> dict[str, float | None] | None:
+    """The server's queue_time_seconds over these windows (a level's repeats) as one
+    summary; None when the server does not export it."""
+    queue = HistogramDelta.merged(HistogramDelta.between(w.before, w.after) for w in windows)
+    return queue.summary() if queue else None
 
 
 class Agent:

@@ -124,7 +124,7 @@ class HistogramDelta:
                 name: str = QUEUE_TIME) -> HistogramDelta | None:
         """None when the server does not export ``name``, or restarted in between."""
         new = after.buckets(name) if after else {}
-        if not new:
+        if after is None or not new:
             return None
         old = before.buckets(name) if before else {}
         buckets = {bound: count - old.get(bound, 0.0) for bound, count in new.items()}
@@ -132,8 +132,8 @@ class HistogramDelta:
             return None
 
         def grown(suffix: str) -> float:
-            end = (after.value(f"{name}{suffix}") if after else None) or 0.0
-            return end - ((before.value(f"{name}{suffix}") if before else None) or 0.0)
+            start = (before.value(f"{name}{suffix}") if before else None) or 0.0
+            return (after.value(f"{name}{suffix}") or 0.0) - start
 
         return cls(buckets, grown("_count"), grown("_sum"))
 
