@@ -113,7 +113,7 @@ class EngineConfig:
     hicache_size: float = 0.0            # GB (1e9 bytes) per rank; overrides the ratio if > 0
     hicache_write_policy: str = "write_through"
     hicache_io_backend: str = "kernel"
-    hicache_mem_layout: str = "page_first"
+    hicache_mem_layout: str = "layer_first"
     hicache_storage_backend: str | None = None
     hicache_storage_prefetch_policy: str = "timeout"
     hicache_storage_backend_extra_config: str | None = None

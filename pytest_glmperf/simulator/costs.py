@@ -15,7 +15,8 @@ Shape of the model:
   all-reduces per layer, inside a CUDA graph) + weight and KV reads from HBM (the indexer
   reads the whole 132 B/token/layer index-K cache of every context) + a per-request
   top-k over each context;
-* host->device load-back of KV at the PCIe rate (hardware.py), overlapped layer by layer
+* host->device load-back of KV at the io path's measured rate, capped by the PCIe share
+  (hardware.py), overlapped layer by layer
   with the forward of the batch that needs it.
 """
 
@@ -72,13 +73,32 @@ DRAFT_PASS_LAYERS = 5.0
 # for DeepSeek-V3 MTP at accept length ~2.8; calibrated with the field's mtp decode rate
 # (~75-85 tok/s per stream alone and at batch 4; docs/simulator.md).
 SPEC_STEP_OVERHEAD_S = 5e-3
-# Host->device load-back efficiency per --hicache-io-backend, a fraction of the PCIe rate in
-# hardware.py. "kernel" gathers pages with a GPU kernel; "direct" issues one copy per page
-# and layer and "lags behind the kernel backend" (sglang PR #21631, 2026-03). 0.6 is
-# calibrated: it makes one 100.8k-token host hit a 0.37 s step, the field's hicache chunk
-# gap P50 (0.36 s) in a run whose every request was a cache hit (docs/simulator.md).
-LOAD_BACK_IO_EFF = {"kernel": 1.0, "kernel_ascend": 1.0, "direct": 0.6}
+# Host->device load-back per --hicache-io-backend: the share of a PCIe link its copies use
+# when the link is what limits them, and a per-GPU rate cap where something else does.
+# Measured on an H200 with bench/hicache_direct_io.py (2026-12-04, three runs) through the
+# ops of sglang-kernel 0.4.2.post2, the build SGLang 0.5.12 pins, loading a 100.8k-token
+# hit (FP8 latent + indexer, 6.2 GB, 78 layers, checked byte for byte):
+#   direct, page_first_direct (transfer_kv_per_layer_direct_pf_lf, page-sized copy-engine
+#   transfers): 0.128-0.137 s alone (45-48 GB/s of the link's 55.5); two processes loading
+#   through the same link at once 0.240-0.265 s each (47-51 GB/s together). Share 0.85.
+#   kernel, page_first (transfer_kv_per_layer_mla_pf_lf, the fallback SGLang takes because
+#   its JIT kernel needs 128-byte multiples and the FP8 cell is 656 B): 0.448-0.480 s alone,
+#   12.9-13.8 GB/s: two blocks of 32 warps keep too few reads in flight to fill the link,
+#   so it is latency-bound at ~13.3 GB/s. (Two processes on one GPU time-slice its
+#   kernels, so how it shares an uplink between two GPUs is not measured.)
+# kernel_ascend is not measured and taken as filling the link.
 
+
+@dataclass(frozen=True)
+class LoadBackPath:
+    """How one io backend's host->device copies use the PCIe link."""
+
+    link_share: float             # of the link's rate, when the link limits the copies
+    rate_cap: float | None = None  # B/s per GPU, when the path itself limits them
+
+
+LOAD_BACK_PATHS = {"direct": LoadBackPath(0.85), "kernel": LoadBackPath(1.0, 13.3e9),
+                   "kernel_ascend": LoadBackPath(1.0)}
 
 @dataclass(frozen=True)
 class Segment:
@@ -196,10 +216,15 @@ class CostModel:
     # ---- HiCache ------------------------------------------------------------------------
 
     def load_back_time(self, tokens: int, bytes_per_token: int, io_backend: str = "kernel") -> float:
-        """Host->device copy of ``tokens`` KV entries on every rank at once (PCIe)."""
-        rate = self.hw.pcie_h2d_bandwidth * LOAD_BACK_IO_EFF.get(io_backend, 1.0)
+        """Host->device copy of ``tokens`` KV entries on every rank at once. Every TP rank
+        loads its own copy of the replicated latent at the same moment, so the GPUs behind
+        one switch uplink split it; a latency-bound path is held at its own cap."""
+        path = LOAD_BACK_PATHS.get(io_backend, LoadBackPath(1.0))
+        sharers = max(1, min(self.hw.gpus_per_pcie_uplink, self.tp))
+        rate = self.hw.pcie_h2d_bandwidth * path.link_share / sharers
+        if path.rate_cap is not None:
+            rate = min(rate, path.rate_cap)
         return tokens * bytes_per_token / rate
-
 
 def _sum_positions(start: int, count: int) -> int:
     """Sum of earlier-key counts for queries at positions start .. start+count-1."""

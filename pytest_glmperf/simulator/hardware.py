@@ -26,7 +26,8 @@ class HardwareSpec:
     fp8_flops: float            # dense tensor-core FLOP/s, datasheet (no sparsity)
     bf16_flops: float           # dense tensor-core FLOP/s, datasheet (no sparsity)
     nvlink_bandwidth: float     # B/s per direction per GPU
-    pcie_h2d_bandwidth: float   # B/s host->device per GPU when all GPUs copy at once
+    pcie_h2d_bandwidth: float   # B/s host->device, one GPU copying alone (pinned, contiguous)
+    gpus_per_pcie_uplink: int   # GPUs behind one PCIe switch uplink to the CPU
     sm_major: int               # 9 = Hopper; SGLang picks DSA KV dtype by this
     cuda_context_bytes: int     # taken by the CUDA context before SGLang measures free memory
     # HiCache L3 through the ``file`` storage backend (local disk), in KV bytes per second
@@ -42,11 +43,12 @@ class HardwareSpec:
 # NVIDIA H200 SXM datasheet: 141 GB HBM3e, 4.8 TB/s, FP8 3,958 TFLOPS / BF16 1,979 TFLOPS
 # *with sparsity* (dense is half), NVLink 4 at 900 GB/s bidirectional (450 GB/s per
 # direction). nvidia-smi shows 143,771 MiB, which is what torch.cuda.mem_get_info sees.
-# PCIe: Gen5 x16 is 64 GB/s per direction raw, ~55 GB/s achieved with pinned memory; on
-# HGX boards two GPUs share one PCIe switch uplink to the CPU, and every TP rank loads its
-# own copy of the (replicated) MLA latent at the same moment, so each gets about half:
-# 27.5 GB/s. CUDA context + cuBLAS/NCCL handles before SGLang profiles memory: ~0.75 GiB
-# (typical torch CUDA init on Hopper).
+# PCIe: Gen5 x16 is 64 GB/s per direction raw; one H200 alone moved 4.29 GB of pinned
+# memory in 77 ms each way, 55.5 GB/s (bench/hicache_direct_io.py, 2026-12-04). On HGX
+# boards two GPUs share one PCIe switch uplink to the CPU, and every TP rank loads its own
+# copy of the (replicated) MLA latent at the same moment, so a path that could fill the
+# link gets about half (costs.load_back_time). CUDA context + cuBLAS/NCCL handles before
+# SGLang profiles memory: ~0.75 GiB (typical torch CUDA init on Hopper).
 # L3 ``file`` backend (HiCacheFile: one .bin file per page and pool, read with readinto
 # and copied into the host pool page by page, written with numpy tofile by TP rank 0
 # only, since the MLA latent is the same on every rank): sglang#26886 (2026-06) measured
@@ -62,7 +64,8 @@ H200X8 = HardwareSpec(
     fp8_flops=1.979e15,
     bf16_flops=0.989e15,
     nvlink_bandwidth=450e9,
-    pcie_h2d_bandwidth=27.5e9,
+    pcie_h2d_bandwidth=55.5e9,
+    gpus_per_pcie_uplink=2,
     sm_major=9,
     cuda_context_bytes=768 * MIB,
 )
@@ -85,7 +88,8 @@ B200X8 = HardwareSpec(
     fp8_flops=4.5e15,
     bf16_flops=2.25e15,
     nvlink_bandwidth=900e9,
-    pcie_h2d_bandwidth=27.5e9,
+    pcie_h2d_bandwidth=55.5e9,
+    gpus_per_pcie_uplink=2,
     sm_major=10,
     cuda_context_bytes=768 * MIB,
 )

@@ -45,7 +45,7 @@ def test_page_first_direct_layout_forces_the_direct_io_backend() -> None:
                                 "page_first_direct", "--hicache-io-backend", "kernel"])
     assert kernel.resolved_hicache_io == ("direct", "page_first_direct")
     assert parse_server_args(["--enable-hierarchical-cache"]).resolved_hicache_io == (
-        "kernel", "page_first")
+        "kernel", "layer_first")  # SGLang's defaults
 
 
 def test_memory_defaults_follow_sglang() -> None:
