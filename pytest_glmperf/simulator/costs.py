@@ -100,6 +100,7 @@ class LoadBackPath:
 LOAD_BACK_PATHS = {"direct": LoadBackPath(0.85), "kernel": LoadBackPath(1.0, 13.3e9),
                    "kernel_ascend": LoadBackPath(1.0)}
 
+
 @dataclass(frozen=True)
 class Segment:
     """A run of prompt tokens computed in one step: positions [start, start + count)."""
@@ -225,6 +226,7 @@ class CostModel:
         if path.rate_cap is not None:
             rate = min(rate, path.rate_cap)
         return tokens * bytes_per_token / rate
+
 
 def _sum_positions(start: int, count: int) -> int:
     """Sum of earlier-key counts for queries at positions start .. start+count-1."""
