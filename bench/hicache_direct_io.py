@@ -50,9 +50,10 @@ CPP = r"""
 #include <torch/extension.h>
 #include <vector>
 
-// One layer of a page_first_direct -> layer_first load, issued the way sgl-kernel's direct
-// path issues it: per page, the slots come from CPU index tensors via item(), the page is
-// a view of the host pool, and one non-blocking ATen copy_ moves it.
+// One layer of a page_first_direct -> layer_first load, as one version of sgl-kernel's
+// transfer.cu writes it (the build SGLang 0.5.12 pins submits far more cheaply: see
+// --sgl-kernel): per page, the slots come from CPU index tensors via item(), the page is a
+// view of the host pool, and one non-blocking ATen copy_ moves it.
 void load_layer_pages(const torch::Tensor& host, torch::Tensor dev_layer,
                       const torch::Tensor& host_idx, const torch::Tensor& dev_idx,
                       int64_t layer, int64_t page) {
