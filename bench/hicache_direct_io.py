@@ -29,6 +29,7 @@ CUDA 13) and Debian's ``libnuma.so.1``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -184,22 +185,49 @@ def slots(pages: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return host_idx, dev_idx
 
 
-def check_load(pools: Pools, host_idx: torch.Tensor, dev_idx: torch.Tensor) -> None:
-    """Every loaded device page holds the bytes of its host page, layer by layer."""
-    for layer in (0, pools.layers - 1):
-        got = pools.dev[layer][dev_idx.to(pools.dev[layer].device)].cpu()
-        want = pools.host[host_idx // PAGE, layer, host_idx % PAGE]
-        if not torch.equal(got, want):
-            raise SystemExit(f"a load copied the wrong bytes at layer {layer}")
+@dataclass
+class Hit:
+    """One FP8 host hit: the latent and indexer pools and the token slots it moves."""
 
+    latent: Pools
+    indexer: Pools
+    host_idx: torch.Tensor
+    dev_idx: torch.Tensor
+    device: torch.device
 
-def load_hit(ext: Any, latent: Pools, indexer: Pools, host_idx: torch.Tensor,
-             dev_idx: torch.Tensor) -> None:
-    """start_loading: per layer, the latent pool then the indexer sidecar."""
-    for layer in range(latent.layers):
-        ext.load_layer_pages(latent.host, latent.dev[layer], host_idx, dev_idx, layer, PAGE)
-        ext.load_layer_pages(indexer.host, indexer.dev[layer], host_idx, dev_idx, layer,
-                             PAGE)
+    @classmethod
+    def make(cls, tokens: int, device: torch.device, seed: int) -> Hit:
+        pages = tokens // PAGE
+        return cls(Pools(pages, LAYERS, LATENT_ITEM, device),
+                   Pools(pages, LAYERS, INDEXER_ITEM, device), *slots(pages, seed), device)
+
+    @property
+    def tokens(self) -> int:
+        return self.host_idx.numel()
+
+    @property
+    def latent_bytes(self) -> int:
+        return self.tokens * LAYERS * LATENT_ITEM
+
+    @property
+    def nbytes(self) -> int:
+        return self.tokens * LAYERS * (LATENT_ITEM + INDEXER_ITEM)
+
+    def checked(self, load: Callable[[], None]) -> Callable[[], None]:
+        """Run ``load`` once into zeroed device pools, check every page it placed (first
+        and last layer, both pools) against the host pool, and hand it back for timing."""
+        for pool in (self.latent, self.indexer):
+            for d in pool.dev:
+                d.zero_()
+        load()
+        _sync(self.device)
+        for pool in (self.latent, self.indexer):
+            for layer in (0, LAYERS - 1):
+                got = pool.dev[layer][self.dev_idx.to(self.device)].cpu()
+                want = pool.host[self.host_idx // PAGE, layer, self.host_idx % PAGE]
+                if not torch.equal(got, want):
+                    raise SystemExit(f"a load copied the wrong bytes at layer {layer}")
+        return load
 
 
 def measure_contiguous(device: torch.device, nbytes: int) -> list[Timing]:
@@ -226,38 +254,31 @@ def measure_sizes(ext: Any, device: torch.device, count: int) -> list[Timing]:
 
 def measure_hit(ext: Any, device: torch.device, tokens: int, sgl: Any = None) -> list[Timing]:
     """One FP8 host hit of ``tokens`` through each path, checked byte for byte."""
+    hit = Hit.make(tokens, device, seed=1)
+    hit.latent.fill()
+    hit.indexer.fill()
     pages = tokens // PAGE
-    latent = Pools(pages, LAYERS, LATENT_ITEM, device)
-    indexer = Pools(pages, LAYERS, INDEXER_ITEM, device)
-    latent.fill()
-    indexer.fill()
-    host_idx, dev_idx = slots(pages, seed=1)
-    copies = pages * LAYERS * 2
-    nbytes = pages * PAGE * LAYERS * (LATENT_ITEM + INDEXER_ITEM)
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def load() -> None:
-        if stream is None:
-            load_hit(ext, latent, indexer, host_idx, dev_idx)
-            return
-        with torch.cuda.stream(stream):
-            load_hit(ext, latent, indexer, host_idx, dev_idx)
-
-    load()
-    _sync(device)
-    check_load(latent, host_idx, dev_idx)
-    check_load(indexer, host_idx, dev_idx)
-    out = [timed(f"per-page copy_ load {tokens} tok", copies, nbytes, device, load)]
+        """start_loading's order, one ATen copy_ per page: per layer, latent then indexer."""
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            for layer in range(LAYERS):
+                for pool in (hit.latent, hit.indexer):
+                    ext.load_layer_pages(pool.host, pool.dev[layer], hit.host_idx,
+                                         hit.dev_idx, layer, PAGE)
 
     def backup() -> None:
-        ext.backup_pages(latent.dev, latent.host, dev_idx, host_idx, PAGE)
+        ext.backup_pages(hit.latent.dev, hit.latent.host, hit.dev_idx, hit.host_idx, PAGE)
 
-    out.append(timed(f"per-page copy_ backup {tokens} tok latent", pages * LAYERS,
-                     pages * PAGE * LAYERS * LATENT_ITEM, device, backup))
+    out = [timed(f"per-page copy_ load {tokens} tok", pages * LAYERS * 2, hit.nbytes, device,
+                 hit.checked(load)),
+           timed(f"per-page copy_ backup {tokens} tok latent", pages * LAYERS,
+                 hit.latent_bytes, device, backup)]
     if device.type == "cuda":
-        out.append(measure_gather(latent, indexer, host_idx, dev_idx, tokens))
+        out.append(measure_gather(hit))
     if sgl is not None:
-        out += measure_sglang(SglangLoads(sgl, latent, indexer, host_idx, dev_idx), tokens)
+        out += measure_sglang(SglangLoads(sgl, hit))
     return out
 
 
@@ -289,35 +310,33 @@ class SglangLoads:
     NSAIndexerPoolHost call them from ``HiCacheController.start_loading``: layer by layer,
     the latent then the indexer sidecar, on a side stream."""
 
-    def __init__(self, sgl: Any, latent: Pools, indexer: Pools, host_idx: torch.Tensor,
-                 dev_idx: torch.Tensor) -> None:
-        self.sgl, self.latent, self.indexer = sgl, latent, indexer
-        self.host_idx, self.dev_idx = host_idx, dev_idx
+    def __init__(self, sgl: Any, hit: Hit) -> None:
+        self.sgl, self.hit = sgl, hit
         self.stream = torch.cuda.Stream()
         self._kernel_args: list[tuple[Any, ...]] | None = None
 
     def direct(self) -> None:
         """``direct`` io with the page_first_direct layout (the field's hicache profile)."""
+        hit = self.hit
         with torch.cuda.stream(self.stream):
-            for layer in range(self.latent.layers):
-                for pool in (self.latent, self.indexer):
+            for layer in range(LAYERS):
+                for pool in (hit.latent, hit.indexer):
                     self.sgl.transfer_kv_per_layer_direct_pf_lf(
-                        [pool.host], [pool.dev[layer]], self.host_idx, self.dev_idx, layer,
-                        PAGE)
+                        [pool.host], [pool.dev[layer]], hit.host_idx, hit.dev_idx, layer, PAGE)
 
     def backup(self) -> None:
         """The write-through backup of the latent, all layers at once (D2H)."""
+        hit = self.hit
         with torch.cuda.stream(self.stream):
             self.sgl.transfer_kv_all_layer_direct_lf_pf(
-                self.latent.dev, [self.latent.host], self.dev_idx, self.host_idx, PAGE)
+                hit.latent.dev, [hit.latent.host], hit.dev_idx, hit.host_idx, PAGE)
 
     def kernel(self) -> None:
         """``kernel`` io with the page_first layout: sgl-kernel's gather, which SGLang takes
         for the FP8 cell (its JIT kernel needs 128-byte multiples; the cell is 656 B)."""
         with torch.cuda.stream(self.stream):
-            for layer in range(self.latent.layers):
-                for args in self._page_first():
-                    src, dev, src_idx, dst_idx, item = args
+            for layer in range(LAYERS):
+                for src, dev, src_idx, dst_idx, item in self._page_first():
                     self.sgl.transfer_kv_per_layer_mla_pf_lf(
                         src, dev[layer], src_idx, dst_idx, layer, item, LAYERS * item, 2, 32)
 
@@ -326,9 +345,9 @@ class SglangLoads:
         ([token, layer, 1, item]); the indexer's 132 B rows are not 8-byte items, so it
         moves per page ([page, layer, 1, 64 x 132]) as NSAIndexerPoolHost does."""
         if self._kernel_args is None:
-            latent, indexer = self.latent, self.indexer
-            pages = self.host_idx.numel() // PAGE
-            host, dev = self.host_idx.cuda(), self.dev_idx.cuda()
+            latent, indexer = self.hit.latent, self.hit.indexer
+            pages = self.hit.tokens // PAGE
+            host, dev = self.hit.host_idx.cuda(), self.hit.dev_idx.cuda()
             latent_pf = (latent.host.permute(0, 2, 1, 3, 4)
                          .reshape(-1, LAYERS, 1, latent.item).pin_memory())
             page_item = PAGE * indexer.item
@@ -339,67 +358,42 @@ class SglangLoads:
                 (index_pf, index_dev, host[::PAGE] // PAGE, dev[::PAGE] // PAGE, page_item)]
         return self._kernel_args
 
-    def checked(self, load: Callable[[], None]) -> Callable[[], None]:
-        """Run ``load`` once into zeroed device pools and check every byte it placed."""
-        for pool in (self.latent, self.indexer):
-            for d in pool.dev:
-                d.zero_()
-        load()
-        torch.cuda.synchronize()
-        check_load(self.latent, self.host_idx, self.dev_idx)
-        check_load(self.indexer, self.host_idx, self.dev_idx)
-        return load
 
-
-def measure_sglang(loads: SglangLoads, tokens: int) -> list[Timing]:
+def measure_sglang(loads: SglangLoads) -> list[Timing]:
     """The hit through SGLang's ops: direct load and backup, and the kernel load."""
-    pages = loads.host_idx.numel() // PAGE
-    latent_bytes = pages * PAGE * LAYERS * loads.latent.item
-    nbytes = latent_bytes + pages * PAGE * LAYERS * INDEXER_ITEM
-    cuda = torch.device("cuda")
-    return [timed(f"sglang direct load {tokens} tok", pages * LAYERS * 2, nbytes,
-                  cuda, loads.checked(loads.direct)),
+    hit = loads.hit
+    tokens, pages, cuda = hit.tokens, hit.tokens // PAGE, torch.device("cuda")
+    return [timed(f"sglang direct load {tokens} tok", pages * LAYERS * 2, hit.nbytes,
+                  cuda, hit.checked(loads.direct)),
             timed(f"sglang direct backup {tokens} tok latent", pages * LAYERS,
-                  latent_bytes, cuda, loads.backup),
-            timed(f"sglang kernel load {tokens} tok", 0, nbytes, cuda,
-                  loads.checked(loads.kernel))]
+                  hit.latent_bytes, cuda, loads.backup),
+            timed(f"sglang kernel load {tokens} tok", 0, hit.nbytes, cuda,
+                  hit.checked(loads.kernel))]
 
 
-def measure_gather(latent: Pools, indexer: Pools, host_idx: torch.Tensor,
-                   dev_idx: torch.Tensor, tokens: int) -> Timing:
+def measure_gather(hit: Hit) -> Timing:
     """A gather kernel, one warp per token, per layer and pool, reading pinned host memory
     in place: what a kernel io path reaches with enough reads in flight."""
     import cupy
 
     kernel = cupy.RawKernel(GATHER, "gather")
-    src_idx = cupy.asarray(host_idx.numpy())
-    dst_idx = cupy.asarray(dev_idx.numpy())
-    items = int(host_idx.numel())
+    src_idx = cupy.asarray(hit.host_idx.numpy())
+    dst_idx = cupy.asarray(hit.dev_idx.numpy())
     threads = 256
-    blocks = (items * 32 + threads - 1) // threads
-
-    def one_pool(pool: Pools, layer: int) -> None:
-        base = pool.host.data_ptr() + layer * PAGE * pool.item
-        kernel((blocks,), (threads,), (
-            cupy.uint64(base), cupy.uint64(pool.dev[layer].data_ptr()), src_idx, dst_idx,
-            cupy.int64(items), cupy.int64(pool.item),
-            cupy.int64(pool.layers * PAGE * pool.item), cupy.int64(PAGE)))
+    blocks = (hit.tokens * 32 + threads - 1) // threads
 
     def load() -> None:
-        for layer in range(latent.layers):
-            one_pool(latent, layer)
-            one_pool(indexer, layer)
+        for layer in range(LAYERS):
+            for pool in (hit.latent, hit.indexer):
+                base = pool.host.data_ptr() + layer * PAGE * pool.item
+                kernel((blocks,), (threads,), (
+                    cupy.uint64(base), cupy.uint64(pool.dev[layer].data_ptr()), src_idx,
+                    dst_idx, cupy.int64(hit.tokens), cupy.int64(pool.item),
+                    cupy.int64(LAYERS * PAGE * pool.item), cupy.int64(PAGE)))
         cupy.cuda.Device().synchronize()
 
-    for pool in (latent, indexer):
-        for d in pool.dev:
-            d.zero_()
-    load()
-    check_load(latent, host_idx, dev_idx)
-    check_load(indexer, host_idx, dev_idx)
-    nbytes = items * LAYERS * (latent.item + INDEXER_ITEM)
-    return timed(f"gather kernel {tokens} tok", 0, nbytes, torch.device("cuda"),
-                 load)
+    return timed(f"gather kernel {hit.tokens} tok", 0, hit.nbytes, hit.device,
+                 hit.checked(load))
 
 
 def concurrent_loads(folder: str, ranks: int, tokens: int,
@@ -424,10 +418,8 @@ def concurrent_loads(folder: str, ranks: int, tokens: int,
 def _rank_loads(folder: str, rank: int, tokens: int, repeats: int, barrier: Any,
                 queue: Any) -> None:
     torch.cuda.set_device(rank % torch.cuda.device_count())
-    cuda, pages = torch.device("cuda"), tokens // PAGE
-    latent, indexer = Pools(pages, LAYERS, LATENT_ITEM, cuda), Pools(pages, LAYERS,
-                                                                     INDEXER_ITEM, cuda)
-    loads = SglangLoads(load_sgl_kernel(folder), latent, indexer, *slots(pages, seed=rank))
+    hit = Hit.make(tokens, torch.device("cuda"), seed=rank)
+    loads = SglangLoads(load_sgl_kernel(folder), hit)
     times: dict[str, list[float]] = {"direct": [], "kernel": []}
     for io, load in (("direct", loads.direct), ("kernel", loads.kernel)):
         load()  # warm-up (and the kernel path's page_first copies)
@@ -483,7 +475,7 @@ def main() -> None:
     concurrent: dict[int, dict[str, list[float]]] = {}
     for ranks in sorted({1, args.ranks}) if args.sgl_kernel and args.ranks else ():
         concurrent[ranks] = concurrent_loads(args.sgl_kernel, ranks, tokens)
-        gb = tokens * LAYERS * (LATENT_ITEM + INDEXER_ITEM) / 1e9
+        gb = tokens // PAGE * PAGE * LAYERS * (LATENT_ITEM + INDEXER_ITEM) / 1e9
         for io, times in concurrent[ranks].items():
             print(f"{ranks} rank(s), {io} load of {tokens} tok at once, slowest rank: "
                   + ", ".join(f"{t:.3f} s ({gb / t:.1f} GB/s)" for t in times), flush=True)
