@@ -15,10 +15,16 @@ submitted can matter more than the link. The script times, on a hit checked byte
   sgl-kernel's ``transfer.cu`` reads), and a gather kernel reading pinned memory in place;
 * with ``--sgl-kernel DIR``, SGLang's own ops from the build SGLang 0.5.12 pins: ``direct``
   load and backup, and the ``kernel`` load; with ``--ranks N`` also N processes loading at
-  once, as TP ranks do (several on one GPU share its PCIe link).
+  once, as TP ranks do (several on one GPU share its PCIe link);
+* with ``--host-numa local|remote``, host pools bound to the GPU's NUMA node or another one.
+  SGLang 0.5.12 binds each rank to its GPU's node only where ``set_mempolicy`` is allowed;
+  Docker's default seccomp profile allows it only with ``cap_add: [SYS_NICE]``, which the
+  field's compose files lack, so their ranks ran ``unbound`` (the default here) and their
+  200 GB pinned pools landed wherever first touch put them. Each run prints the share of
+  every pool's pages on each node.
 
     python bench/hicache_direct_io.py [--tokens 100800] [--out FILE.json]
-        [--sgl-kernel DIR [--ranks 2]]
+        [--sgl-kernel DIR [--ranks 8]] [--host-numa unbound|local|remote]
     python bench/hicache_direct_io.py --smoke      # tiny sizes, any device: checks itself
 
 DIR holds ``common_ops.abi3.so`` from ``sgl_kernel/sm90/`` of the sglang-kernel 0.4.2.post2
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
 import os
 import platform
@@ -155,6 +162,95 @@ def timed(case: str, copies: int, nbytes: int, device: torch.device,
     return best
 
 
+SYS_SET_MEMPOLICY, SYS_GET_MEMPOLICY = 238, 239  # x86_64 syscall numbers
+MPOL_BIND, MPOL_F_NODE, MPOL_F_ADDR = 2, 1, 2
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def numa_nodes() -> list[int]:
+    """The machine's online NUMA nodes (one, node 0, where sysfs says nothing)."""
+    try:
+        with open("/sys/devices/system/node/online") as f:
+            return sorted(_sysfs_list(f.read()))
+    except OSError:
+        return [0]
+
+
+def _sysfs_list(text: str) -> set[int]:
+    """Parse a sysfs list such as ``0-3,8``."""
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        low, _, high = part.partition("-")
+        out.update(range(int(low), int(high or low) + 1))
+    return out
+
+
+def gpu_numa_node(gpu: int) -> int:
+    """The NUMA node of the GPU's PCIe attachment, from sysfs as SGLang and torch read it
+    (node 0 without CUDA, for --smoke)."""
+    if not torch.cuda.is_available():
+        return 0
+    p = torch.cuda.get_device_properties(gpu)
+    path = (f"/sys/bus/pci/devices/{p.pci_domain_id:04x}:{p.pci_bus_id:02x}:"
+            f"{p.pci_device_id:02x}.0/numa_node")
+    with open(path) as f:
+        return max(int(f.read()), 0)
+
+
+def bind_host_memory(mode: str, gpu: int) -> int | None:
+    """Bind this process's CPUs and new memory to a NUMA node, as ``numactl --cpunodebind
+    --membind`` does (SGLang's rank binding): ``local`` is the GPU's node, ``remote`` the
+    next other node, ``unbound`` leaves placement to first touch. Returns the node bound."""
+    if mode == "unbound":
+        return None
+    nodes, home = numa_nodes(), gpu_numa_node(gpu)
+    others = [n for n in nodes if n != home]
+    if mode == "remote" and not others:
+        raise SystemExit(f"--host-numa remote needs a second NUMA node; this machine has {nodes}")
+    node = home if mode == "local" else others[0]
+    with open(f"/sys/devices/system/node/node{node}/cpulist") as f:
+        os.sched_setaffinity(0, _sysfs_list(f.read()))
+    mask = ctypes.c_ulong(1 << node)
+    if _libc.syscall(SYS_SET_MEMPOLICY, MPOL_BIND, ctypes.byref(mask), ctypes.c_ulong(65)):
+        err = ctypes.get_errno()
+        raise SystemExit(f"set_mempolicy refused ({os.strerror(err)}); in a container, "
+                         "add --cap-add SYS_NICE")
+    return node
+
+
+def page_nodes(t: torch.Tensor, samples: int = 512) -> dict[int, float] | None:
+    """Share of ``t``'s pages on each NUMA node, from ``samples`` pages spread over it
+    (get_mempolicy with MPOL_F_NODE | MPOL_F_ADDR); None where the kernel refuses."""
+    page, base, size = os.sysconf("SC_PAGE_SIZE"), t.data_ptr(), t.numel() * t.element_size()
+    counts: dict[int, int] = {}
+    node = ctypes.c_int()
+    for i in range(samples):
+        addr = (base + size * i // samples) // page * page
+        if _libc.syscall(SYS_GET_MEMPOLICY, ctypes.byref(node), None, ctypes.c_ulong(0),
+                         ctypes.c_void_p(addr), ctypes.c_ulong(MPOL_F_NODE | MPOL_F_ADDR)):
+            return None
+        counts[node.value] = counts.get(node.value, 0) + 1
+    return {n: c / samples for n, c in sorted(counts.items())}
+
+
+def placement(hit: Hit, gpu: int, bound: int | None) -> dict[str, Any]:
+    """Where a hit's host pools live, against its GPU's NUMA node."""
+    return {"gpu": gpu, "gpu_node": gpu_numa_node(gpu), "bound_node": bound,
+            "latent_pages": page_nodes(hit.latent.host),
+            "indexer_pages": page_nodes(hit.indexer.host)}
+
+
+def placement_row(where: dict[str, Any]) -> str:
+    def shares(pages: dict[int, float] | None) -> str:
+        if pages is None:
+            return "unknown (get_mempolicy refused: in a container, add --cap-add SYS_NICE)"
+        return ", ".join(f"node {n} {share:.0%}" for n, share in pages.items())
+
+    return (f"GPU {where['gpu']} on node {where['gpu_node']}, bound to "
+            f"{where['bound_node'] if where['bound_node'] is not None else 'none'}: latent "
+            f"pages {shares(where['latent_pages'])}; indexer {shares(where['indexer_pages'])}")
+
+
 class Pools:
     """Host pools in page_first_direct layout and device pools in layer_first layout."""
 
@@ -252,11 +348,15 @@ def measure_sizes(ext: Any, device: torch.device, count: int) -> list[Timing]:
     return out
 
 
-def measure_hit(ext: Any, device: torch.device, tokens: int, sgl: Any = None) -> list[Timing]:
-    """One FP8 host hit of ``tokens`` through each path, checked byte for byte."""
+def measure_hit(ext: Any, device: torch.device, tokens: int, bound: int | None,
+                sgl: Any = None) -> tuple[list[Timing], dict[str, Any]]:
+    """One FP8 host hit of ``tokens`` through each path, checked byte for byte, and where
+    its host pools live."""
     hit = Hit.make(tokens, device, seed=1)
     hit.latent.fill()
     hit.indexer.fill()
+    where = placement(hit, 0, bound)
+    print(placement_row(where), flush=True)
     pages = tokens // PAGE
     stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -279,7 +379,7 @@ def measure_hit(ext: Any, device: torch.device, tokens: int, sgl: Any = None) ->
         out.append(measure_gather(hit))
     if sgl is not None:
         out += measure_sglang(SglangLoads(sgl, hit))
-    return out
+    return out, where
 
 
 def load_sgl_kernel(folder: str) -> Any:
@@ -396,29 +496,35 @@ def measure_gather(hit: Hit) -> Timing:
                  hit.checked(load))
 
 
-def concurrent_loads(folder: str, ranks: int, tokens: int,
-                     repeats: int = 4) -> dict[str, list[float]]:
+def concurrent_loads(folder: str, ranks: int, tokens: int, host_numa: str,
+                     repeats: int = 4) -> dict[str, Any]:
     """``ranks`` processes each load their own hit through SGLang's ops at the same instant,
     as the TP ranks of one server do (GPU = rank % device count; two ranks on one GPU share
     its PCIe link, as two GPUs share a switch uplink on HGX boards). A TP step waits for
-    its slowest rank, so each repeat's time is the slowest rank's, per io backend."""
+    its slowest rank, so each repeat's time is the slowest rank's, per io backend; the
+    ranks' host-pool placement comes back too."""
     ctx = torch.multiprocessing.get_context("spawn")
     barrier, queue = ctx.Barrier(ranks), ctx.Queue()
-    procs = [ctx.Process(target=_rank_loads, args=(folder, rank, tokens, repeats, barrier,
-                                                   queue)) for rank in range(ranks)]
+    procs = [ctx.Process(target=_rank_loads, args=(folder, rank, tokens, repeats, host_numa,
+                                                   barrier, queue)) for rank in range(ranks)]
     for proc in procs:
         proc.start()
-    per_rank = [queue.get(timeout=900) for _ in procs]
+    per_rank = sorted((queue.get(timeout=900) for _ in procs), key=lambda r: r["rank"])
     for proc in procs:
         proc.join()
-    return {io: [max(times) for times in zip(*(r[io] for r in per_rank), strict=True)]
-            for io in per_rank[0]}
+    times = [r["times"] for r in per_rank]
+    return {"placement": [r["placement"] for r in per_rank]} | {
+        io: [max(each) for each in zip(*(t[io] for t in times), strict=True)]
+        for io in times[0]}
 
 
-def _rank_loads(folder: str, rank: int, tokens: int, repeats: int, barrier: Any,
-                queue: Any) -> None:
-    torch.cuda.set_device(rank % torch.cuda.device_count())
+def _rank_loads(folder: str, rank: int, tokens: int, repeats: int, host_numa: str,
+                barrier: Any, queue: Any) -> None:
+    gpu = rank % torch.cuda.device_count()
+    torch.cuda.set_device(gpu)
+    bound = bind_host_memory(host_numa, gpu)
     hit = Hit.make(tokens, torch.device("cuda"), seed=rank)
+    where = placement(hit, gpu, bound)
     loads = SglangLoads(load_sgl_kernel(folder), hit)
     times: dict[str, list[float]] = {"direct": [], "kernel": []}
     for io, load in (("direct", loads.direct), ("kernel", loads.kernel)):
@@ -430,12 +536,21 @@ def _rank_loads(folder: str, rank: int, tokens: int, repeats: int, barrier: Any,
             load()
             torch.cuda.synchronize()
             times[io].append(time.perf_counter() - start)
-    queue.put(times)
+    queue.put({"rank": rank, "times": times, "placement": where})
+
+
+def print_concurrent(ranks: int, tokens: int, run: dict[str, Any]) -> None:
+    gb = tokens // PAGE * PAGE * LAYERS * (LATENT_ITEM + INDEXER_ITEM) / 1e9
+    for where in run["placement"]:
+        print(f"  rank on {placement_row(where)}", flush=True)
+    for io in ("direct", "kernel"):
+        print(f"{ranks} rank(s), {io} load of {tokens} tok at once, slowest rank: "
+              + ", ".join(f"{t:.3f} s ({gb / t:.1f} GB/s)" for t in run[io]), flush=True)
 
 
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
-                            "cpus": os.cpu_count()}
+                            "cpus": os.cpu_count(), "numa_nodes": numa_nodes()}
     try:
         with open("/proc/cpuinfo") as f:
             info["cpu"] = next(ln.split(":", 1)[1].strip() for ln in f
@@ -457,6 +572,9 @@ def main() -> None:
                         help="also time SGLang's own ops from this folder's common_ops.abi3.so")
     parser.add_argument("--ranks", type=int, default=0,
                         help="with --sgl-kernel: also time N processes loading at once")
+    parser.add_argument("--host-numa", choices=("unbound", "local", "remote"),
+                        default="unbound",
+                        help="bind host pools to the GPU's NUMA node, another, or neither")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu" and not args.smoke:
@@ -466,22 +584,22 @@ def main() -> None:
                       functions=["load_layer_pages", "backup_pages", "copy_many"])
     print(f"extension built in {time.perf_counter() - start:.1f} s", flush=True)
     tokens, count = (PAGE * 8, 200) if args.smoke else (args.tokens, args.count)
+    bound = bind_host_memory(args.host_numa, 0)
     results: list[Timing] = []
     if not args.smoke:
         results += measure_contiguous(device, 4 << 30)
     results += measure_sizes(ext, device, count)
     sgl = load_sgl_kernel(args.sgl_kernel) if args.sgl_kernel else None
-    results += measure_hit(ext, device, tokens, sgl)
-    concurrent: dict[int, dict[str, list[float]]] = {}
+    hit_results, where = measure_hit(ext, device, tokens, bound, sgl)
+    results += hit_results
+    concurrent: dict[int, dict[str, Any]] = {}
     for ranks in sorted({1, args.ranks}) if args.sgl_kernel and args.ranks else ():
-        concurrent[ranks] = concurrent_loads(args.sgl_kernel, ranks, tokens)
-        gb = tokens // PAGE * PAGE * LAYERS * (LATENT_ITEM + INDEXER_ITEM) / 1e9
-        for io, times in concurrent[ranks].items():
-            print(f"{ranks} rank(s), {io} load of {tokens} tok at once, slowest rank: "
-                  + ", ".join(f"{t:.3f} s ({gb / t:.1f} GB/s)" for t in times), flush=True)
+        concurrent[ranks] = concurrent_loads(args.sgl_kernel, ranks, tokens, args.host_numa)
+        print_concurrent(ranks, tokens, concurrent[ranks])
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"machine": machine(), "concurrent": concurrent,
+            json.dump({"machine": machine(), "host_numa": args.host_numa, "placement": where,
+                       "concurrent": concurrent,
                        "results": [asdict(r) | {"gbps": r.gbps} for r in results]}, f,
                       indent=1)
     print(json.dumps(machine()))
