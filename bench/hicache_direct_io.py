@@ -162,7 +162,8 @@ def timed(case: str, copies: int, nbytes: int, device: torch.device,
     return best
 
 
-SYS_SET_MEMPOLICY, SYS_GET_MEMPOLICY = 238, 239  # x86_64 syscall numbers
+SYS_SET_MEMPOLICY, SYS_GET_MEMPOLICY = {"aarch64": (237, 236)}.get(platform.machine(),
+                                                                  (238, 239))  # x86_64
 MPOL_BIND, MPOL_F_NODE, MPOL_F_ADDR = 2, 1, 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
