@@ -513,6 +513,10 @@ def concurrent_loads(folder: str, ranks: int, tokens: int, host_numa: str,
     per_rank = sorted((queue.get(timeout=900) for _ in procs), key=lambda r: r["rank"])
     for proc in procs:
         proc.join()
+    failed = [r for r in per_rank if "error" in r]
+    if failed:  # name the rank that failed first, not the others' broken barriers
+        causes = [r for r in failed if "BrokenBarrierError" not in r["error"]] or failed
+        raise SystemExit("; ".join(f"rank {r['rank']}: {r['error']}" for r in causes))
     times = [r["times"] for r in per_rank]
     return {"placement": [r["placement"] for r in per_rank]} | {
         io: [max(each) for each in zip(*(t[io] for t in times), strict=True)]
@@ -521,6 +525,18 @@ def concurrent_loads(folder: str, ranks: int, tokens: int, host_numa: str,
 
 def _rank_loads(folder: str, rank: int, tokens: int, repeats: int, host_numa: str,
                 barrier: Any, queue: Any) -> None:
+    """One rank's loads, or its error: a rank that fails breaks the barrier and says so,
+    so neither the other ranks nor the parent wait out their timeouts on device time."""
+    try:
+        queue.put({"rank": rank} | _rank_timings(folder, rank, tokens, repeats, host_numa,
+                                                 barrier))
+    except BaseException as exc:
+        barrier.abort()
+        queue.put({"rank": rank, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def _rank_timings(folder: str, rank: int, tokens: int, repeats: int, host_numa: str,
+                  barrier: Any) -> dict[str, Any]:
     gpu = rank % torch.cuda.device_count()
     torch.cuda.set_device(gpu)
     bound = bind_host_memory(host_numa, gpu)
@@ -537,7 +553,7 @@ def _rank_loads(folder: str, rank: int, tokens: int, repeats: int, host_numa: st
             load()
             torch.cuda.synchronize()
             times[io].append(time.perf_counter() - start)
-    queue.put({"rank": rank, "times": times, "placement": where})
+    return {"times": times, "placement": where}
 
 
 def print_concurrent(ranks: int, tokens: int, run: dict[str, Any]) -> None:
