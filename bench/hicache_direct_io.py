@@ -518,7 +518,7 @@ def concurrent_loads(folder: str, ranks: int, tokens: int, host_numa: str,
         causes = [r for r in failed if "BrokenBarrierError" not in r["error"]] or failed
         raise SystemExit("; ".join(f"rank {r['rank']}: {r['error']}" for r in causes))
     times = [r["times"] for r in per_rank]
-    return {"placement": [r["placement"] for r in per_rank]} | {
+    return {"bytes": per_rank[0]["bytes"], "placement": [r["placement"] for r in per_rank]} | {
         io: [max(each) for each in zip(*(t[io] for t in times), strict=True)]
         for io in times[0]}
 
@@ -553,11 +553,11 @@ def _rank_timings(folder: str, rank: int, tokens: int, repeats: int, host_numa: 
             load()
             torch.cuda.synchronize()
             times[io].append(time.perf_counter() - start)
-    return {"times": times, "placement": where}
+    return {"times": times, "placement": where, "bytes": hit.nbytes}
 
 
 def print_concurrent(ranks: int, tokens: int, run: dict[str, Any]) -> None:
-    gb = tokens // PAGE * PAGE * LAYERS * (LATENT_ITEM + INDEXER_ITEM) / 1e9
+    gb = run["bytes"] / 1e9
     for where in run["placement"]:
         print(f"  rank on {placement_row(where)}", flush=True)
     for io in ("direct", "kernel"):
