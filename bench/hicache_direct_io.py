@@ -513,14 +513,24 @@ def concurrent_loads(folder: str, ranks: int, tokens: int, host_numa: str,
     per_rank = sorted((queue.get(timeout=900) for _ in procs), key=lambda r: r["rank"])
     for proc in procs:
         proc.join()
+    return slowest_ranks(per_rank)
+
+
+def slowest_ranks(per_rank: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per io backend and repeat, the slowest rank's load and the longest any rank's caller
+    was held; or the error of the rank that failed first (not the others' broken barrier)."""
     failed = [r for r in per_rank if "error" in r]
-    if failed:  # name the rank that failed first, not the others' broken barriers
+    if failed:
         causes = [r for r in failed if "BrokenBarrierError" not in r["error"]] or failed
         raise SystemExit("; ".join(f"rank {r['rank']}: {r['error']}" for r in causes))
-    times = [r["times"] for r in per_rank]
-    return {"bytes": per_rank[0]["bytes"], "placement": [r["placement"] for r in per_rank]} | {
-        io: [max(each) for each in zip(*(t[io] for t in times), strict=True)]
-        for io in times[0]}
+
+    def slowest(key: str, io: str) -> list[float]:
+        return [max(each) for each in zip(*(r[key][io] for r in per_rank), strict=True)]
+
+    ios = per_rank[0]["times"]
+    return {"bytes": per_rank[0]["bytes"], "placement": [r["placement"] for r in per_rank],
+            "issued": {io: slowest("issued", io) for io in ios}} | {
+        io: slowest("times", io) for io in ios}
 
 
 def _rank_loads(folder: str, rank: int, tokens: int, repeats: int, host_numa: str,
@@ -544,6 +554,7 @@ def _rank_timings(folder: str, rank: int, tokens: int, repeats: int, host_numa: 
     where = placement(hit, gpu, bound)
     loads = SglangLoads(load_sgl_kernel(folder), hit)
     times: dict[str, list[float]] = {"direct": [], "kernel": []}
+    issued: dict[str, list[float]] = {"direct": [], "kernel": []}
     for io, load in (("direct", loads.direct), ("kernel", loads.kernel)):
         load()  # warm-up (and the kernel path's page_first copies)
         for _ in range(repeats):
@@ -551,9 +562,10 @@ def _rank_timings(folder: str, rank: int, tokens: int, repeats: int, host_numa: 
             barrier.wait()
             start = time.perf_counter()
             load()
+            issued[io].append(time.perf_counter() - start)  # how long the caller was held
             torch.cuda.synchronize()
             times[io].append(time.perf_counter() - start)
-    return {"times": times, "placement": where, "bytes": hit.nbytes}
+    return {"times": times, "issued": issued, "placement": where, "bytes": hit.nbytes}
 
 
 def print_concurrent(ranks: int, tokens: int, run: dict[str, Any]) -> None:
@@ -562,7 +574,9 @@ def print_concurrent(ranks: int, tokens: int, run: dict[str, Any]) -> None:
         print(f"  rank on {placement_row(where)}", flush=True)
     for io in ("direct", "kernel"):
         print(f"{ranks} rank(s), {io} load of {tokens} tok at once, slowest rank: "
-              + ", ".join(f"{t:.3f} s ({gb / t:.1f} GB/s)" for t in run[io]), flush=True)
+              + ", ".join(f"{t:.3f} s ({gb / t:.1f} GB/s, caller held {held:.3f} s)"
+                          for t, held in zip(run[io], run["issued"][io], strict=True)),
+              flush=True)
 
 
 def machine() -> dict[str, Any]:

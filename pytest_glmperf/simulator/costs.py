@@ -86,6 +86,11 @@ SPEC_STEP_OVERHEAD_S = 5e-3
 #   12.9-13.8 GB/s: two blocks of 32 warps keep too few reads in flight to fill the link,
 #   so it is latency-bound at ~13.3 GB/s. (Two processes on one GPU time-slice its
 #   kernels, so how it shares an uplink between two GPUs is not measured.)
+# The direct ops return only when their copies are all but done (issued in 0.127-0.136 s
+# of 0.128-0.137 s: CUDA's copy queue holds a few ms of them), and SGLang calls them from
+# the scheduler thread as it forms the batch (HiCacheController.start_loading from
+# get_new_batch_prefill), so the batch launches after its load. The kernel path is issued
+# in 2 ms and its layers wait for theirs on the GPU.
 # kernel_ascend is not measured and taken as filling the link.
 
 
@@ -95,10 +100,11 @@ class LoadBackPath:
 
     link_share: float             # of the link's rate, when the link limits the copies
     rate_cap: float | None = None  # B/s per GPU, when the path itself limits them
+    holds_scheduler: bool = False  # issuing the copies blocks until they are done
 
 
-LOAD_BACK_PATHS = {"direct": LoadBackPath(0.85), "kernel": LoadBackPath(1.0, 13.3e9),
-                   "kernel_ascend": LoadBackPath(1.0)}
+LOAD_BACK_PATHS = {"direct": LoadBackPath(0.85, holds_scheduler=True),
+                   "kernel": LoadBackPath(1.0, 13.3e9), "kernel_ascend": LoadBackPath(1.0)}
 
 
 @dataclass(frozen=True)
@@ -226,6 +232,16 @@ class CostModel:
         if path.rate_cap is not None:
             rate = min(rate, path.rate_cap)
         return tokens * bytes_per_token / rate
+
+    def load_back_step(self, compute: float, load_left: float,
+                       io_backend: str) -> tuple[float, float]:
+        """A prefill batch's duration when its load-backs still need ``load_left`` seconds
+        once the GPU could start it, and how long its launch waits. A path that holds the
+        scheduler thread launches the forward after its copies; the others launch at once
+        and each layer waits for its own copies."""
+        if load_left > 0 and LOAD_BACK_PATHS.get(io_backend, LoadBackPath(1.0)).holds_scheduler:
+            return load_left + compute, load_left
+        return max(compute, load_left + compute / self.model.layers), 0.0
 
 
 def _sum_positions(start: int, count: int) -> int:

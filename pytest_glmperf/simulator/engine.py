@@ -141,6 +141,9 @@ class Engine:
         self._window_tokens = 0
         self._window_start = 0.0
         self._last_log_s = 0.0      # model time of the last metrics log (prefill or decode)
+        # When the last batch was launched: SGLang's overlap loop forms the next batch (and
+        # starts its load-backs) while that one runs on the GPU.
+        self._launched_at = 0.0
         self.gauges.max_total_num_tokens = config.device_pool_tokens
         self.gauges.kv_available_tokens = config.device_pool_tokens
         self.gauges.hicache_host_total_tokens = config.host_pool_tokens
@@ -207,7 +210,10 @@ class Engine:
         batch, load_s, admitted = self._form_prefill_batch()
         mixed = bool(batch) and self.config.interleave == "mixed" and bool(self.running)
         if batch:
-            result = self._run_prefill(batch, load_s, mixed, start)
+            # SGLang forms a batch once the last one is launched and its requests are in.
+            formed_at = max([self._launched_at] + [r.arrival for r in admitted])
+            load_left = max(0.0, formed_at + load_s - start) if load_s else 0.0
+            result = self._run_prefill(batch, load_left, mixed, start)
             result.queue_times_s = self._enter_forward(admitted, start)
             self._refresh_on_prefill(admitted, decoding)
         elif self.running:
@@ -495,7 +501,7 @@ class Engine:
 
     # ---- running a step -----------------------------------------------------------------
 
-    def _run_prefill(self, batch: list[tuple[_Req, int]], load_s: float, mixed: bool,
+    def _run_prefill(self, batch: list[tuple[_Req, int]], load_left: float, mixed: bool,
                      start: float) -> StepResult:
         segments = []
         for req, n in batch:
@@ -509,7 +515,9 @@ class Engine:
             self._ensure_decode_room(1)
             decoding = list(self.running)
             compute += self.cost.decode_extra_time(len(decoding), _ctx(decoding))
-        duration = max(compute, load_s + compute / self.config.model.layers)
+        duration, launch_wait = self.cost.load_back_step(compute, load_left,
+                                                         self.config.resolved_hicache_io[0])
+        self._launched_at = start + launch_wait
         self.now = start + duration
         emissions = [e for req, n in batch if (e := self._finish_chunk(req, n))]
         emissions += [self._emit(req, 1) for req in decoding]
@@ -554,6 +562,7 @@ class Engine:
                                                   self.spec.draft_passes)
         else:
             duration = self.cost.decode_time(len(batch), ctx)
+        self._launched_at = start
         self.now = start + duration
         emissions = []
         generated = 0

@@ -68,8 +68,9 @@ def test_mixed_run_on_flushed_windows_keeps_the_documented_figures(flushed: dict
 def test_warm_hicache_gaps_are_load_back_steps(tmp_path: Path) -> None:
     """With every context cached, a stream's longest pause is another request's host hit:
     one ~100k-token load-back at the measured rate of the direct io path with two GPUs on
-    each PCIe uplink (6.2 GB / 23.6 GB/s), a step or two more at P95. The field's 0.36 /
-    0.61 s are ~40 % longer (docs/simulator.md, "Load-back")."""
+    each PCIe uplink (6.2 GB / 23.6 GB/s), then the short forward it held back, a step or
+    two more at P95. The field's 0.36 / 0.61 s are longer still (docs/simulator.md,
+    "Reading the calibration", point 1)."""
     mixed = replay(tmp_path, "--warm", "--profile", "sim-hicache", "--workload", "mixed")
     hicache = mixed["mixed"][0]["sim-hicache"]
     one_load_back = 100_800 * 61_464 / (55.5e9 * 0.85 / 2)
