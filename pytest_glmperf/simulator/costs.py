@@ -16,8 +16,8 @@ Shape of the model:
   reads the whole 132 B/token/layer index-K cache of every context) + a per-request
   top-k over each context;
 * host->device load-back of KV at the io path's measured rate, capped by the PCIe share
-  (hardware.py), overlapped layer by layer
-  with the forward of the batch that needs it.
+  (hardware.py): before the forward of the batch that needs it when the path holds the
+  scheduler thread (direct), else overlapped with it layer by layer (kernel).
 """
 
 from __future__ import annotations
