@@ -86,11 +86,12 @@ SPEC_STEP_OVERHEAD_S = 5e-3
 #   12.9-13.8 GB/s: two blocks of 32 warps keep too few reads in flight to fill the link,
 #   so it is latency-bound at ~13.3 GB/s. (Two processes on one GPU time-slice its
 #   kernels, so how it shares an uplink between two GPUs is not measured.)
-# The direct ops return only when their copies are all but done (issued in 0.127-0.136 s
-# of 0.128-0.137 s: CUDA's copy queue holds a few ms of them), and SGLang calls them from
-# the scheduler thread as it forms the batch (HiCacheController.start_loading from
-# get_new_batch_prefill), so the batch launches after its load. The kernel path is issued
-# in 2 ms and its layers wait for theirs on the GPU.
+# The direct ops return only when their copies are all but done (the load issued in
+# 0.127-0.136 s of 0.128-0.137 s, the backup in 0.091 of 0.102 s: CUDA's copy queue holds
+# 1-12 ms of them), and SGLang calls them from the scheduler thread as it forms the batch
+# (HiCacheController.start_loading from get_new_batch_prefill), so the batch launches
+# after its load. The kernel path is issued in 2 ms and its layers wait for theirs on the
+# GPU.
 # kernel_ascend is not measured and taken as filling the link.
 
 

@@ -169,8 +169,8 @@ def test_direct_io_launches_after_its_load_kernel_io_overlaps_it(io_backend: str
     load = engine.cost.load_back_time(engine.counters.cached_tokens_host, 61_464, io_backend)
     forward = engine.cost.prefill_time([Segment(99_968, 32)])
     assert forward > 0.02  # a 32-token forward still reads the weights
-    overlapped = forward if io_backend == "direct" else forward / 78
-    assert steps[0].duration_s == pytest.approx(load + overlapped)
+    after_load = forward if io_backend == "direct" else forward / 78  # (the last layer)
+    assert steps[0].duration_s == pytest.approx(load + after_load)
 
 
 def test_a_queued_host_hit_loads_back_while_the_previous_batch_runs() -> None:
