@@ -60,6 +60,23 @@ def test_gpu_profiles_follow_the_field_report(name: str, extra: str, container: 
         assert service["environment"]["SGLANG_ENABLE_SPEC_V2"] == "1"
 
 
+@pytest.mark.parametrize(("sim", "name", "extra"), [
+    ("sim-hicache", "compose-hicache.yaml", ["--enable-mixed-chunk"]),
+    ("sim-mtp", "compose.yaml", []),
+])
+def test_sim_profiles_take_the_gpu_profiles_flags(sim: str, name: str, extra: list[str]) -> None:
+    """The simulated profiles are the field's SGLang flags; a flag beyond them is named (and
+    explained) in the profile's description."""
+    profile = load_registry(COMPOSE / "profiles.yaml").get(sim)
+    command = _service(name)["command"].replace("${SGLANG_GPU_COUNT:-8}", "8").split()
+    field = command[command.index("--model-path"):]
+    for flag in ("--host", "--port"):   # where the container listens, not an engine setting
+        i = field.index(flag)
+        del field[i:i + 2]
+    assert [arg for arg in profile.server_args if arg not in extra] == field
+    assert all(flag in profile.description for flag in extra)
+
+
 def test_sim_profile_runs_the_simulator_with_the_hicache_flags() -> None:
     service = _service("compose-sim.yaml")
     registry = load_registry(COMPOSE / "profiles.yaml")

@@ -7,6 +7,7 @@ A profile's ``server_args`` (the same flags as the compose files) become an
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -31,6 +32,8 @@ from .storage import (
     StorageSettings,
     parse_extra_config,
 )
+
+log = logging.getLogger("glmperf.sim")
 
 # SGLang constants (python/sglang/srt/...; 0.5.23 wheel unless noted).
 CLIP_MAX_NEW_TOKENS = 4096          # schedule_policy.py: decode reservation clip per request
@@ -313,21 +316,18 @@ class EngineConfig:
 
     @property
     def interleave(self) -> str:
-        """How decode shares steps with a pending prefill (engine.py).
+        """How decode shares steps with a pending prefill (engine.py), as SGLang decides it.
 
-        ``auto``: EAGLE runs prefill-first (mixed batches unsupported with speculative
-        decoding in the field's image: every chunk of a long prompt runs while all decode
-        streams wait). Without speculation the simulator lets decode ride along with each
-        prefill chunk ("mixed"), although SGLang's source does this only with
-        ``--enable-mixed-chunk``: an assumption that keeps the field report's reading
-        (HiCache streams stay smooth) under the suite's fresh, uncached spikes, which the
-        field's HiCache run never prefilled (its counters show every request as a cache
-        hit; docs/simulator.md, "Reading the calibration"). ``--sim-decode-interleave
-        prefill-first`` models the source rule instead.
+        ``auto``: *mixed* (one decode token per running request inside each prefill chunk's
+        forward) only with ``--enable-mixed-chunk``, which SGLang turns off under speculative
+        decoding; otherwise *prefill-first*, SGLang's "run prefill first if possible": every
+        chunk of a long prompt runs while all decode streams wait. The built-in HiCache
+        profiles pass ``--enable-mixed-chunk`` (compose/profiles.yaml says why).
+        ``--sim-decode-interleave mixed|prefill-first`` overrides the flag, for exploring.
         """
         if self.decode_interleave != "auto":
             return self.decode_interleave
-        return "prefill-first" if self.spec_enabled else "mixed"
+        return "mixed" if self.enable_mixed_chunk and not self.spec_enabled else "prefill-first"
 
     @property
     def stale_draft_after_load_back(self) -> bool:
@@ -587,6 +587,10 @@ def _check(config: EngineConfig) -> EngineConfig:
     if config.speculative_algorithm not in (None, "EAGLE", "EAGLE3"):
         raise ValueError(f"--speculative-algorithm: {config.speculative_algorithm} is not "
                          "modelled (EAGLE/NEXTN/EAGLE3 are)")
+    if config.spec_enabled and config.enable_mixed_chunk:
+        log.warning("--enable-mixed-chunk: mixed chunked prefill is disabled because of "
+                    "using eagle speculative decoding (as SGLang does)")
+        config = replace(config, enable_mixed_chunk=False)
     if config.context_length and config.context_length > 1 << 22:
         raise ValueError("--context-length: implausibly large")
     if config.schedule_policy not in MODELLED_POLICIES:   # run as fcfs: say so

@@ -17,7 +17,7 @@ forward + result processing):
 2. choose what runs (``interleave``): *prefill-first* is SGLang's default rule ("run
    prefill first if possible"): decode waits for every chunk of a long prompt;
    *mixed* (``--enable-mixed-chunk``) adds one decode token per running request to each
-   prefill chunk's forward. See ``EngineConfig.interleave`` for the simulator default;
+   prefill chunk's forward (off under speculative decoding; ``EngineConfig.interleave``);
 3. time it with ``CostModel`` and emit tokens. A decode step that does not fit retracts
    requests and re-estimates ``new_token_ratio``; otherwise the ratio decays.
 
@@ -642,8 +642,9 @@ class Engine:
 
     def _ensure_decode_room(self, per_req: int) -> bool:
         """check_decode_mem + retract_decode: until the step's new tokens fit, retract the
-        request with the fewest output tokens (then the longest prompt); with speculative
-        decoding the newest one, as SGLang can only filter a spec batch from the back.
+        request with the fewest output tokens (then the longest prompt, then the newest:
+        SGLang pops the last of a stable reverse sort); with speculative decoding the
+        newest one, as SGLang can only filter a spec batch from the back.
         A retraction re-estimates new_token_ratio from the requests kept. True if any."""
         retracted = False
         while self.running and not self.cache.ensure_free(len(self.running) * per_req):
@@ -652,7 +653,8 @@ class Engine:
             if self.spec is not None:
                 victim = self.running[-1]
             else:
-                victim = min(self.running, key=lambda r: (r.generated, -r.sim.prompt_tokens))
+                victim = min(reversed(self.running),
+                             key=lambda r: (r.generated, -r.sim.prompt_tokens))
             self.running.remove(victim)
             self.counters.retracted_input_tokens += victim.sim.prompt_tokens
             self.counters.retracted_output_tokens += victim.generated

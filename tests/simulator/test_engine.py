@@ -75,8 +75,8 @@ def test_100k_prefill_freezes_decode_for_every_chunk_with_eagle() -> None:
     assert 9.0 < expected < 14.0  # the field report's ~12 s freeze
 
 
-def test_100k_prefill_lets_decode_ride_along_without_speculation() -> None:
-    engine = Engine(parse_server_args(HICACHE))
+def test_100k_prefill_lets_decode_ride_along_with_mixed_chunk() -> None:
+    engine = Engine(parse_server_args([*HICACHE, "--enable-mixed-chunk"]))
     before = start_decoding(engine)
     engine.add_request(request("b", 100_000, 64))
     steps = run(engine, until="b")
@@ -90,12 +90,12 @@ def test_100k_prefill_lets_decode_ride_along_without_speculation() -> None:
     assert max(gaps) < 2.0
 
 
-def test_source_rule_freezes_hicache_streams_for_fresh_prompts_only() -> None:
-    # SGLang's own rule without --enable-mixed-chunk: a fresh 100k prompt stops every
-    # decoding stream past the capacity bar's 8 s, a prompt the server has seen costs it one
-    # short step (docs/simulator.md: the field's capacity verdicts need exactly this).
-    engine = Engine(parse_server_args(HICACHE + SMALL_POOL
-                                      + ["--sim-decode-interleave", "prefill-first"]))
+def test_without_mixed_chunk_only_fresh_prompts_freeze_hicache_streams() -> None:
+    # SGLang's own rule without --enable-mixed-chunk (the field's compose flags): a fresh
+    # 100k prompt stops every decoding stream past the capacity bar's 8 s, a prompt the
+    # server has seen costs it one short step (docs/simulator.md: the field's capacity
+    # verdicts need exactly this).
+    engine = Engine(parse_server_args(HICACHE + SMALL_POOL))
     for rid, ctx in (("earlier", 7), ("other", 6)):  # context 7 ends up on host
         engine.add_request(request(rid, 100_000, 1, ctx=ctx))
         run(engine)
@@ -377,7 +377,10 @@ def test_retraction_requeues_the_youngest_request_and_reestimates_the_ratio() ->
     while engine.counters.retracted_requests == 0:
         engine.step()
     a = engine._by_rid["a"]
+    # b's prefill ran before either decoded (prefill-first), so both had decoded the same
+    # number of tokens: the tie goes to the newest, the last of SGLang's stable sort.
     assert [r.rid for r in engine.running] == ["a"] and engine.waiting[0].rid == "b"
+    assert engine.waiting[0].generated == a.generated - 1
     # retract_decode, before the step's own token: (tokens decoded by the requests kept +
     # 20 each) / (their max_new_tokens + 1).
     assert engine.new_token_ratio == pytest.approx((a.generated - 1 + 20) / 40_001)

@@ -110,3 +110,18 @@ def test_server_args_dict_uses_sglang_names() -> None:
     assert info["max_running_requests"] == 48
     assert info["sim_hardware"] == "h200x8"
     assert "hardware" not in info
+
+
+def test_mixed_chunk_follows_sglangs_flag_and_is_off_under_eagle(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Decode rides along with prefill chunks only where SGLang would let it."""
+    assert parse_server_args([]).interleave == "prefill-first"
+    assert parse_server_args(["--enable-mixed-chunk"]).interleave == "mixed"
+    with caplog.at_level("WARNING", logger="glmperf.sim"):
+        eagle = parse_server_args(["--enable-mixed-chunk", "--speculative-algorithm", "EAGLE"])
+    assert eagle.interleave == "prefill-first"
+    assert server_args_dict(eagle)["enable_mixed_chunk"] is False
+    assert "--enable-mixed-chunk" in caplog.text and "speculative" in caplog.text
+    # --sim-decode-interleave overrides the flag, for exploring either rule.
+    assert parse_server_args(["--enable-mixed-chunk", "--sim-decode-interleave",
+                              "prefill-first"]).interleave == "prefill-first"
