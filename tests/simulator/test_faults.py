@@ -220,6 +220,7 @@ def _assert_precise(errors_s: list[float], typical_ms: float = 2.0, worst_ms: fl
     assert errors_ms[-1] <= worst_ms, errors_ms
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_scripted_stream_is_played_exactly(sim_realtime, client_for):
     client = client_for(sim_realtime)
     body = client.body(max_tokens=None, glmperf_script=SCRIPT)
@@ -244,6 +245,7 @@ def test_scripted_stream_is_played_exactly(sim_realtime, client_for):
     _assert_precise([o - median for o in offsets])
 
 
+@pytest.mark.usefixtures("no_gc_pauses")
 def test_server_send_stamps_match_the_script(sim_realtime, client_for):
     client = client_for(sim_realtime)
     s = client.chat(client.body(max_tokens=None, glmperf_script=SCRIPT))
