@@ -178,6 +178,11 @@ class EngineConfig:
         return self.context_length or self.model.context_length
 
     @property
+    def chunked_prefill_enabled(self) -> bool:
+        """``--chunked-prefill-size`` 0 or -1 turns chunking off (the scheduler then holds None)."""
+        return self.chunked_prefill_size is None or self.chunked_prefill_size > 0
+
+    @property
     def resolved_chunked_prefill_size(self) -> int:
         """server_args: <35 GiB 2048, <160 GiB 8192 (H100/H200), else 16384; -1 disables."""
         if self.chunked_prefill_size is not None:
@@ -223,13 +228,16 @@ class EngineConfig:
     def resolved_mem_fraction_static(self) -> float:
         """SGLang's auto value, in MiB of GPU memory, as the June-2026 image computed it
         (server_args._handle_gpu_memory_settings, 0.5.11 to 0.5.13): reserved = 512 + 1.5 x
-        max(chunked_prefill, 2048) + 2 x cuda_graph_max_bs + tp/8 x 1024, at least 10 GiB on
-        GPUs over 60 GB, + 4 GiB with EAGLE; fraction = (gpu - reserved) / gpu. No
-        piecewise-CUDA-graph term: that is off for GlmMoeDsaForCausalLM."""
+        max(chunked_prefill_size, or max_prefill_tokens with chunking off, 2048) + 2 x
+        cuda_graph_max_bs + tp/8 x 1024, at least 10 GiB on GPUs over 60 GB, + 4 GiB with
+        EAGLE; fraction = (gpu - reserved) / gpu. No piecewise-CUDA-graph term: that is off
+        for GlmMoeDsaForCausalLM."""
         if self.mem_fraction_static is not None:
             return self.mem_fraction_static
         gpu_mib = self.hardware.hbm_bytes / MIB
-        reserved = 512 + 1.5 * max(self.resolved_chunked_prefill_size, 2048)
+        prefill = (self.resolved_chunked_prefill_size if self.chunked_prefill_enabled
+                   else self.max_prefill_tokens)   # activations of the largest prefill
+        reserved = 512 + 1.5 * max(prefill, 2048)
         reserved += self.tp_size / 8 * 1024 + 2 * self.resolved_cuda_graph_max_bs
         if gpu_mib > 60 * 1024:
             reserved = max(reserved, 10 * 1024)
@@ -319,15 +327,17 @@ class EngineConfig:
         """How decode shares steps with a pending prefill (engine.py), as SGLang decides it.
 
         ``auto``: *mixed* (one decode token per running request inside each prefill chunk's
-        forward) only with ``--enable-mixed-chunk``, which SGLang turns off under speculative
-        decoding; otherwise *prefill-first*, SGLang's "run prefill first if possible": every
-        chunk of a long prompt runs while all decode streams wait. The built-in HiCache
-        profiles pass ``--enable-mixed-chunk`` (compose/profiles.yaml says why).
+        forward) only with ``--enable-mixed-chunk`` and chunked prefill on (the scheduler's
+        ``is_mixed_chunk``), and SGLang turns the flag off under speculative decoding;
+        otherwise *prefill-first*, SGLang's "run prefill first if possible": every chunk of a
+        long prompt runs while all decode streams wait. The built-in HiCache profiles pass
+        ``--enable-mixed-chunk`` (compose/profiles.yaml says why).
         ``--sim-decode-interleave mixed|prefill-first`` overrides the flag, for exploring.
         """
         if self.decode_interleave != "auto":
             return self.decode_interleave
-        return "mixed" if self.enable_mixed_chunk and not self.spec_enabled else "prefill-first"
+        mixed = self.enable_mixed_chunk and self.chunked_prefill_enabled and not self.spec_enabled
+        return "mixed" if mixed else "prefill-first"
 
     @property
     def stale_draft_after_load_back(self) -> bool:

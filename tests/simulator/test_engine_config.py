@@ -68,6 +68,10 @@ def test_memory_defaults_follow_sglang() -> None:
     assert 285_000 < bf16.device_pool_tokens < 305_000  # ~2.9 contexts of 100k
     sm_rule = parse_server_args(["--sim-dsa-kv-default", "sm"])
     assert sm_rule.resolved_kv_dtype == "bfloat16"  # 0.5.23's rule on Hopper
+    # Chunking off: the activation reserve is sized by --max-prefill-tokens (16,384) instead,
+    # (143,771 - 512 - 24,576 - 1,024 - 1,024) / 143,771.
+    unchunked = parse_server_args(["--chunked-prefill-size", "-1"])
+    assert unchunked.resolved_mem_fraction_static == pytest.approx(0.811, abs=1e-3)
 
 
 def test_fewer_decode_graphs_leave_more_static_memory() -> None:
@@ -117,6 +121,9 @@ def test_mixed_chunk_follows_sglangs_flag_and_is_off_under_eagle(
     """Decode rides along with prefill chunks only where SGLang would let it."""
     assert parse_server_args([]).interleave == "prefill-first"
     assert parse_server_args(["--enable-mixed-chunk"]).interleave == "mixed"
+    # with chunked prefill off there are no chunks to mix with (scheduler.is_mixed_chunk)
+    assert parse_server_args(["--enable-mixed-chunk", "--chunked-prefill-size",
+                              "-1"]).interleave == "prefill-first"
     with caplog.at_level("WARNING", logger="glmperf.sim"):
         eagle = parse_server_args(["--enable-mixed-chunk", "--speculative-algorithm", "EAGLE"])
     assert eagle.interleave == "prefill-first"
