@@ -95,6 +95,7 @@ class EngineConfig:
     cuda_graph_max_bs: int | None = None
     max_queued_requests: int | None = None
     mem_fraction_static: float | None = None
+    max_total_tokens: int | None = None
     kv_cache_dtype: str = "auto"
     schedule_policy: str = "fcfs"
     schedule_conservativeness: float = 1.0
@@ -291,9 +292,17 @@ class EngineConfig:
 
     @property
     def device_pool_tokens(self) -> int:
-        """max_total_num_tokens: pool bytes / cell size, rounded down to whole pages."""
-        tokens = int(self.kv_pool_bytes // self.cell_bytes_per_token)
+        """max_total_num_tokens: pool bytes / cell size, at most ``--max-total-tokens``
+        (model_runner ``_apply_token_constraints``), rounded down to whole pages."""
+        tokens = self.profiled_pool_tokens
+        if self.max_total_tokens is not None:
+            tokens = min(tokens, self.max_total_tokens)
         return max(0, tokens // self.page_size * self.page_size)
+
+    @property
+    def profiled_pool_tokens(self) -> int:
+        """What the KV memory holds, before any user cap."""
+        return int(self.kv_pool_bytes // self.cell_bytes_per_token)
 
     @property
     def host_pool_tokens(self) -> int:
@@ -372,6 +381,9 @@ class EngineConfig:
 
     def validate(self) -> EngineConfig:
         """Refuse configurations SGLang would refuse to start with; return self."""
+        if self.max_total_tokens is not None and self.max_total_tokens < self.page_size:
+            raise ValueError(f"--max-total-tokens: {self.max_total_tokens} is less than one "
+                             f"page ({self.page_size} tokens)")
         if self.kv_pool_bytes <= 0 or self.device_pool_tokens < self.page_size:
             raise ValueError(
                 f"--mem-fraction-static: {self.resolved_mem_fraction_static} leaves no GPU memory "
@@ -478,6 +490,7 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--cuda-graph-max-bs": ("cuda_graph_max_bs", _pos_int),
     "--max-queued-requests": ("max_queued_requests", _pos_int),
     "--mem-fraction-static": ("mem_fraction_static", _fraction),
+    "--max-total-tokens": ("max_total_tokens", _pos_int),
     "--kv-cache-dtype": ("kv_cache_dtype", _choice(KV_DTYPES)),
     "--schedule-policy": ("schedule_policy", _choice(SCHEDULE_POLICIES)),
     "--schedule-conservativeness": ("schedule_conservativeness", _non_negative),
@@ -601,6 +614,10 @@ def _check(config: EngineConfig) -> EngineConfig:
         log.warning("--enable-mixed-chunk: mixed chunked prefill is disabled because of "
                     "using eagle speculative decoding (as SGLang does)")
         config = replace(config, enable_mixed_chunk=False)
+    if config.max_total_tokens is not None and config.max_total_tokens > config.profiled_pool_tokens:
+        log.warning("--max-total-tokens: %d is larger than the profiled value %d; using the "
+                    "profiled value instead (as SGLang does)", config.max_total_tokens,
+                    config.profiled_pool_tokens)
     if config.context_length and config.context_length > 1 << 22:
         raise ValueError("--context-length: implausibly large")
     if config.schedule_policy not in MODELLED_POLICIES:   # run as fcfs: say so

@@ -132,3 +132,17 @@ def test_mixed_chunk_follows_sglangs_flag_and_is_off_under_eagle(
     # --sim-decode-interleave overrides the flag, for exploring either rule.
     assert parse_server_args(["--enable-mixed-chunk", "--sim-decode-interleave",
                               "prefill-first"]).interleave == "prefill-first"
+
+
+def test_max_total_tokens_caps_the_device_pool(caplog: pytest.LogCaptureFixture) -> None:
+    """A user cap, page-aligned; a cap above what memory holds is ignored with a warning."""
+    hicache = ["--enable-hierarchical-cache", "--hicache-ratio", "2"]
+    capped = parse_server_args([*hicache, "--max-total-tokens", "300000"])
+    assert capped.device_pool_tokens == 299_968 < capped.profiled_pool_tokens
+    assert capped.host_pool_tokens > 2 * 299_968 - 64  # the ratio applies to the capped pool
+    with caplog.at_level("WARNING", logger="glmperf.sim"):
+        loose = parse_server_args(["--max-total-tokens", "10000000"])
+    assert loose.device_pool_tokens == parse_server_args([]).device_pool_tokens
+    assert "--max-total-tokens" in caplog.text
+    with pytest.raises(ValueError, match="--max-total-tokens"):
+        parse_server_args(["--max-total-tokens", "10"])
