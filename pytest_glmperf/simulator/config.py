@@ -337,15 +337,15 @@ class EngineConfig:
 
         ``auto``: *mixed* (one decode token per running request inside each prefill chunk's
         forward) only with ``--enable-mixed-chunk`` and chunked prefill on (the scheduler's
-        ``is_mixed_chunk``), and SGLang turns the flag off under speculative decoding;
-        otherwise *prefill-first*, SGLang's "run prefill first if possible": every chunk of a
+        ``is_mixed_chunk``; ``_check`` turns the flag off under speculative decoding, as
+        SGLang does); otherwise *prefill-first*, SGLang's "run prefill first if possible": every chunk of a
         long prompt runs while all decode streams wait. The built-in HiCache profiles pass
         ``--enable-mixed-chunk`` (compose/profiles.yaml says why).
         ``--sim-decode-interleave mixed|prefill-first`` overrides the flag, for exploring.
         """
         if self.decode_interleave != "auto":
             return self.decode_interleave
-        mixed = self.enable_mixed_chunk and self.chunked_prefill_enabled and not self.spec_enabled
+        mixed = self.enable_mixed_chunk and self.chunked_prefill_enabled
         return "mixed" if mixed else "prefill-first"
 
     @property
