@@ -47,7 +47,8 @@ def run_profile(name: str, seen: str, rule: str, time_scale: float, report_dir: 
     profile = dataclasses.replace(profile, server_args=(*profile.server_args, "--sim-decode-interleave", rule))
     server = SimulatedServer(profile, time_scale=time_scale, log_path=report_dir / name / "server.log").start()
     try:
-        seen_s = capacity_session(name, server.base_url, seen, report_dir / name / "seen", "--warm-cache")
+        seen_s = capacity_session(name, server.base_url, seen, report_dir / name / "seen", "--warm-cache",
+                                  f"--require-concurrency={max(int(c) for c in seen.split(','))}")
         run_s = capacity_session(name, server.base_url, LEVELS, report_dir / name / "history",
                                  "--flush-cache", "false")
     finally:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from engine_replay import BRIEF_MIXED_RUN_S, TP_SIZE, little_reading  # noqa: E402
 
-from pytest_glmperf.report import pacing_windows  # noqa: E402
+from pytest_glmperf.render import pacing_windows  # noqa: E402
 from pytest_glmperf.scrape import merge_pacing  # noqa: E402
 from pytest_glmperf.simulator.driver import LAG_WARN_S  # noqa: E402
 
@@ -235,7 +235,7 @@ def main() -> None:
     report = json.loads((args.report_dir / "report.json").read_text())
     warm_file = warm_dir / "report.json"
     warm = json.loads(warm_file.read_text()) if not args.no_warm and warm_file.exists() else None
-    scale = next(iter(report["settings"].values()))["time_scale"]
+    scale = next(iter(report["targets"].values()))["settings"]["time_scale"]
     timing = f" · wall {wall:.0f} s for both profiles" if wall else ""
     timing += f" + {warm_wall:.0f} s for the warm run" if warm_wall else ""
     text = "\n\n".join([

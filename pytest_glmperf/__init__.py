@@ -4,14 +4,16 @@ Public API (everything else is internal)::
 
     fixtures   glmperf_server, glmperf_client, glmperf_thresholds, glmperf_scenario,
                glmperf_capacity, glmperf_mixed, glmperf_level, glmperf_target
-    classes    GlmperfServer, Agent, LevelResult, Thresholds, RequestRecord, StreamingClient
+    classes    GlmperfServer, Agent, LevelResult, RegressionResult, Thresholds, RequestRecord,
+               StreamingClient
 """
 
 from .client import StreamingClient
 from .errors import ConfigError, GlmperfError, MeasurementInvalid, ServerNotReady, ServerStartError
+from .levels import GlmperfServer
 from .records import RequestRecord
 from .results import InconclusiveWarning, LevelResult, RegressionResult
-from .run import Agent, GlmperfServer
+from .scenarios import Agent
 from .thresholds import Thresholds
 
 __all__ = [

@@ -28,10 +28,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .records import RequestRecord, read_records
+
+if TYPE_CHECKING:
+    from .report import RunReport
 
 DEFAULT_STORE = Path(".glmperf")
 REPORT, RECORDS, META = "report.json", "records.jsonl", "meta.json"
@@ -58,17 +61,25 @@ class SavedBaseline:
 
 @dataclass
 class Baseline:
-    """A run to compare against: its report (all targets found) and its request records."""
+    """A run to compare against: its report (the typed model, all targets found) and its records."""
 
     ref: str
-    report: dict[str, Any]
+    report: RunReport
     records: list[RequestRecord] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
     meta: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def targets(self) -> list[str]:
-        return list(self.report.get("targets", {}))
+        return [t.key for t in self.report.targets]
+
+    def described(self) -> str:
+        """'prod (saved 2026-12-01T10:00:00+0000, git abc1234)' for reports and messages."""
+        meta = self.meta[0] if self.meta else {}
+        parts = [f"saved {meta['saved_at']}" if meta.get("saved_at") else "",
+                 f"git {str(meta['git_commit'])[:7]}" if meta.get("git_commit") else ""]
+        extra = ", ".join(p for p in parts if p)
+        return f"{self.ref} ({extra})" if extra else self.ref
 
 
 def split_target(key: str) -> tuple[str, str | None]:
@@ -79,8 +90,9 @@ def split_target(key: str) -> tuple[str, str | None]:
 
 def target_image(key: str, target: dict[str, Any]) -> str | None:
     """The image a target ran: its provenance first (compose runs), else the part after '@'."""
-    image = (target.get("provenance") or {}).get("image")
-    return image or split_target(key)[1]
+    from .provenance import image_reference
+
+    return image_reference(target.get("provenance")) or split_target(key)[1]
 
 
 def slug(text: str) -> str:
@@ -240,7 +252,13 @@ def _plugin_version() -> str | None:
 
 
 def _load_path(ref: str, report_path: Path) -> Baseline:
-    report = _read_report(report_path, ref)
+    from .report import RunReport
+
+    data = _read_report(report_path, ref)
+    try:
+        report = RunReport.from_dict(data)
+    except (TypeError, ValueError, KeyError, ConfigError) as exc:
+        raise ConfigError(f"baseline {ref!r}: {report_path} is not a report this version can read: {exc}") from None
     records_path = report_path.parent / RECORDS
     records = read_records(records_path) if records_path.is_file() else []
     meta_path = report_path.parent / META
@@ -251,16 +269,7 @@ def _load_path(ref: str, report_path: Path) -> Baseline:
 def _load_saved(ref: str, report_paths: list[Path]) -> Baseline:
     """Merge the target folders of one saved name into one report and one record list."""
     parts = [_load_path(ref, path) for path in report_paths]
-    merged = dict(parts[0].report)
-    merged["targets"] = {key: value for part in parts for key, value in part.report.get("targets", {}).items()}
-    merged["settings"] = _merge_settings(parts)
+    merged = parts[0].report.but(targets=tuple(t for part in parts for t in part.report.targets))
     return Baseline(ref=ref, report=merged, records=[r for part in parts for r in part.records],
                     sources=[path for part in parts for path in part.sources],
                     meta=[m for part in parts for m in part.meta])
-
-
-def _merge_settings(parts: list[Baseline]) -> Any:
-    settings = [part.report.get("settings") for part in parts]
-    if all(isinstance(item, dict) for item in settings):
-        return {key: value for item in settings for key, value in item.items()}
-    return settings[0]

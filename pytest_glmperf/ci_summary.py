@@ -1,87 +1,63 @@
-"""CI-native output: the verdict table (levels x targets), a one-line verdict, the GitHub job summary.
+"""CI-native output: the verdict table (levels x targets) and the GitHub job summary.
 
-Pure text from report.json data and regression checks, so a saved report re-renders. In a
-GitHub Actions job, ``$GITHUB_STEP_SUMMARY`` names a file whose Markdown is shown on the run's
-page; appending the table there puts the answer where reviewers look.
+Pure text from a ``RunReport``: the verdict line is the report's own (decided once by the
+session), never recomputed here. In a GitHub Actions job, ``$GITHUB_STEP_SUMMARY`` names a
+file whose Markdown is shown on the run's page; appending there puts the answer where
+reviewers look.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
-from .regression import FAIL, INCONCLUSIVE, PASS, WARNING, Check
+from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, WARNING, Check
+from .report import RunReport, TargetReport, levels_of
 
-__all__ = ["MARKS", "append_github_summary", "final_line", "github_summary", "verdict_table"]
+__all__ = ["MARKS", "append_github_summary", "github_summary", "verdict_line", "verdict_table"]
 
 MARKS = {
-    PASS: "✅", FAIL: "❌", INCONCLUSIVE: "❔", WARNING: "⚠️", "xfail": "⚠️", "interrupted": "⏸️",
-    "invalid": "🚫", "skipped": "⏭️", "usable": "✅", "not usable": "❌",
+    PASS: "✅", FAIL: "❌", INCONCLUSIVE: "❔", WARNING: "⚠️", ERROR: "❌", "xfail": "⚠️", "interrupted": "⏸️",
+    "invalid": "🚫", "error": "❌", "skipped": "⏭️", "usable": "✅", "not usable": "❌",
 }
 SHORT = {"tok_s_p50": "tok/s P50", "aggregate_tok_s": "agg tok/s", "ttft_p95_s": "TTFT P95", "gap_p95_s": "gap P95",
          "max_usable": "max usable"}
-LEGEND = ("✅ pass · ❌ fail · ❔ inconclusive (noise or too few requests) · ⚠️ xfail (beyond the required "
-          "concurrency) · ⏸️ interrupted · 🚫 invalid measurement")
+LEGEND = ("✅ pass · ❌ fail or error · ❔ inconclusive (noise or too few requests) · ⚠️ xfail (beyond the "
+          "required concurrency) · ⏸️ interrupted · 🚫 invalid measurement")
 
 
-def verdict_table(report: Mapping[str, Any], checks: Sequence[Check] | None = None) -> str:
+def verdict_line(report: RunReport) -> str:
+    """The session's one-line verdict, as decided (a report still running says so)."""
+    return report.verdict.line() if report.verdict else f"glmperf {report.status.upper()}: no verdict yet"
+
+
+def verdict_table(report: RunReport) -> str:
     """Markdown: a row per level, a column per target; each cell the level's verdict and, with
-    checks, every metric's change against the baseline with its own outcome mark."""
-    targets = list(report.get("targets", {}))
+    checks, every metric's change against the reference with its own outcome mark."""
+    targets = report.targets
     if not targets:
         return "_no targets measured_"
-    checks = list(checks or [])
-    levels = sorted({lv["concurrency"] for t in targets for lv in _levels(report, t)}
-                    | {c.level for c in checks if c.level is not None and c.target in targets})
-    rows = [[f"c={level}", *(_cell(report, t, level, checks) for t in targets)] for level in levels]
-    rows.append(["max usable", *(_max_usable_cell(report, t, checks) for t in targets)])
-    if any((report["targets"][t] or {}).get("mixed") for t in targets):
-        rows.append(["mixed", *(_mixed_cell(report, t) for t in targets)])
-    return _markdown_table(["level", *targets], rows)
+    levels = sorted(set(levels_of(targets)) | {c.level for t in targets for c in t.checks if c.level is not None})
+    rows = [[f"c={level}", *(_cell(t, level) for t in targets)] for level in levels]
+    rows.append(["max usable", *(_max_usable_cell(t) for t in targets)])
+    if any(t.mixed for t in targets):
+        rows.append(["mixed", *(_mixed_cell(t) for t in targets)])
+    if any(t.scenarios for t in targets):
+        rows.append(["scenarios", *("<br>".join(f"{MARKS.get(s.status, '')} {s.workload} c={s.concurrency}"
+                                                for s in t.scenarios) or "–" for t in targets)])
+    return _markdown_table(["level", *(t.key for t in targets)], rows)
 
 
-def final_line(report: Mapping[str, Any], checks: Sequence[Check] | None = None, *,
-               inconclusive_fails: bool = False) -> str:
-    """One line for the terminal: the overall verdict, each target's max usable, what failed."""
-    checks = list(checks or [])
-    failed_levels = [f"{t} c={lv['concurrency']}" for t in report.get("targets", {}) for lv in _levels(report, t)
-                     if lv.get("status") == "fail"]
-    failed_mixed = [f"{t} mixed" for t, entry in report.get("targets", {}).items()
-                    if (entry or {}).get("mixed") and entry["mixed"].get("usable") is False]
-    invalid = [f"{t} c={lv['concurrency']}" for t in report.get("targets", {}) for lv in _levels(report, t)
-               if lv.get("status") == "invalid"]
-    not_started = [t for t, entry in report.get("targets", {}).items() if (entry or {}).get("start_error")]
-    regressions = [c for c in checks if c.outcome == FAIL]
-    unsure = [c for c in checks if c.outcome == INCONCLUSIVE]
-    verdict = _overall(report, failed_levels + failed_mixed + not_started, regressions, unsure, invalid,
-                       inconclusive_fails)
-    parts = [_capacity_summary(report, checks)]
-    if not_started:
-        parts.append(f"server did not start: {_few(not_started)}")
-    if failed_levels or failed_mixed:
-        parts.append(f"not usable: {_few(failed_levels + failed_mixed)}")
-    if invalid:
-        parts.append(f"invalid: {_few(invalid)}")
-    if checks:
-        parts.append(_checks_summary(regressions, unsure, checks))
-    mixed = [f"{t} mixed {'usable' if e['mixed'].get('usable') else 'not usable'}"
-             for t, e in report.get("targets", {}).items() if (e or {}).get("mixed")]
-    if not any(parts):
-        parts.append(", ".join(mixed) or "nothing measured")
-    return f"glmperf {verdict}: " + "; ".join(p for p in parts if p)
-
-
-def github_summary(report: Mapping[str, Any], checks: Sequence[Check] | None = None, *,
-                   inconclusive_fails: bool = False, baseline_ref: str | None = None) -> str:
-    """The whole job-summary block: verdict line, table, legend, then each regression and warning."""
-    checks = list(checks or [])
-    against = f" · compared with baseline `{baseline_ref}`" if baseline_ref else ""
-    lines = ["### pytest-glmperf", "", f"**{final_line(report, checks, inconclusive_fails=inconclusive_fails)}**",
-             "", verdict_table(report, checks), "", LEGEND + against, ""]
-    notable = [c for c in checks if c.outcome in (FAIL, WARNING)]
-    notable += [c for c in checks if c.outcome == INCONCLUSIVE and c.metric == "max_usable"]
-    lines += [f"- {MARKS[c.outcome]} {c.message()}" for c in notable]
+def github_summary(report: RunReport) -> str:
+    """The whole job-summary block: verdict line, table, legend, then every failure and warning."""
+    against = next((f" · compared with `{t.baseline}`" for t in report.targets if t.baseline), "")
+    lines = ["### pytest-glmperf", "", f"**{verdict_line(report)}**", "", verdict_table(report), "",
+             LEGEND + against, ""]
+    if report.verdict:
+        lines += [f"- ❌ {reason}" for reason in report.verdict.failures]
+        lines += [f"- ❔ {reason}" for reason in report.verdict.inconclusive]
+    checks = [c for t in report.targets for c in t.checks]
+    lines += [f"- {MARKS[c.outcome]} {c.message()}" for c in checks if c.outcome == WARNING]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -104,16 +80,11 @@ def append_github_summary(text: str, env: Mapping[str, str] = os.environ) -> boo
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def _levels(report: Mapping[str, Any], target: str) -> list[dict[str, Any]]:
-    entry = report["targets"].get(target) or {}
-    return list((entry.get("capacity") or {}).get("levels") or [])
-
-
-def _cell(report: Mapping[str, Any], target: str, level: int, checks: Sequence[Check]) -> str:
-    found = next((lv for lv in _levels(report, target) if lv["concurrency"] == level), None)
-    status = found.get("status", "?") if found else "not run"
+def _cell(target: TargetReport, level: int) -> str:
+    found = target.level(level)
+    status = found.status if found else "not run"
     head = f"{MARKS.get(status, '')} {status}".strip()
-    mine = [c for c in checks if c.target == target and c.level == level]
+    mine = [c for c in target.checks if c.level == level]
     return "<br>".join([head, *(_delta(c) for c in mine)])
 
 
@@ -124,65 +95,24 @@ def _delta(check: Check) -> str:
     elif check.delta is not None:
         change = f"{check.delta:+g}"
     else:
-        change = "–"
+        change = check.outcome if check.outcome == ERROR else "–"
     return f"{MARKS.get(check.outcome, '')} {name} {change}".strip()
 
 
-def _max_usable_cell(report: Mapping[str, Any], target: str, checks: Sequence[Check]) -> str:
-    capacity = (report["targets"].get(target) or {}).get("capacity") or {}
-    value = capacity.get("max_usable")
+def _max_usable_cell(target: TargetReport) -> str:
+    value = target.max_usable
     text = "–" if value is None else f"**{value}**"
-    check = next((c for c in checks if c.target == target and c.metric == "max_usable"), None)
+    check = next((c for c in target.checks if c.metric == "max_usable"), None)
     if check and check.baseline is not None:
         text += f" (baseline {check.baseline:g}) {MARKS.get(check.outcome, '')}"
     return text.strip()
 
 
-def _mixed_cell(report: Mapping[str, Any], target: str) -> str:
-    mixed = (report["targets"].get(target) or {}).get("mixed")
+def _mixed_cell(target: TargetReport) -> str:
+    mixed = target.mixed
     if not mixed:
         return "–"
-    state = "usable" if mixed.get("usable") else "not usable"
-    return f"{MARKS[state]} {state}"
-
-
-def _overall(report: Mapping[str, Any], failed: list[str], regressions: list[Check], unsure: list[Check],
-             invalid: list[str], inconclusive_fails: bool) -> str:
-    if failed or regressions or (inconclusive_fails and unsure):
-        return "FAIL"
-    if invalid:
-        return "INVALID"
-    if report.get("status") == "interrupted":
-        return "INTERRUPTED"
-    return "PASS"
-
-
-def _capacity_summary(report: Mapping[str, Any], checks: Sequence[Check]) -> str:
-    parts = []
-    for target, entry in report.get("targets", {}).items():
-        capacity = (entry or {}).get("capacity") or {}
-        if not capacity.get("levels"):
-            continue
-        text = f"{target} max usable {capacity.get('max_usable') if capacity.get('max_usable') is not None else '–'}"
-        check = next((c for c in checks if c.target == target and c.metric == "max_usable"), None)
-        if check and check.baseline is not None and check.baseline != check.current:
-            text += f" (baseline {check.baseline:g})"
-        parts.append(text)
-    return ", ".join(parts)
-
-
-def _checks_summary(regressions: list[Check], unsure: list[Check], checks: Sequence[Check]) -> str:
-    passed = sum(c.outcome == PASS for c in checks)
-    text = f"{len(regressions)} regression(s)"
-    if regressions:
-        text += " (" + _few([_short_check(c) for c in regressions]) + ")"
-    return f"{text}, {len(unsure)} inconclusive, {passed} pass"
-
-
-def _short_check(check: Check) -> str:
-    where = f" c={check.level}" if check.level is not None else ""
-    change = f" {check.delta_pct:+.1f} %" if check.delta_pct is not None else ""
-    return f"{check.target}{where} {check.metric}{change}"
+    return f"{MARKS.get(mixed.status, '')} {mixed.status}"
 
 
 def _few(items: Iterable[str], keep: int = 3) -> str:

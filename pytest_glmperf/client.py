@@ -14,6 +14,8 @@ The socket layer lives in :mod:`.transport`, the SSE parsing in :mod:`.sse`.
 
 Per-request failures are recorded on the record, never raised (see ``ERROR_KINDS``).
 Cancellation leaves the record filled as far as it got (``cancelled``) and re-raises.
+A request lost to a stale keep-alive connection (reused, and not one response byte back) is
+sent once more on another connection and noted in ``record.extra["retries"]``, not failed.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -37,6 +40,10 @@ __all__ = ["ERROR_KINDS", "PreparedRequest", "StreamingClient"]
 
 CHAT_PATH = "/v1/chat/completions"
 _SPARE_CONNECTIONS = 4          # metadata calls (metrics, flush) never wait behind streams
+# What a server closing an idle keep-alive connection under a request looks like: EOF before
+# the status line (RemoteProtocolError), or a reset on the read or write. Retried only when
+# the probe says the connection was reused and nothing came back (_Probe.stale_connection).
+_STALE_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 
 
 # -- the client -------------------------------------------------------------------------------
@@ -62,25 +69,37 @@ class StreamingClient:
     :meth:`warm_up` to open the connections ahead, :meth:`prepare` to serialise bodies ahead,
     and :meth:`stream` to run a request into a :class:`RequestRecord`.
     ``request_timeout_s`` is the whole-request deadline in *model* seconds (wall seconds
-    times ``time_scale``); it is also the longest silence tolerated, since a 100k-token
-    prefill is silent for minutes. ``connect_timeout_s`` is wall seconds.
+    times ``time_scale``); it is also the longest silence tolerated unless a tighter limit
+    is set, since a 100k-token prefill is silent for minutes. ``first_token_timeout_s``
+    (send to the first token-bearing chunk) and ``stall_timeout_s`` (longest silence between
+    token-bearing chunks once the first came) are optional model-second limits drawn from
+    the usability bar, so a server that stops answering fails fast instead of holding the
+    request for the whole deadline. ``connect_timeout_s`` is wall seconds.
     """
 
     def __init__(self, base_url: str, *, concurrency: int, time_scale: float = 1.0,
                  api_key: str | None = None, model: str | None = None,
-                 request_timeout_s: float = 1800.0, connect_timeout_s: float = 10.0) -> None:
+                 request_timeout_s: float = 1800.0, connect_timeout_s: float = 10.0,
+                 first_token_timeout_s: float | None = None,
+                 stall_timeout_s: float | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         for name, value in (("time_scale", time_scale), ("request_timeout_s", request_timeout_s),
-                            ("connect_timeout_s", connect_timeout_s)):
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
+                            ("connect_timeout_s", connect_timeout_s),
+                            ("first_token_timeout_s", first_token_timeout_s),
+                            ("stall_timeout_s", stall_timeout_s)):
+            if value is None and name in ("first_token_timeout_s", "stall_timeout_s"):
+                continue
+            if not _positive_finite(value):
+                raise ValueError(f"{name} must be a positive finite number, got {value!r}")
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self.time_scale = time_scale
         self.model = model
         self.request_timeout_s = request_timeout_s
         self.connect_timeout_s = connect_timeout_s
+        self.first_token_timeout_s = first_token_timeout_s
+        self.stall_timeout_s = stall_timeout_s
         self._api_key = api_key
         self._http: httpx.AsyncClient | None = None
 
@@ -127,18 +146,21 @@ class StreamingClient:
             raise RuntimeError("StreamingClient is not open: use `async with` or await open()")
         return self._http
 
-    async def warm_up(self, path: str = "/v1/models") -> int:
+    async def warm_up(self, path: str = "/v1/models", *, timeout_s: float = 30.0) -> int:
         """Open ``concurrency`` connections at once, so no request pays a connection set-up.
 
         Each GET holds its connection until all are open. With ``model`` unset, the first
         model id ``/v1/models`` lists becomes the model. Returns the connections opened;
-        raises the transport error when not one could be opened.
+        raises the transport error when not one could be opened. A server that accepts
+        connections but never answers fails each GET after ``timeout_s`` wall seconds
+        without a byte (not the streams' long read timeout).
         """
         n = self.concurrency
         arrived, all_open = [0], asyncio.Event()
+        timeout = httpx.Timeout(timeout_s, connect=self.connect_timeout_s)
 
         async def hold() -> bytes:
-            async with self.http.stream("GET", path) as response:
+            async with self.http.stream("GET", path, timeout=timeout) as response:
                 arrived[0] += 1
                 if arrived[0] >= n:
                     all_open.set()
@@ -245,26 +267,47 @@ class StreamingClient:
         return record
 
     async def _exchange(self, prepared: PreparedRequest, record: RequestRecord) -> None:
-        """The request itself, in its own task (the probe context variable is per task)."""
+        """The request itself, in its own task (the probe context variable is per task).
+
+        A request lost to a stale keep-alive connection is sent once more, with fresh send
+        stamps: httpcore closed the dead connection, so the retry goes out on another one.
+        """
         probe = _Probe()
         token = _PROBE.set(probe)
         parser = _StreamParser(record)
         call_ns = time.perf_counter_ns()
         record.send_ns = call_ns  # until the socket layer stamps the real send
+        watchdog = self._watchdog(record, probe)
         try:
-            await self._send_and_read(prepared, record, parser)
+            try:
+                await self._send_and_read(prepared, record, parser)
+            except _STALE_ERRORS as exc:
+                if not probe.stale_connection:
+                    raise
+                record.extra["retries"] = 1
+                record.extra["retry_reason"] = _dropped_text(exc)
+                probe = _Probe()
+                _PROBE.set(probe)  # the reset below restores what was there before the first set
+                if watchdog is not None:
+                    watchdog.probe = probe
+                call_ns = time.perf_counter_ns()  # pre_send_us is the retry's own
+                await self._send_and_read(prepared, record, parser)
         except asyncio.CancelledError:
-            _fail(record, "cancelled", "cancelled")
-            raise
+            if watchdog is None or not watchdog.expired():
+                _fail(record, "cancelled", "cancelled")
+                raise
+            _fail(record, "timeout", watchdog.expired_text)
         except httpx.TimeoutException as exc:
             _fail(record, "timeout", f"timeout ({type(exc).__name__}): {exc}")
         except httpx.ConnectError as exc:
             _fail(record, "connect", f"connection failed: {exc}")
         except httpx.TransportError as exc:
-            _fail(record, "dropped", f"connection dropped ({type(exc).__name__}): {exc}")
+            _fail(record, "dropped", _dropped_text(exc))
         except Exception as exc:
             _fail(record, "client_error", f"client error ({type(exc).__name__}): {exc}")
         finally:
+            if watchdog is not None:
+                watchdog.stop()
             _PROBE.reset(token)
             if probe.send_ns:
                 record.send_ns = probe.send_ns
@@ -273,6 +316,13 @@ class StreamingClient:
             if record.done_ns is None:
                 record.done_ns = time.perf_counter_ns()
             parser.apply_usage()
+
+    def _watchdog(self, record: RequestRecord, probe: _Probe) -> _Watchdog | None:
+        """The first-token and stall limits of one request, or None when neither is set."""
+        if self.first_token_timeout_s is None and self.stall_timeout_s is None:
+            return None
+        return _Watchdog(record, probe, self.first_token_timeout_s, self.stall_timeout_s,
+                         self.time_scale)
 
     async def _send_and_read(self, prepared: PreparedRequest, record: RequestRecord,
                              parser: _StreamParser) -> None:
@@ -303,6 +353,87 @@ class StreamingClient:
             async for piece in response.aiter_raw():
                 feed(piece, time.perf_counter_ns())
         parser.finish()
+
+
+class _Watchdog:
+    """Fails a request whose first token, or next token after the first, is overdue.
+
+    One timer per request, and nothing in the hot loop: the timer fires at the earliest
+    instant the request could be overdue, reads the stamps the parser already keeps (the
+    probe's send, ``first_token_ns``, ``chunk_ns[-1]``) and either cancels the request's task
+    or re-arms itself for the next such instant (last token + stall limit). A steady stream
+    costs one wake-up per stall period. Re-arming per chunk would cost a timer-heap push per
+    chunk, and an httpx read timeout is not exact: headers, the role chunk, usage chunks and
+    SSE comments are reads that carry no token, and would hold it off.
+    """
+
+    __slots__ = ("_first_ns", "_first_s", "_handle", "_loop", "_record", "_stall_ns", "_stall_s",
+                 "_task", "expired_text", "probe")
+
+    def __init__(self, record: RequestRecord, probe: _Probe, first_s: float | None,
+                 stall_s: float | None, time_scale: float) -> None:
+        """Limits in model seconds; the stamps compared with them are wall nanoseconds."""
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._record, self.probe = record, probe
+        self._first_s, self._stall_s = first_s, stall_s
+        self._first_ns = None if first_s is None else int(first_s / time_scale * 1e9)
+        self._stall_ns = None if stall_s is None else int(stall_s / time_scale * 1e9)
+        self.expired_text = ""
+        self._handle: asyncio.TimerHandle | None = None
+        self._arm(self._soonest())
+
+    def _soonest(self) -> int:
+        """Before the first token the next look is due at the earlier limit: the first token may
+        arrive any moment, and its silence limit then counts from it."""
+        return min(ns for ns in (self._first_ns, self._stall_ns, 1 << 62) if ns is not None)
+
+    def _arm(self, delay_ns: int) -> None:
+        self._handle = self._loop.call_later(delay_ns / 1e9, self._check)
+
+    def _check(self) -> None:
+        record = self._record
+        if record.first_token_ns is None:
+            send_ns = self.probe.send_ns
+            if self._first_ns is None or not send_ns:
+                # nothing to judge yet (not sent, or no first-token limit): look again later
+                self._arm(self._soonest())
+                return
+            due_ns = send_ns + self._first_ns
+            text = f"timeout: no first token within {self._first_s:g} s (model time)"
+        elif self._stall_ns is None:
+            return
+        else:
+            due_ns = record.chunk_ns[-1] + self._stall_ns
+            text = f"timeout: stream silent for {self._stall_s:g} s after its first token (model time)"
+        now_ns = time.perf_counter_ns()
+        if now_ns < due_ns:
+            self._arm(min(due_ns - now_ns, self._soonest()))
+        elif self._task is not None:
+            self.expired_text = text
+            self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether a CancelledError was this watchdog's alone (an outer cancel still wins)."""
+        if not self.expired_text:
+            return False
+        uncancel = getattr(self._task, "uncancel", None)  # 3.11+: take back our cancel()
+        return uncancel is None or uncancel() == 0
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+
+def _positive_finite(value: Any) -> bool:
+    try:
+        return value > 0 and math.isfinite(value)
+    except TypeError:
+        return False
+
+
+def _dropped_text(exc: Exception) -> str:
+    return f"connection dropped ({type(exc).__name__}): {exc}"
 
 
 def _first_model(bodies: list[bytes]) -> str | None:

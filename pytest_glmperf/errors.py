@@ -6,7 +6,9 @@ The whole tree::
     ├── ConfigError        bad option, threshold, profile or level list (names the key to fix)
     ├── ServerStartError   the server under test could not be brought up
     │   └── ServerNotReady readiness was not reached before the deadline
-    └── MeasurementInvalid the client itself distorted the measurement
+    ├── MeasurementInvalid the client itself distorted the measurement
+    ├── MeasurementError   a measurement could not be made (calibration failed, a load task raised)
+    └── RecordWriteError   a finished request could not be written to records.jsonl
 
 Per-request HTTP failures are never raised: they are recorded on the RequestRecord.
 """
@@ -32,3 +34,11 @@ class ServerNotReady(ServerStartError):
 
 class MeasurementInvalid(GlmperfError):
     """The client was the bottleneck, so the numbers describe the client, not the server."""
+
+
+class MeasurementError(GlmperfError):
+    """The measurement could not be made; the level is an error, never a pass or a fail."""
+
+
+class RecordWriteError(GlmperfError):
+    """records.jsonl could not be written: evidence would be lost, so the run fails loudly."""

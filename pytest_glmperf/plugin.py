@@ -1,11 +1,14 @@
-"""pytest glue: options, parametrization by profile and level, fixtures, report hooks.
+"""pytest glue: options, parametrization by profile and level, fixtures, the verdict item, hooks.
 
-Everything else lives in ``GlmperfRun``; each hook here is a few lines forwarding to it.
+Everything else lives in ``GlmperfRun``; each hook here is a few lines forwarding to it. The
+session's verdict is a test item of its own (``glmperf::verdict``), run after every other:
+so the exit code, the terminal, JUnit and the report all carry the one verdict decided.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,20 +16,24 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from .ci_summary import final_line
 from .client import StreamingClient
-from .errors import GlmperfError, MeasurementInvalid
+from .errors import ConfigError, GlmperfError, MeasurementInvalid
+from .levels import GlmperfServer, Target
 from .profiles import load_registry
 from .regression import METRICS
-from .report import render_terminal
-from .results import LevelResult, RegressionResult
-from .run import Agent, GlmperfRun, GlmperfServer, Target
+from .render import render_terminal
+from .results import InconclusiveWarning, LevelResult, RegressionResult
+from .scenarios import Agent
+from .session import GlmperfRun
 from .settings import OPTIONS, Settings, resolve
 from .thresholds import Thresholds
+from .verdict import INCONCLUSIVE, Claims, SessionVerdict
 
 RUN_KEY = pytest.StashKey[GlmperfRun]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 PROGRESS_EVERY_S = 5.0
+VERDICT_NAME = "glmperf::verdict"
+MEASURING = ("glmperf_capacity", "glmperf_mixed", "glmperf_regression")  # outcomes a typed result explains
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +58,7 @@ def pytest_configure(config: pytest.Config) -> None:
         settings = resolve(cli, ini, images=tuple(config.getoption("glmperf_image") or ()))
         config.stash[SETTINGS_KEY] = settings
         if "profile" in settings.given or _registry_path(config, settings).is_file():
-            _session_run(config)  # validate profiles now: an unknown one is a usage error
+            _session_run(config)  # validate everything now: bad input is a usage error
     except GlmperfError as exc:
         raise pytest.UsageError(f"glmperf: {exc}") from None
 
@@ -126,6 +133,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                              ids=[f"c{n}-{m}" if n else m for n, m in cases])
 
 
+def _params(item: pytest.Item) -> dict[str, Any]:
+    callspec = getattr(item, "callspec", None)
+    return dict(callspec.params) if callspec else {}
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Drop (profile, level) pairs that the profile's own level list does not include."""
     if RUN_KEY not in config.stash:
@@ -133,10 +145,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     run = config.stash[RUN_KEY]
     keep, drop = [], []
     for item in items:
-        params = getattr(item, "callspec", None)
-        target = params.params.get("glmperf_target") if params else None
-        level = params.params.get("glmperf_level") if params else None
-        check = params.params.get("glmperf_regression") if params else None
+        params = _params(item)
+        target, level, check = (params.get(k) for k in ("glmperf_target", "glmperf_level", "glmperf_regression"))
         if check is not None:
             level = check[0]
         planned = target is None or level is None or level in run.run_settings[target.key].levels
@@ -146,6 +156,77 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Once the selection is final (-k, --lf and the rest): what it claims, checked before any
+    server starts; then the verdict item goes last."""
+    config = session.config
+    if RUN_KEY not in config.stash or config.option.collectonly:
+        return
+    glmperf = [item for item in session.items if "glmperf_target" in getattr(item, "fixturenames", ())]
+    if not glmperf:
+        return
+    run = config.stash[RUN_KEY]
+    capacity: dict[str, set[int]] = {}
+    mixed: set[str] = set()
+    regression: set[tuple[str, int | None, str]] = set()
+    for item in glmperf:
+        params, names = _params(item), set(item.fixturenames)
+        key = params["glmperf_target"].key
+        if "glmperf_capacity" in names:
+            capacity.setdefault(key, set()).add(params["glmperf_level"])
+        if "glmperf_mixed" in names:
+            mixed.add(key)
+        if "glmperf_regression" in names:
+            level, metric = params["glmperf_regression"]
+            regression.add((key, level, metric))
+    try:
+        run.check_selection(capacity)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"glmperf: {exc}") from None
+    run.claim(Claims(frozenset(capacity), frozenset(mixed), frozenset(regression)))
+    untyped = {item.nodeid for item in glmperf if not set(item.fixturenames) & set(MEASURING)}
+    config.pluginmanager.register(_OutcomeWatch(run, untyped), "glmperf-outcomes")
+    session.items.append(VerdictItem.from_parent(session, name=VERDICT_NAME, nodeid=VERDICT_NAME))
+
+
+class VerdictFailed(Exception):
+    """The session verdict is not a pass."""
+
+
+class VerdictItem(pytest.Item):
+    """The session's verdict as a test: it fails exactly when the gate does."""
+
+    def runtest(self) -> None:
+        verdict = self.config.stash[RUN_KEY].decide()
+        self.user_properties += [("glmperf_verdict", verdict.status), ("glmperf_verdict_line", verdict.line())]
+        if not verdict.ok:
+            raise VerdictFailed(verdict)
+        if verdict.status == INCONCLUSIVE:
+            warnings.warn(InconclusiveWarning(verdict.line()), stacklevel=1)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        if isinstance(excinfo.value, VerdictFailed):
+            verdict: SessionVerdict = excinfo.value.args[0]
+            return "\n".join([verdict.line(), *(f"  - {r}" for r in (*verdict.failures, *verdict.inconclusive))])
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[str, int | None, str]:
+        return "glmperf", None, "glmperf session verdict"
+
+
+class _OutcomeWatch:
+    """A glmperf test that fails outside the typed results (a user's own test using the
+    fixtures) fails the verdict too: registered once the selection is known."""
+
+    def __init__(self, run: GlmperfRun, untyped: set[str]) -> None:
+        self.run, self.untyped = run, untyped
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.failed and report.nodeid in self.untyped and report.nodeid not in self.run.failed_tests:
+            self.run.failed_tests.append(report.nodeid)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -161,22 +242,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if RUN_KEY not in config.stash or not config.stash[RUN_KEY].report.targets:
+    if RUN_KEY not in config.stash or not config.stash[RUN_KEY].measured_anything:
         return
     run = config.stash[RUN_KEY]
+    report = run.snapshot()
     terminalreporter.section("glmperf")
-    render_terminal(run.report.as_dict(), terminalreporter.write_line)
-    for key, target in run.report.targets.items():
-        cap = target["capacity"]
-        if cap["levels"] and cap["max_usable"]:
-            terminalreporter.write_line(f"glmperf verdict: {key} usable up to concurrency {cap['max_usable']}"
-                                        f" ({cap['max_usable_aggregate_tok_s'] or 0:.1f} tok/s)")
-        elif cap["levels"]:
-            terminalreporter.write_line(f"glmperf verdict: {key} usable at no measured concurrency level")
+    render_terminal(report, terminalreporter.write_line)
+    for target in report.targets:
+        best = target.best
+        if best:
+            aggregate = best.stats.as_dict().get("aggregate_tok_s") or 0.0
+            terminalreporter.write_line(f"glmperf verdict: {target.key} usable up to concurrency "
+                                        f"{best.concurrency} ({aggregate:.1f} tok/s)")
+        elif target.levels:
+            terminalreporter.write_line(f"glmperf verdict: {target.key} usable at no measured concurrency level")
     terminalreporter.write_line(f"glmperf report: {run.report_dir / 'report.md'}")
-    checks = [c for group in run.checks.values() for c in group]
-    terminalreporter.write_line(final_line(run.report.as_dict(), checks, inconclusive_fails=run.inconclusive_fails),
-                                bold=True)
+    if run.verdict:
+        terminalreporter.write_line(run.verdict.line(), bold=True)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -187,7 +269,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 # -- fixtures: the plugin's public API ---------------------------------------------------
 @pytest.fixture(scope="session")
 def glmperf_run(request: pytest.FixtureRequest) -> GlmperfRun:
-    """The session's run: settings, targets, report."""
+    """The session's run: settings, targets, results."""
     return _session_run(request.config)
 
 
@@ -234,34 +316,33 @@ async def glmperf_client(glmperf_server: GlmperfServer) -> AsyncIterator[Streami
 
 
 @pytest.fixture
-def glmperf_capacity(glmperf_server: GlmperfServer, glmperf_level: int, glmperf_thresholds: Thresholds,
-                     record_property: Any) -> LevelResult:
-    """Run the capacity workload at this level; the result carries the verdict.
+def glmperf_capacity(glmperf_run: GlmperfRun, glmperf_server: GlmperfServer, glmperf_level: int,
+                     glmperf_thresholds: Thresholds, record_property: Any) -> LevelResult:
+    """The capacity workload at this level (measured once per session); the result carries the verdict.
 
     With --capacity-search the first level item runs the whole bisection; levels it did not
     need are skipped with the reason.
     """
-    if glmperf_server.settings.capacity_search:
-        results = glmperf_server.capacity_search(glmperf_thresholds)
-        if glmperf_level not in results:
-            best = glmperf_server.run.report.target(glmperf_server.target.key)["capacity"]["search"]["max_usable"]
-            pytest.skip(f"not needed: capacity search settled max usable = {best} without c={glmperf_level}")
-        return _recorded(results[glmperf_level], record_property)
-    return _recorded(glmperf_server.run_capacity(glmperf_level, glmperf_thresholds), record_property)
+    try:
+        result = glmperf_run.level(glmperf_server, glmperf_level, glmperf_thresholds)
+    except LookupError:
+        best = glmperf_run.search(glmperf_server)["max_usable"]
+        pytest.skip(f"not needed: capacity search settled max usable = {best} without c={glmperf_level}")
+    return _recorded(result, record_property)
 
 
 @pytest.fixture
-def glmperf_mixed(glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds, record_property: Any
-                  ) -> LevelResult:
-    """Run the mixed coding-agent workload; the verdict is on its decode streams."""
-    return _recorded(glmperf_server.run_mixed(glmperf_thresholds), record_property)
+def glmperf_mixed(glmperf_run: GlmperfRun, glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds,
+                  record_property: Any) -> LevelResult:
+    """The mixed coding-agent workload (measured once per session); the verdict is on its decode streams."""
+    return _recorded(glmperf_run.mixed(glmperf_server, glmperf_thresholds), record_property)
 
 
 @pytest.fixture
 def glmperf_scenario(glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds, record_property: Any
                      ) -> Callable[..., Awaitable[LevelResult]]:
     """Run your own agent coroutine at a concurrency level: ``await glmperf_scenario(fn, concurrency=4,
-    duration_s=60)``; then ``result.assert_usable()``."""
+    duration_s=60)``; then ``result.assert_usable()``. The result joins the report and the verdict."""
     async def run(agent: Callable[[Agent], Awaitable[None]], *, concurrency: int, duration_s: float,
                   name: str = "scenario") -> LevelResult:
         result = await glmperf_server.scenario(agent, concurrency=concurrency, duration_s=duration_s, name=name,
@@ -273,12 +354,11 @@ def glmperf_scenario(glmperf_server: GlmperfServer, glmperf_thresholds: Threshol
 @pytest.fixture
 def glmperf_regression(request: pytest.FixtureRequest, glmperf_run: GlmperfRun, glmperf_server: GlmperfServer
                        ) -> RegressionResult:
-    """One regression check against --compare's baseline (its level must have run before)."""
+    """One regression check against --compare's baseline, on this session's data (the level it
+    needs is measured now if no test measured it yet)."""
     level, metric = request.param
-    checks = glmperf_run.regression_checks(glmperf_server.target)
-    found = next((c for c in checks if c.level == level and c.metric == metric), None)
-    name = f"{glmperf_server.target.key}{f'-c{level}' if level else ''}-{metric}"
-    return RegressionResult(name, found, glmperf_run.inconclusive_fails)
+    check = glmperf_run.regression_check(glmperf_server, level, metric)
+    return RegressionResult(check.name, check, glmperf_run.judging.inconclusive_fails)
 
 
 def _recorded(result: LevelResult, record_property: Callable[[str, Any], None]) -> LevelResult:

@@ -5,6 +5,7 @@ A profile is data only. Starting a server from it is `server.py`'s job.
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 from .errors import ConfigError
 
 PROFILE_KINDS = ("simulated", "compose")
+PROFILE_KEYS = ("kind", "description", "require_concurrency", "server_args", "env", "compose_file", "options")
 DEFAULT_REGISTRY = Path("compose") / "profiles.yaml"
 
 
@@ -90,6 +92,15 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
     where = f"profile {name!r} in {path}"
     if not isinstance(spec, dict):
         raise ConfigError(f"{where} must be a mapping")
+    unknown = sorted(set(map(str, spec)) - set(PROFILE_KEYS))
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], PROFILE_KEYS, n=1)
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                          + f"; a profile takes {', '.join(PROFILE_KEYS)}")
+    for key, kind_of, what in (("server_args", list, "a list of flags"), ("env", dict, "a mapping"),
+                               ("options", dict, "a mapping of option: value")):
+        if spec.get(key) is not None and not isinstance(spec[key], kind_of):
+            raise ConfigError(f"{where}: {key} must be {what}, not {type(spec[key]).__name__}")
     kind = spec.get("kind")
     if kind not in PROFILE_KINDS:
         raise ConfigError(f"{where}: kind must be one of {', '.join(PROFILE_KINDS)}, not {kind!r}")

@@ -17,9 +17,10 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -29,9 +30,14 @@ __all__ = [
     "fetch_server_info",
     "file_sha256",
     "gpu_count",
+    "image_id",
     "image_provenance",
+    "image_reference",
     "is_secret_name",
     "redact",
+    "redact_command",
+    "redact_url",
+    "server_version",
 ]
 
 REDACTED = "***"
@@ -108,6 +114,55 @@ def _redact_sequence(items: list[Any]) -> list[Any]:
             continue
         out.append(redact(item))
     return out
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials: ``user:pass@`` and every query value become ``***``.
+
+    A ``--base-url`` may carry a password or an API key in its query; reports and logs get
+    this form, the client keeps the original.
+    """
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{REDACTED}@{netloc.rsplit('@', 1)[1]}"
+    query = "&".join(f"{name}={REDACTED}" if sep else name
+                     for name, sep, _ in (item.partition("=") for item in parts.query.split("&") if item))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def redact_command(argv: Sequence[str]) -> list[str]:
+    """A command line as reports may show it: secret options hidden (``redact``) and every URL
+    without its credentials (``--base-url=http://user:pw@host`` -> ``http://***@host``)."""
+    out = []
+    for arg in redact(list(argv)):
+        flag, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+        out.append(f"{flag}{eq}{redact_url(value)}" if "://" in value else arg)
+    return out
+
+
+# -- reading a provenance record back (every kind of server writes its own shape) -------------
+
+def image_reference(provenance: Mapping[str, Any] | None) -> str | None:
+    """The image a server ran (``lmsysorg/sglang:v0.5.12``); None for a simulator or a URL."""
+    image = (provenance or {}).get("image")
+    if isinstance(image, Mapping):
+        return image.get("reference")
+    return image if isinstance(image, str) else None
+
+
+def image_id(provenance: Mapping[str, Any] | None) -> str | None:
+    """The image's content id (``sha256:…``): what a moving tag really pointed at."""
+    image = (provenance or {}).get("image")
+    if isinstance(image, Mapping) and image.get("id"):
+        return str(image["id"])
+    return (provenance or {}).get("image_id")
+
+
+def server_version(provenance: Mapping[str, Any] | None) -> str | None:
+    """The server's own version (``/server_info``), whichever record shape holds it."""
+    record = provenance or {}
+    return record.get("version") or record.get("server_version") or (record.get("server_info") or {}).get("version")
 
 
 def file_sha256(path: Path) -> str:

@@ -9,12 +9,15 @@ See docs/metrics.md for the exact definitions.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
+
+from .errors import RecordWriteError
 
 OK = "ok"
 FAILED = "failed"
@@ -168,14 +171,20 @@ class RecordLog:
         self.count = 0
 
     def append(self, record: RequestRecord) -> None:
+        """Write one record now; a failed write raises RecordWriteError naming the file."""
         line = json.dumps(record.as_dict(), separators=(",", ":"))
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except (OSError, ValueError) as exc:  # ValueError: the file was closed under us
+                raise RecordWriteError(f"cannot write {self.path}: {exc}") from exc
             self.count += 1
 
     def close(self) -> None:
-        with self._lock:
+        """Close the file; a write that already failed was reported then (RecordWriteError), and
+        the bytes it left in the buffer cannot be written now either."""
+        with self._lock, contextlib.suppress(OSError):
             self._file.close()
 
 

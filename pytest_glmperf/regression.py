@@ -23,21 +23,25 @@ import re
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .baseline import Baseline, split_target
+from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, WARNING, Check, _conf, _num, _signed
 from .errors import ConfigError
 from .records import RequestRecord
 from .thresholds import Thresholds
 
-PASS, FAIL, INCONCLUSIVE, WARNING = "pass", "fail", "inconclusive", "warning"
+if TYPE_CHECKING:
+    from .baseline import Baseline
+    from .report import RunReport, TargetReport
+    from .results import LevelResult
+
 CAPACITY = "capacity"
 
 __all__ = [
-    "FAIL", "INCONCLUSIVE", "METRICS", "PASS", "WARNING", "Check", "Metric", "Tolerances", "bootstrap_change",
-    "compare_reports", "split_runs",
+    "ERROR", "FAIL", "INCONCLUSIVE", "METRICS", "PASS", "WARNING", "Check", "Metric", "Tolerances",
+    "bootstrap_change", "compare_level", "compare_max_usable", "compare_reports", "match_target", "split_runs",
 ]
 
 
@@ -148,86 +152,6 @@ def _parse(key: str, value: Any) -> Any:
     return number
 
 
-@dataclass(frozen=True)
-class Check:
-    """One (target, level, metric) compared with the baseline, and its outcome."""
-
-    target: str
-    level: int | None
-    metric: str
-    baseline: float | None
-    current: float | None
-    delta: float | None
-    delta_pct: float | None
-    ci_low: float | None
-    ci_high: float | None
-    outcome: str
-    reason: str
-    unit: str = ""
-    tolerance: float | None = None
-    higher_is_better: bool = True
-    confidence: float = 0.99
-    baseline_target: str | None = None
-    n_baseline: int = 0
-    n_current: int = 0
-
-    @property
-    def name(self) -> str:
-        """Stable id for a pytest item: 'sim-hicache-c4-ttft_p95_s'."""
-        where = f"-c{self.level}" if self.level is not None else ""
-        return f"{self.target}{where}-{self.metric}"
-
-    def message(self) -> str:
-        """E.g. 'sim c=4 ttft_p95_s: 20.1 s -> 35.7 s (+77.6 %, 95 % CI of change +12.0..+19.3 s) exceeds ...'."""
-        head = f"{self.target} c={self.level} {self.metric}" if self.level is not None else \
-            f"{self.target} {self.metric}"
-        if self.baseline is None or self.current is None:
-            return f"{head}: {self.outcome}: {self.reason}"
-        parts = [_num(self.delta_pct, "{:+.1f} %") if self.delta_pct is not None else f"{_num(self.delta)}"]
-        if self.ci_low is not None and self.ci_high is not None:
-            parts.append(f"{_conf(self.confidence)} CI of change {_signed(self.ci_low)}..{_signed(self.ci_high)}"
-                         f"{self.unit}")
-        change = f"{_num(self.baseline)}{self.unit} -> {_num(self.current)}{self.unit} ({', '.join(parts)})"
-        tol = self._tolerance_text()
-        if self.outcome == FAIL:
-            return f"{head}: {change} exceeds tolerance {tol}" + (f": {self.reason}" if self.reason else "")
-        if self.outcome == PASS:
-            return f"{head}: {change} within tolerance {tol}"
-        return f"{head}: {change} {self.outcome}: {self.reason}"
-
-    def _tolerance_text(self) -> str:
-        if self.tolerance is None:
-            return "–"
-        if self.tolerance == 0:
-            return "0 % (must not drop)" if self.higher_is_better else "0 % (must not rise)"
-        sign = "-" if self.higher_is_better else "+"
-        return f"{sign}{self.tolerance * 100:g} %"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {item.name: getattr(self, item.name) for item in fields(self)}
-
-
-def _num(value: float | None, pattern: str | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, int) and not pattern:
-        return str(value)
-    if pattern:
-        return pattern.format(value)
-    magnitude = abs(value)
-    return f"{value:.0f}" if magnitude >= 100 else f"{value:.1f}" if magnitude >= 10 else f"{value:.2f}"
-
-
-def _conf(confidence: float) -> str:
-    """0.95 -> '95 %' (the report's spacing)."""
-    return f"{confidence * 100:g} %"
-
-
-def _signed(value: float) -> str:
-    text = _num(value)
-    return text if text.startswith("-") else f"+{text}"
-
-
 # -- records per run -------------------------------------------------------------------------
 
 Records = Sequence[RequestRecord] | Sequence[Sequence[RequestRecord]]
@@ -248,22 +172,31 @@ def split_runs(records: Records) -> list[list[RequestRecord]]:
 
 @dataclass
 class Side:
-    """One run (or several) of one target: its report entry and records split by run."""
+    """One target of one run (or several runs): its typed report and its records split by run."""
 
-    key: str
-    entry: dict[str, Any]
+    target: TargetReport
     runs: list[list[RequestRecord]]
-    thresholds: Thresholds
 
     @classmethod
-    def of(cls, key: str, report: dict[str, Any], runs: list[list[RequestRecord]]) -> Side:
-        entry = report["targets"][key]
-        single = len(report["targets"]) == 1
-        mine = [[r for r in run if r.profile == key or (single and not r.profile)] for run in runs]
-        return cls(key, entry, [run for run in mine if run], _thresholds(report, key))
+    def of(cls, target: TargetReport, records: Records, only_target: bool = False) -> Side:
+        """``only_target``: records without a profile (older files) belong to this target."""
+        mine = [[r for r in run if r.profile == target.key or (only_target and not r.profile)]
+                for run in split_runs(records)]
+        return cls(target, [run for run in mine if run])
 
-    def levels(self) -> dict[int, dict[str, Any]]:
-        return {lv["concurrency"]: lv for lv in (self.entry.get("capacity") or {}).get("levels", [])}
+    @property
+    def key(self) -> str:
+        return self.target.key
+
+    @property
+    def thresholds(self) -> Thresholds:
+        try:
+            return self.target.thresholds
+        except ConfigError:
+            return Thresholds()
+
+    def levels(self) -> dict[int, LevelResult]:
+        return {lv.concurrency: lv for lv in self.target.levels}
 
     def level_runs(self, level: int) -> list[list[RequestRecord]]:
         picked = [[r for r in run if r.level == level and r.scenario == CAPACITY] for run in self.runs]
@@ -272,12 +205,14 @@ class Side:
     def samples(self, metric: Metric, level: int) -> list[Sample]:
         """Per run: the per-request values of ``metric`` (and the level's occupancy, for rates)."""
         runs = self.level_runs(level)
-        reported = self.levels().get(level, {}).get("duration_s")
+        found = self.levels().get(level)
+        reported = found.stats.as_dict().get("duration_s") if found else None
         return [_sample(metric, run, reported if len(runs) == 1 and reported else _span_s(run)) for run in runs]
 
     def point(self, metric: Metric, level: int) -> float | None:
         """The report's figure for one run; the mean of the runs' figures for several."""
-        entry = self.levels().get(level, {})
+        found = self.levels().get(level)
+        entry = found.stats.as_dict() if found else {}
         samples = self.samples(metric, level)
         if metric.name in entry and len(samples) <= 1:
             return None if entry[metric.name] is None else float(entry[metric.name])
@@ -288,7 +223,7 @@ class Side:
 
 def _sample(metric: Metric, records: Sequence[RequestRecord], duration_s: float | None) -> Sample:
     """One run's resampling unit: per-request values, or (tokens, e2e) rows and occupancy for a rate."""
-    pool = [r for r in records if not (metric.agents_only and r.kind == "spike")]
+    pool = [r for r in records if r.counted and not (metric.agents_only and r.kind == "spike")]
     if metric.reducer == "rate":
         rows = np.array([(metric.value(r) or 0.0, r.e2e_s or 0.0) for r in pool], dtype=float).reshape(-1, 2)
         occupancy = rows[:, 1].sum() / duration_s if duration_s else None
@@ -302,17 +237,6 @@ def _span_s(records: Sequence[RequestRecord]) -> float | None:
     if not ends:
         return None
     return (max(ends) - min(r.send_ns for r in records)) / 1e9 * records[0].time_scale
-
-
-def _thresholds(report: dict[str, Any], key: str) -> Thresholds:
-    settings = report.get("settings") or {}
-    raw = (settings.get(key) or {}).get("thresholds") if isinstance(settings.get(key), dict) else None
-    raw = raw or settings.get("thresholds") or {}
-    known = {k: v for k, v in raw.items() if k in Thresholds().as_dict()}
-    try:
-        return Thresholds.from_mapping(known)
-    except ConfigError:
-        return Thresholds()
 
 
 # -- the bootstrap -----------------------------------------------------------------------------
@@ -356,7 +280,7 @@ def _seed(base: int, *key: Any) -> int:
 
 # -- comparing ---------------------------------------------------------------------------------
 
-def compare_reports(current_report: dict[str, Any], current_records: Records, baseline: Baseline,
+def compare_reports(current: RunReport, current_records: Records, baseline: Baseline,
                     tolerances: Tolerances | None = None) -> list[Check]:
     """Every (target, level, metric) of the current run against the baseline, plus max_usable.
 
@@ -364,44 +288,61 @@ def compare_reports(current_report: dict[str, Any], current_records: Records, ba
     match, or a target with no counterpart, adds a ``warning`` entry saying so.
     """
     tolerances = tolerances or Tolerances()
-    current_runs, baseline_runs = split_runs(current_records), split_runs(baseline.records)
     checks: list[Check] = []
-    for key in current_report.get("targets", {}):
-        match, warning = _match(key, current_report, baseline.report)
-        if warning:
-            checks.append(warning)
+    single = len(current.targets) == 1
+    for target in current.targets:
+        match, warnings = match_target(target, baseline)
+        checks += warnings
         if match is None:
             continue
-        conditions = _conditions_warning(key, match, current_report, baseline.report)
-        if conditions:
-            checks.append(conditions)
-        now = Side.of(key, current_report, current_runs)
-        then = Side.of(match, baseline.report, baseline_runs)
-        checks += _level_checks(then, now, tolerances)
-        checks.append(_max_usable_check(then, now, tolerances))
+        for level in sorted({lv.concurrency for lv in (*target.levels, *match.levels)}):
+            checks += compare_level(target, current_records, match, baseline.records, level, tolerances,
+                                    only_target=single)
+        checks.append(compare_max_usable(target, current_records, match, baseline.records, tolerances,
+                                         only_target=single))
     return checks
 
 
-def _match(key: str, current: dict[str, Any], baseline: dict[str, Any]) -> tuple[str | None, Check | None]:
-    targets = baseline.get("targets", {})
+def match_target(target: TargetReport, baseline: Baseline) -> tuple[TargetReport | None, list[Check]]:
+    """The baseline's counterpart of ``target``, and warnings about how alike the two are."""
+    targets = {t.key: t for t in baseline.report.targets}
+    key = target.key
     if key in targets:
-        return key, _image_warning(key, current["targets"][key], targets[key])
-    profile = split_target(key)[0]
-    same = [name for name in targets if split_target(name)[0] == profile]
-    if len(same) == 1:
-        return same[0], _warning(key, same[0], f"no baseline for {key}; compared with {same[0]} "
-                                 "(same profile, different image)")
-    why = f"{len(same)} baseline targets share profile {profile!r}: {', '.join(same)}" if same else \
-        f"no baseline for {key}; baseline has {', '.join(targets) or 'no targets'}"
-    return None, _warning(key, None, why)
+        match, warnings = targets[key], [_image_warning(target, targets[key])]
+    else:
+        same = [t for t in targets.values() if t.profile == target.profile]
+        if len(same) != 1:
+            why = (f"{len(same)} baseline targets share profile {target.profile!r}: "
+                   f"{', '.join(t.key for t in same)}" if same else
+                   f"no baseline for {key}; baseline has {', '.join(targets) or 'no targets'}")
+            return None, [_warning(key, None, why)]
+        match = same[0]
+        warnings = [_warning(key, match.key, f"no baseline for {key}; compared with {match.key} "
+                                             "(same profile, different image)")]
+    warnings.append(_conditions_warning(target, match))
+    return match, [w for w in warnings if w]
 
 
-def _image_warning(key: str, now: dict[str, Any], then: dict[str, Any]) -> Check | None:
+def compare_level(now_target: TargetReport, now_records: Records, then_target: TargetReport, then_records: Records,
+                  level: int, tolerances: Tolerances, only_target: bool = False) -> list[Check]:
+    """Each metric of one capacity level against the reference."""
+    now, then = Side.of(now_target, now_records, only_target), Side.of(then_target, then_records, True)
+    return [_metric_check(then, now, level, metric, tolerances) for metric in METRICS]
+
+
+def compare_max_usable(now_target: TargetReport, now_records: Records, then_target: TargetReport,
+                       then_records: Records, tolerances: Tolerances, only_target: bool = False) -> Check:
+    now, then = Side.of(now_target, now_records, only_target), Side.of(then_target, then_records, True)
+    return _max_usable_check(then, now, tolerances)
+
+
+def _image_warning(now: TargetReport, then: TargetReport) -> Check | None:
     """Same target name but a different build behind it (a moved tag, a new server version)."""
-    new, old = now.get("provenance") or {}, then.get("provenance") or {}
-    for field_name in ("image_id", "version"):
-        if new.get(field_name) and old.get(field_name) and new[field_name] != old[field_name]:
-            return _warning(key, key, f"baseline {field_name} {old[field_name]} differs from {new[field_name]}")
+    for what, old, new in (("image id", then.image_id, now.image_id),
+                           ("server version", then.server_version, now.server_version)):
+        if old and new and old != new:
+            return _warning(now.key, then.key, f"baseline {what} {old} differs from {new} (same name, "
+                                               "another build: the tag moved)")
     return None
 
 
@@ -413,34 +354,27 @@ CONDITIONS = (("cache_start", None, "flushed"), ("spike_mode", "capacity", "extr
               ("context_tokens", "capacity", None), ("max_output_tokens", "capacity", None))
 
 
-def _conditions_warning(key: str, match: str, current: dict[str, Any], baseline: dict[str, Any]) -> Check | None:
+def _conditions_warning(now: TargetReport, then: TargetReport) -> Check | None:
     """A warning when the two runs drove the server differently (e.g. a warm run against a flushed one)."""
-    now = (current.get("settings") or {}).get(split_target(key)[0])
-    then = (baseline.get("settings") or {}).get(split_target(match)[0])
-    if not isinstance(now, dict) or not isinstance(then, dict):
+    if not now.settings or not then.settings:
         return None
     differ = []
     for name, section, default in CONDITIONS:
-        old, new = _setting(then, section, name, default), _setting(now, section, name, default)
+        old, new = _setting(then.settings, section, name, default), _setting(now.settings, section, name, default)
         if old is not None and new is not None and old != new:
             differ.append(f"{name} {old} -> {new}")
     if not differ:
         return None
-    return _warning(key, match, "not like for like, the workload changed: " + "; ".join(differ))
+    return _warning(now.key, then.key, "not like for like, the workload changed: " + "; ".join(differ))
 
 
-def _setting(settings: dict[str, Any], section: str | None, name: str, default: Any) -> Any:
+def _setting(settings: Mapping[str, Any], section: str | None, name: str, default: Any) -> Any:
     scope = (settings.get(section) or {}) if section else settings
     return scope.get(name, default)
 
 
 def _warning(key: str, match: str | None, reason: str) -> Check:
     return Check(key, None, "target", None, None, None, None, None, None, WARNING, reason, baseline_target=match)
-
-
-def _level_checks(then: Side, now: Side, tolerances: Tolerances) -> list[Check]:
-    levels = sorted(set(then.levels()) | set(now.levels()))
-    return [_metric_check(then, now, level, metric, tolerances) for level in levels for metric in METRICS]
 
 
 def _metric_check(then: Side, now: Side, level: int, metric: Metric, tolerances: Tolerances) -> Check:
@@ -463,14 +397,17 @@ def _metric_check(then: Side, now: Side, level: int, metric: Metric, tolerances:
 
 def _judge(metric: Metric, then: Side, now: Side, level: int, base: float | None, cur: float | None,
            ci: tuple[float | None, float | None], counts: tuple[int, int], tol: float) -> tuple[str, str]:
-    """pass / fail / inconclusive, and why; the order of the tests is the order of the reasons."""
-    missing = _missing(then, now, level, base, cur)
-    if missing:
-        return INCONCLUSIVE, missing
+    """pass / fail / inconclusive / error, and why; the order of the tests is the order of the reasons."""
+    absent = _current_missing(now, level, cur)
+    if absent:
+        return ERROR, absent
+    if level not in then.levels():
+        return INCONCLUSIVE, f"c={level} is not in the baseline"
+    if base is None:
+        return INCONCLUSIVE, "metric missing in the baseline (no data)"
     n_base, n_cur = counts
-    if not then.level_runs(level) or not now.level_runs(level):
-        side = "baseline" if not then.level_runs(level) else "current run"
-        return INCONCLUSIVE, f"no per-request records in the {side}: the noise cannot be judged"
+    if not then.level_runs(level):
+        return INCONCLUSIVE, "no per-request records in the baseline: the noise cannot be judged"
     if min(n_base, n_cur) < metric.min_requests:
         return INCONCLUSIVE, (f"too few requests: baseline {n_base}, current {n_cur} "
                               f"(needs >= {metric.min_requests} per side)")
@@ -489,15 +426,17 @@ def _judge(metric: Metric, then: Side, now: Side, level: int, base: float | None
                           "more requests or --repeats would settle it")
 
 
-def _missing(then: Side, now: Side, level: int, base: float | None, cur: float | None) -> str | None:
-    if level not in then.levels():
-        return f"c={level} is not in the baseline"
-    if level not in now.levels():
+def _current_missing(now: Side, level: int, cur: float | None) -> str | None:
+    """Why this session has no data to compare: never an inconclusive, always an error."""
+    found = now.levels().get(level)
+    if found is None:
         return f"c={level} was not measured in this run"
-    if base is None:
-        return "metric missing in the baseline (no data)"
+    if found.status in ("error", "interrupted"):
+        return f"c={level} could not be measured: {found.explain()}"
     if cur is None:
         return "metric missing in this run (no data)"
+    if not now.level_runs(level):
+        return "no per-request records in this run"
     return None
 
 
@@ -513,12 +452,17 @@ def _max_usable_check(then: Side, now: Side, tolerances: Tolerances) -> Check:
     """max_usable must not drop, unless the level that was lost is only lost within noise."""
     tol = tolerances.max_usable
     make = _usable_maker(then, now, tol, tolerances.confidence)
-    if not then.levels() or not now.levels():
-        return make(INCONCLUSIVE, "no capacity levels on one side")
+    if not now.levels():
+        return make(ERROR, "no capacity level was measured in this run")
+    broken = [lv for lv in now.levels().values() if lv.status in ("error", "interrupted")]
+    if broken:
+        return make(ERROR, f"c={broken[0].concurrency} could not be measured: {broken[0].explain()}")
+    if not then.levels():
+        return make(INCONCLUSIVE, "no capacity levels in the baseline")
     base, cur = _max_usable(then), _max_usable(now)
     if cur >= base * (1 - tol):
         return make(PASS, "")
-    lost = [c for c, lv in sorted(now.levels().items()) if cur < c <= base and not lv.get("usable")]
+    lost = [c for c, lv in sorted(now.levels().items()) if cur < c <= base and not lv.usable]
     if not lost:
         return make(INCONCLUSIVE, f"no level between {cur} and {base} was measured in this run")
     settled, detail = _settled(now, lost[0], tolerances)
@@ -538,12 +482,12 @@ def _usable_maker(then: Side, now: Side, tol: float, confidence: float) -> Calla
 
 
 def _max_usable(side: Side) -> int:
-    return int((side.entry.get("capacity") or {}).get("max_usable") or 0)
+    return side.target.max_usable or 0
 
 
 def _settled(side: Side, level: int, tolerances: Tolerances) -> tuple[bool, str]:
     """Whether some broken threshold of ``level`` is broken by its whole interval, with the evidence."""
-    stats = side.levels()[level]
+    stats = side.levels()[level].stats.as_dict()
     verdict = side.thresholds.judge(stats)
     runs = side.level_runs(level)
     details = []

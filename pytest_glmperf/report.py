@@ -1,9 +1,10 @@
-"""The run report: one JSON document, rendered to Markdown and terminal tables.
+"""The run report: typed, frozen, and what report.json serialises.
 
-``RunReport`` is plain data, rewritten to disk after every level (``report.json`` and
-``report.md``, each replaced atomically), so an interrupted run still leaves a readable,
-partial report. Renderers are pure functions of the JSON, so any saved report re-renders.
-Schema: docs/report-schema.md.
+Data flows one way: each judged ``LevelResult`` (and regression ``Check``) joins a
+``TargetReport``; the targets and the ``SessionVerdict`` make the ``RunReport``; renderers
+(``render.py``, ``ci_summary.py``, ``charts.py``, ``htmlreport.py``) only turn it into text.
+``RunReport.from_dict`` reads any saved report.json back (schema 1 or 2), so baselines load
+through this same model and any report re-renders. Schema: docs/report-schema.md.
 """
 
 from __future__ import annotations
@@ -11,297 +12,179 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
+from .provenance import image_id, image_reference, redact_command, server_version
+from .regression import Check
+from .results import CAPACITY, MIXED, LevelResult
+from .thresholds import Thresholds
+from .verdict import SessionVerdict
 
-from .scrape import merge_pacing
-
-SCHEMA_VERSION = 1
-Sink = Callable[[str], None]
-
-LEVEL_COLUMNS = [
-    ("concurrency", "c", "{:d}"),
-    ("status", "verdict", "{}"),
-    ("requests", "requests", "{:d}"),
-    ("failure_rate", "failed", "{:.1%}"),
-    ("tok_s_p50", "tok/s P50", "{:.2f}"),
-    ("ttft_p50_s", "TTFT P50 s", "{:.2f}"),
-    ("ttft_p95_s", "TTFT P95 s", "{:.2f}"),
-    ("gap_p50_s", "gap P50 s", "{:.2f}"),
-    ("gap_p95_s", "gap P95 s", "{:.2f}"),
-    ("aggregate_tok_s", "agg tok/s", "{:.2f}"),
-]
-MIXED_ROWS = [
-    ("client_tok_s", "client out tok/s", "{:.2f}"),
-    ("server_gen_throughput_mean", "server gen_throughput mean", "{:.2f}"),
-    ("queue_mean", "queue mean", "{:.2f}"),
-    ("queue_p95", "queue P95", "{:.2f}"),
-    ("ttft_p50_s", "TTFT P50 s", "{:.2f}"),
-    ("ttft_p95_s", "TTFT P95 s", "{:.2f}"),
-    # The server's own queue_time_seconds (TTFT less prefill and transport); "–" if not exported.
-    ("server_queue_p50_s", "server queue time P50 s", "{:.2f}"),
-    ("server_queue_p95_s", "server queue time P95 s", "{:.2f}"),
-    ("gap_p50_s", "max chunk gap P50 s", "{:.2f}"),
-    ("gap_p95_s", "max chunk gap P95 s", "{:.2f}"),
-]
-CACHE_ROWS = [
-    ("cached_device_tokens", "cached on device"),
-    ("cached_host_tokens", "cached on host"),
-    ("evicted_tokens", "evicted"),
-    ("load_back_tokens", "loaded back"),
-    ("host_used_after_tokens", "host used after"),
-]
-# Shown only when a server reports them (an L3 storage tier is attached).
-STORAGE_ROWS = [
-    ("cached_storage_tokens", "cached from L3 storage"),
-    ("prefetched_tokens", "prefetched L3 -> host"),
-    ("storage_backup_tokens", "backed up host -> L3"),
-]
+SCHEMA_VERSION = 2
 
 
-def cache_rows(caches: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """The cache table's rows: the field report's, plus L3 rows any of ``caches`` has."""
-    return CACHE_ROWS + [(key, title) for key, title in STORAGE_ROWS
-                         if any(cache.get(key) is not None for cache in caches)]
+def now_iso() -> str:
+    """Local wall-clock time with its offset, as every report stamp is written."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-@dataclass
-class RunReport:
-    """Everything a run measured, keyed by target (profile, or profile@image)."""
+@dataclass(frozen=True)
+class TargetReport:
+    """Everything measured on one target (a profile, or a profile on one image)."""
 
-    metadata: dict[str, Any] = field(default_factory=dict)
-    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    status: str = "running"
+    key: str
+    settings: Mapping[str, Any] = field(default_factory=dict)   # RunSettings.as_dict()
+    provenance: Mapping[str, Any] | None = None
+    start_error: str | None = None
+    chars_per_token: float | None = None
+    levels: tuple[LevelResult, ...] = ()        # capacity levels, by concurrency
+    search: Mapping[str, Any] | None = None     # --capacity-search: what it probed and skipped
+    mixed: LevelResult | None = None
+    scenarios: tuple[LevelResult, ...] = ()
+    checks: tuple[Check, ...] = ()              # --compare / candidate-vs-reference checks
+    baseline: str | None = None                 # what the checks compared with
 
-    @classmethod
-    def start(cls, settings: dict[str, Any]) -> RunReport:
-        return cls(metadata={
-            "schema_version": SCHEMA_VERSION,
-            "tool": "pytest-glmperf",
-            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "host": platform.node(),
-            "python": platform.python_version(),
-            "settings": settings,
-        })
+    @property
+    def profile(self) -> str:
+        return self.key.split("@", 1)[0]
 
-    def target(self, key: str) -> dict[str, Any]:
-        return self.targets.setdefault(key, {"capacity": {"levels": [], "max_usable": None}, "mixed": None})
+    @property
+    def image(self) -> str | None:
+        return image_reference(self.provenance) or (self.key.split("@", 1)[1] if "@" in self.key else None)
 
-    def record_level(self, key: str, level: dict[str, Any]) -> None:
-        """Add or replace one capacity level, then recompute max_usable."""
-        capacity = self.target(key)["capacity"]
-        levels = [lv for lv in capacity["levels"] if lv["concurrency"] != level["concurrency"]]
-        levels.append(level)
-        levels.sort(key=lambda lv: lv["concurrency"])
-        capacity["levels"] = levels
-        usable = [lv for lv in levels if lv.get("usable")]
-        # With --capacity-search some levels are never run; max_usable is still the highest usable one.
-        best = max(usable, key=lambda lv: lv["concurrency"]) if usable else None
-        capacity["max_usable"] = best["concurrency"] if best else None
-        capacity["max_usable_aggregate_tok_s"] = best["aggregate_tok_s"] if best else None
+    @property
+    def image_id(self) -> str | None:
+        return image_id(self.provenance)
+
+    @property
+    def server_version(self) -> str | None:
+        return server_version(self.provenance)
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds.from_mapping(self.settings.get("thresholds") or {})
+
+    @property
+    def require_concurrency(self) -> int | None:
+        return self.settings.get("require_concurrency")
+
+    def level(self, concurrency: int) -> LevelResult | None:
+        return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
+
+    @property
+    def best(self) -> LevelResult | None:
+        """The highest level that passed (with --capacity-search, levels it skipped are not in)."""
+        usable = [lv for lv in self.levels if lv.usable]
+        return max(usable, key=lambda lv: lv.concurrency) if usable else None
+
+    @property
+    def max_usable(self) -> int | None:
+        return self.best.concurrency if self.best else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {**self.metadata, "status": self.status, "targets": self.targets}
+        best = self.best
+        return {
+            "profile": self.profile, "image": self.image, "settings": dict(self.settings),
+            "provenance": self.provenance, "start_error": self.start_error, "chars_per_token": self.chars_per_token,
+            "capacity": {"levels": [lv.as_dict() for lv in self.levels], "max_usable": self.max_usable,
+                         "max_usable_aggregate_tok_s": best.stats.as_dict().get("aggregate_tok_s") if best else None,
+                         "search": self.search},
+            "mixed": self.mixed.as_dict() if self.mixed else None,
+            "scenarios": [s.as_dict() for s in self.scenarios],
+            "regression": {"baseline": self.baseline, "checks": [c.as_dict() for c in self.checks]}
+            if self.checks or self.baseline else None,
+        }
 
-    def write(self, directory: Path) -> None:
-        """Write report.json and report.md, each replaced atomically."""
-        directory.mkdir(parents=True, exist_ok=True)
-        data = self.as_dict()
-        _atomic_write(directory / "report.json", json.dumps(data, indent=2, default=str))
-        _atomic_write(directory / "report.md", render_markdown(data))
+    @classmethod
+    def from_dict(cls, key: str, data: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> TargetReport:
+        capacity = data.get("capacity") or {}
+        regression = data.get("regression") or {}
+        return cls(
+            key=key, settings=dict(data.get("settings") or settings or {}), provenance=data.get("provenance"),
+            start_error=data.get("start_error"), chars_per_token=data.get("chars_per_token"),
+            levels=tuple(LevelResult.from_dict(key, lv, CAPACITY) for lv in capacity.get("levels") or ()),
+            search=capacity.get("search"),
+            mixed=LevelResult.from_dict(key, data["mixed"], MIXED) if data.get("mixed") else None,
+            scenarios=tuple(LevelResult.from_dict(key, s, s.get("workload") or "scenario")
+                            for s in data.get("scenarios") or ()),
+            checks=tuple(Check.from_dict(c) for c in regression.get("checks") or ()),
+            baseline=regression.get("baseline"),
+        )
+
+    def but(self, **changes: Any) -> TargetReport:
+        return replace(self, **changes)
 
 
-def _atomic_write(path: Path, text: str) -> None:
+@dataclass(frozen=True)
+class RunReport:
+    """One session: its targets in the order they ran, its status and its verdict."""
+
+    targets: tuple[TargetReport, ...] = ()
+    status: str = "running"               # running | complete | interrupted
+    verdict: SessionVerdict | None = None
+    started_at: str = field(default_factory=now_iso)
+    finished_at: str | None = None
+    host: str = field(default_factory=platform.node)
+    command: tuple[str, ...] = field(default_factory=lambda: tuple(redact_command(sys.argv)))
+    notes: tuple[str, ...] = ()
+    schema_version: int = SCHEMA_VERSION
+
+    def target(self, key: str) -> TargetReport | None:
+        return next((t for t in self.targets if t.key == key), None)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION, "tool": "pytest-glmperf", "plugin_version": _version(),
+            "started_at": self.started_at, "finished_at": self.finished_at, "host": self.host,
+            "python": platform.python_version(), "command": list(self.command), "status": self.status,
+            "verdict": self.verdict.as_dict() if self.verdict else None, "notes": list(self.notes),
+            "targets": {t.key: t.as_dict() for t in self.targets},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunReport:
+        """A saved report.json as the model; schema 1 kept settings beside the targets, by profile."""
+        settings = data.get("settings") or {}
+        targets = tuple(
+            TargetReport.from_dict(key, entry or {}, settings.get(key) or settings.get(key.split("@", 1)[0]))
+            for key, entry in (data.get("targets") or {}).items())
+        verdict = data.get("verdict")
+        return cls(targets=targets, status=data.get("status") or "complete",
+                   verdict=SessionVerdict.from_dict(verdict) if isinstance(verdict, Mapping) else None,
+                   started_at=data.get("started_at") or "", finished_at=data.get("finished_at"),
+                   host=data.get("host") or "", command=tuple(data.get("command") or ()),
+                   notes=tuple(data.get("notes") or ()), schema_version=int(data.get("schema_version") or 1))
+
+    def but(self, **changes: Any) -> RunReport:
+        return replace(self, **changes)
+
+
+def write_json(path: Path, report: RunReport) -> None:
+    atomic_write(path, json.dumps(report.as_dict(), indent=2, default=str))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a reader never sees half a report."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
-def _fmt(value: Any, pattern: str) -> str:
-    if value is None:
-        return "–"
-    try:
-        return pattern.format(value)
-    except (ValueError, TypeError):
-        return str(value)
+def read_report(path: Path) -> RunReport:
+    return RunReport.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
-def pacing_note(pacing: dict[str, Any] | None) -> str | None:
-    """A simulator that fell behind wall time stretched the timings it served: say so beside them."""
-    if not pacing or not pacing.get("late_steps"):
-        return None
-    return (f"the simulator delivered {pacing['late_steps']:.0f} steps late (worst since start "
-            f"{pacing['lag_max_since_start_s']:.2f} model s): gaps and latencies stretched by up to "
-            "that; a lower --time-scale avoids it")
+def _version() -> str:
+    from . import __version__
+    return __version__
 
 
-def pacing_windows(target: dict[str, Any]) -> list[dict[str, Any] | None]:
-    """The ``simulator`` block of every window of a target: its levels, then its mixed run."""
-    windows = [lv.get("simulator") for lv in target["capacity"]["levels"]]
-    windows.append((target.get("mixed") or {}).get("simulator"))
-    return windows
-
-
-def pacing_summary(target: dict[str, Any]) -> str | None:
-    """One line per target over all its windows, for the terminal."""
-    late = [w for w in pacing_windows(target) if w and w.get("late_steps")]
-    merged = merge_pacing(late)
-    if not merged:
-        return None
-    return (f"simulator behind wall time in {len(late)} window(s): {merged['late_steps']:.0f} steps "
-            f"late, worst {merged['lag_max_since_start_s']:.2f} model s (timings stretched by up to "
-            "that; a lower --time-scale avoids it)")
-
-
-def level_table(levels: list[dict[str, Any]], fmt: str = "github") -> str:
-    rows = [[_fmt(lv.get(key), pattern) for key, _, pattern in LEVEL_COLUMNS] for lv in levels]
-    return tabulate(rows, headers=[title for _, title, _ in LEVEL_COLUMNS], tablefmt=fmt, disable_numparse=True)
-
-
-def side_by_side(targets: dict[str, dict[str, Any]], fmt: str = "github") -> list[str]:
-    """The field report's comparison tables: mixed metrics, cache deltas, capacity per level."""
-    names = list(targets)
-    tables = []
-    mixed = {n: targets[n].get("mixed") or {} for n in names}
-    if any(mixed.values()):
-        rows = [[title, *(_fmt(mixed[n].get(key), p) for n in names)] for key, title, p in MIXED_ROWS]
-        tables.append(tabulate(rows, headers=["mixed workload", *names], tablefmt=fmt, disable_numparse=True))
-        caches = {n: mixed[n].get("cache") or {} for n in names}
-        rows = [[title, *(_fmt(caches[n].get(key), "{:,.0f}") for n in names)]
-                for key, title in cache_rows(list(caches.values()))]
-        tables.append(tabulate(rows, headers=["cache counter delta", *names], tablefmt=fmt, disable_numparse=True))
-    levels = sorted({lv["concurrency"] for n in names for lv in targets[n]["capacity"]["levels"]})
-    if levels:
-        def cell(name: str, c: int) -> str:
-            level = next((lv for lv in targets[name]["capacity"]["levels"] if lv["concurrency"] == c), None)
-            if not level:
-                return "–"
-            mark = "usable" if level.get("usable") else "NOT usable"
-            return f"{mark}, {_fmt(level.get('aggregate_tok_s'), '{:.1f}')} tok/s"
-        rows = [[c, *(cell(n, c) for n in names)] for c in levels]
-        rows.append(["max usable", *(_fmt(targets[n]["capacity"].get("max_usable"), "{}") for n in names)])
-        tables.append(tabulate(rows, headers=["concurrency", *names], tablefmt=fmt, disable_numparse=True))
-        tables.append(delta_table(targets, levels, fmt))
-    return tables
-
-
-DELTA_METRICS = [("tok_s_p50", "{:.2f}"), ("ttft_p95_s", "{:.2f}"), ("gap_p95_s", "{:.2f}"),
-                 ("aggregate_tok_s", "{:.1f}")]
-
-
-def delta_table(targets: dict[str, dict[str, Any]], levels: list[int], fmt: str = "github") -> str:
-    """Per level and metric: the first target's value, then each other's with its change."""
-    names = list(targets)
-    base = names[0]
-
-    def value(name: str, level: int, key: str) -> Any:
-        found = [lv for lv in targets[name]["capacity"]["levels"] if lv["concurrency"] == level]
-        return found[0].get(key) if found else None
-
-    rows = []
-    for level in levels:
-        for key, pattern in DELTA_METRICS:
-            old = value(base, level, key)
-            cells = [_fmt(old, pattern)]
-            for name in names[1:]:
-                new = value(name, level, key)
-                change = f" ({(new - old) / old:+.0%})" if new is not None and old else ""
-                cells.append(_fmt(new, pattern) + change)
-            rows.append([f"c{level}", key, *cells])
-    return tabulate(rows, headers=["level", "metric", *names], tablefmt=fmt, disable_numparse=True)
-
-
-def provenance_line(provenance: dict[str, Any]) -> str:
-    """'server: compose · version 0.5.16 · image lmsysorg/sglang:v0.5.16 (sha256:1234abcd…, commit abc)'."""
-    line = f"server: {provenance.get('kind', '?')} · version {provenance.get('version') or '?'}"
-    image = provenance.get("image")
-    if isinstance(image, dict):
-        ident = (image.get("id") or "")[:19]
-        commit = f", commit {image['build_commit']}" if image.get("build_commit") else ""
-        digest = f", {image['repo_digests'][0]}" if image.get("repo_digests") else ""
-        line += f" · image {image.get('reference')} ({ident}{digest}{commit})"
-    return line
-
-
-def conditions_line(settings: dict[str, Any]) -> str:
-    """'workload: levels 1,2,4 x 240 s, a spike every 25 s in an agent's slot · cache flushed before each window'.
-
-    The conditions that decide how comparable two reports are, in one line."""
-    capacity = settings.get("capacity") or {}
-    levels = ",".join(str(c) for c in settings.get("levels", []))
-    interval, mode = capacity.get("spike_interval_s"), capacity.get("spike_mode", "slot")
-    spikes = (f"a spike every {interval:g} s " + ("in an agent's slot" if mode == "slot" else "beside the agents")
-              if interval else "no spikes")
-    start = {"warm": "primed with its contexts and spikes", "flushed": "flushed",
-             "cold": "flushed (L3 storage cleared too)", "as-is": "left as it was",
-             }.get(settings.get("cache_start", "flushed"), "?")
-    return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
-            f" · cache {start} before each window")
-
-
-def render_markdown(data: dict[str, Any]) -> str:
-    out = ["# pytest-glmperf report", "",
-           f"status: **{data.get('status')}** · started {data.get('started_at')} · host {data.get('host')}", ""]
-    settings = data.get("settings") or {}
-    for name, target in data.get("targets", {}).items():
-        out += [f"## {name}", ""]
-        provenance = target.get("provenance") or {}
-        if provenance:
-            out += [provenance_line(provenance), ""]
-        profile_settings = settings.get(name.split("@", 1)[0])
-        if profile_settings:
-            out += [conditions_line(profile_settings), ""]
-        if target.get("start_error"):
-            out += [f"**server did not start**: {target['start_error']}", ""]
-        capacity = target["capacity"]
-        if capacity["levels"]:
-            out += ["### Capacity", "", level_table(capacity["levels"]), "",
-                    f"max usable concurrency: **{_fmt(capacity.get('max_usable'), '{}')}**"
-                    f" ({_fmt(capacity.get('max_usable_aggregate_tok_s'), '{:.2f}')} tok/s aggregate)", ""]
-            for lv in capacity["levels"]:
-                if lv.get("explain") and not lv.get("usable"):
-                    out.append(f"- c={lv['concurrency']}: {lv['explain']}")
-                for note in lv.get("notes", []):
-                    out.append(f"- c={lv['concurrency']} (low confidence) {note}")
-                if note := pacing_note(lv.get("simulator")):
-                    out.append(f"- c={lv['concurrency']}: {note}")
-            out.append("")
-        mixed = target.get("mixed")
-        if mixed:
-            rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
-            cache = mixed.get("cache") or {}
-            rows += [[title, _fmt(cache.get(key), "{:,.0f}")] for key, title in cache_rows([cache])]
-            out += ["### Mixed coding-agent workload", "",
-                    tabulate(rows, headers=["metric", "value"], tablefmt="github", disable_numparse=True), "",
-                    f"decode streams: {mixed.get('explain', '–')}", ""]
-            if note := pacing_note(mixed.get("simulator")):
-                out += [f"Mixed run: {note}.", ""]
-    if len(data.get("targets", {})) > 1:
-        out += ["## Side by side", ""]
-        for table in side_by_side(data["targets"]):
-            out += [table, ""]
-    return "\n".join(out)
-
-
-def render_terminal(data: dict[str, Any], write: Sink) -> None:
-    """Per-level table per target, then side-by-side tables when there are several."""
-    for name, target in data.get("targets", {}).items():
-        capacity = target["capacity"]
-        if capacity["levels"]:
-            write(f"glmperf {name}: capacity (max usable: {_fmt(capacity.get('max_usable'), '{}')})")
-            write(level_table(capacity["levels"], fmt="simple"))
-        mixed = target.get("mixed")
-        if mixed:
-            write(f"glmperf {name}: mixed workload ({mixed.get('explain', '–')})")
-            rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
-            write(tabulate(rows, tablefmt="simple", disable_numparse=True))
-        if summary := pacing_summary(target):
-            write(f"glmperf {name}: {summary}")
-    if len(data.get("targets", {})) > 1:
-        for table in side_by_side(data["targets"], fmt="simple"):
-            write(table)
+def levels_of(targets: Sequence[TargetReport]) -> list[int]:
+    """Every capacity level measured on any of ``targets``, ascending."""
+    return sorted({lv.concurrency for t in targets for lv in t.levels})

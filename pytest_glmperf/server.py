@@ -23,6 +23,7 @@ import httpx
 
 from .errors import ConfigError, ServerNotReady, ServerStartError
 from .profiles import ServerProfile
+from .provenance import redact_url
 from .teardown import _register, _unregister
 
 LOG_TAIL_LINES = 200
@@ -74,7 +75,13 @@ def wait_until_ready(base_url: str, timeout_s: float, *, check_alive: Callable[[
 
 
 class SimulatedServer:
-    """The built-in simulator in a child process on 127.0.0.1, on a free port."""
+    """The built-in simulator in a child process on 127.0.0.1, on a free port.
+
+    The child runs in its own session, so a SIGTERM to pytest's group does not cut it off
+    before teardown; its stdin is a pipe this process holds open, and with
+    ``--sim-exit-with-parent`` it shuts down at EOF, so even a SIGKILLed pytest leaves no
+    simulator listening (docs/simulator.md, "HTTP layer").
+    """
 
     def __init__(self, profile: ServerProfile, *, time_scale: float, log_path: Path,
                  startup_timeout_s: float = 60.0) -> None:
@@ -89,14 +96,15 @@ class SimulatedServer:
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pytest_glmperf.simulator", "--host", "127.0.0.1", "--port", "0",
-                "--time-scale", str(self.time_scale), *self.profile.server_args]
+                "--time-scale", str(self.time_scale), "--sim-exit-with-parent", *self.profile.server_args]
 
     def start(self) -> SimulatedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.profile.env, "PYTHONUNBUFFERED": "1"}
         began = time.monotonic()
-        self._process = subprocess.Popen(self.command(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                         text=True, env=env, start_new_session=True)
+        # stdin: the lifeline; its write end stays open here until stop() or this process dies.
+        self._process = subprocess.Popen(self.command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
         _register(self)  # its own session: a SIGTERM to pytest would not reach it
         port = self._read_port()
         self.base_url = f"http://127.0.0.1:{port}"
@@ -158,17 +166,22 @@ class SimulatedServer:
                 "time_scale": self.time_scale}
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s; idempotent."""
+        """SIGTERM, then SIGKILL after 10 s, then close the stdin pipe; idempotent."""
         _unregister(self)
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+        finally:
+            if process.stdin is not None:
+                process.stdin.close()  # nothing is ever written: closing cannot fail on a dead reader
 
 
 class ExternalServer:
@@ -176,7 +189,7 @@ class ExternalServer:
 
     def __init__(self, profile: ServerProfile, base_url: str, *, headers: dict[str, str] | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"--base-url must start with http:// or https://, got {base_url!r}")
+            raise ConfigError(f"--base-url must start with http:// or https://, got {redact_url(base_url)!r}")
         self.profile = profile
         self.base_url = base_url.rstrip("/")
         self.headers = headers
@@ -187,13 +200,14 @@ class ExternalServer:
             with httpx.Client(timeout=timeout_s, headers=self.headers) as http:
                 http.get(f"{self.base_url}/health_generate")
         except httpx.HTTPError as exc:
-            raise ServerStartError(f"--base-url {self.base_url} is unreachable: {type(exc).__name__}: {exc}") from None
+            raise ServerStartError(f"--base-url {redact_url(self.base_url)} is unreachable: "
+                                   f"{type(exc).__name__}: {redact_url(str(exc))}") from None
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return ""
 
     def provenance(self) -> dict[str, Any]:
-        return {"kind": "external", "base_url": self.base_url}
+        return {"kind": "external", "base_url": redact_url(self.base_url)}
 
     def stop(self) -> None:
         """Not ours to stop."""

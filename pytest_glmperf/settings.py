@@ -8,6 +8,7 @@ command line, ini, the ``--quick`` preset, the profile's options, the built-in d
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,8 +37,10 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str, Any], An
     def parse(key: str, value: Any) -> Any:
         try:
             number = kind(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key} must be a{'n integer' if kind is int else ' number'}, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         if number < minimum or (strict and number == minimum):
             bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
             raise ConfigError(f"{key} must be {bound}, got {value!r}")
@@ -87,6 +90,7 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
 
 
 positive_int = _number(int, 0, strict=True)
+non_negative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0, strict=True)
 non_negative_float = _number(float, 0, strict=False)
 
@@ -111,10 +115,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("profiles_file", _text, str(DEFAULT_REGISTRY), "profile registry YAML (relative to the rootdir)", metavar="PATH"),
     Option("base_url", _text, None, "test an already running server at URL (no lifecycle)", metavar="URL"),
     Option("concurrency_levels", parse_levels, (1, 2, 4, 8, 12), "capacity levels", quick=(1, 2, 4), metavar="N,N,..."),
-    Option("level_duration", positive_float, 240.0, "seconds of load per capacity level", quick=60.0, metavar="S"),
+    Option("level_duration", positive_float, 240.0, "seconds of load per capacity level", quick=90.0, metavar="S"),
     Option("contexts", positive_int, 8, "repository contexts of the capacity workload", quick=4, metavar="N"),
     Option("context_tokens", positive_int, 100_000, "tokens per context (both workloads)", quick=20_000, metavar="N"),
-    Option("max_output_tokens", positive_int, 1024, "output tokens per capacity request", quick=256, metavar="N"),
+    Option("max_output_tokens", positive_int, 1024, "output tokens per capacity request", quick=128, metavar="N"),
     Option("spike_interval", non_negative_float, 25.0, "seconds between long-prefill spikes in a capacity level (0: none)", quick=15.0, metavar="S"),
     Option("spike_output_tokens", positive_int, 64, "output tokens of a prefill spike", metavar="N"),
     Option("spike_mode", _choice(*SPIKE_MODES), "slot", "capacity spikes: 'slot' = the next free agent sends a due spike (N bounds every request in flight); 'extra' = on time, beside the N agents", metavar="slot|extra"),
@@ -131,18 +135,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("require_concurrency", positive_int, None, "level that must be usable (default: the profile's); higher levels xfail", metavar="N"),
     Option("time_scale", positive_float, 10.0, "simulator only: model time runs K times faster than wall time", metavar="K"),
     Option("request_timeout", positive_float, 1800.0, "seconds before a request counts as failed (model time)", metavar="S"),
+    Option("first_token_timeout", positive_float, None, "seconds (model time) a request may wait for its first token before it fails (default: twice --max-ttft-p95)", metavar="S"),
+    Option("stall_timeout", positive_float, None, "seconds (model time) a stream may stay silent once tokens flow before it fails (default: ten times --max-gap-p95)", metavar="S"),
+    Option("min_requests", non_negative_int, 20, "a verdict whose statistics rest on fewer requests is inconclusive (below 20 a P95 is mostly the sample's maximum)", metavar="N"),
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
     Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
     Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run", metavar="BOOL"),
     Option("clear_storage", _flag, False, "with the flush, also POST /hicache/storage-backend/clear: an L3 disk tier keeps what earlier windows wrote (clears a shared backend for every server on it)", flag=True),
     Option("warm_cache", _flag, False, "instead of flushing, send every context and spike text of a window once before it (a server that has seen these repositories)", flag=True),
     Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
-    Option("quick", _flag, False, "small preset: levels 1,2,4, 60 s levels, 20k-token contexts (under 90 s on the simulator)", flag=True),
+    Option("quick", _flag, False, "small preset: levels 1,2,4, 90 s levels of 128-token answers (enough requests for --min-requests), 20k-token contexts (about a minute on the simulator)", flag=True),
     Option("save_baseline", _text, None, "keep this run's report and records as baseline NAME", metavar="NAME"),
     Option("compare", _text, None, "compare with a saved baseline NAME or a report PATH; adds regression checks", metavar="NAME|PATH"),
     Option("baseline_store", _text, ".glmperf", "folder of saved baselines (relative to the rootdir)", metavar="DIR"),
     Option("tolerances", _mapping, None, "regression tolerances, e.g. tok_s_p50=10%,ttft_p95_s=15%,confidence=0.95 (default 10 % each)", metavar="K=V,..."),
-    Option("inconclusive", _choice("pass", "fail"), "pass", "how an inconclusive regression check counts", metavar="pass|fail"),
+    Option("inconclusive", _choice("pass", "fail"), "pass", "how an inconclusive verdict or regression check counts: pass (exit 0, the verdict still says INCONCLUSIVE) or fail", metavar="pass|fail"),
     Option("repeats", positive_int, 1, "run each capacity level N times; statistics and the gate pool them", metavar="N"),
     Option("images", _names, None, "run the suite on each image in turn (compose profiles)", metavar="REF[,REF...]"),
     Option("startup_timeout", positive_float, 1800.0, "seconds to wait for GET /health_generate == 200", metavar="S"),
@@ -150,9 +157,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("reuse_running", _flag, False, "use an already healthy server of the profile", flag=True),
 )
 BY_KEY = {option.key: option for option in OPTIONS}
+FIRST_TOKEN_TIMEOUT_X = 2.0   # default first-token timeout, in multiples of --max-ttft-p95
+STALL_TIMEOUT_X = 10.0        # default silence timeout, in multiples of --max-gap-p95
 GLOBAL_KEYS = {"profile", "profiles_file", "base_url", "report_dir", "quick", "images",
                "startup_timeout", "keep_running", "reuse_running", "save_baseline", "compare",
-               "baseline_store", "tolerances", "inconclusive"}
+               "baseline_store", "tolerances", "inconclusive", "min_requests"}
 
 
 @dataclass(frozen=True)
@@ -169,6 +178,8 @@ class RunSettings:
     request_timeout_s: float
     temperature: float
     flush_cache: bool
+    first_token_timeout_s: float | None = None
+    stall_timeout_s: float | None = None
     warm_cache: bool = False
     clear_storage: bool = False
     capacity_search: bool = False
@@ -184,6 +195,8 @@ class RunSettings:
             "require_concurrency": self.require_concurrency,
             "time_scale": self.time_scale,
             "request_timeout_s": self.request_timeout_s,
+            "first_token_timeout_s": self.first_token_timeout_s,
+            "stall_timeout_s": self.stall_timeout_s,
             "temperature": self.temperature,
             "cache_start": self.cache_start,
             "capacity_search": self.capacity_search,
@@ -241,6 +254,7 @@ class Settings:
 
         require = value("require_concurrency") or profile.require_concurrency
         levels = value("concurrency_levels")
+        thresholds = Thresholds(**{k: value(k) for k in Thresholds().as_dict()})
         return RunSettings(
             profile=profile,
             levels=levels,
@@ -256,10 +270,13 @@ class Settings:
                 duration_s=value("mixed_duration"), spike_interval_s=value("mixed_spike_interval"),
                 spike_output_tokens=value("spike_output_tokens"),
                 revisit_interval_s=value("revisit_interval")),
-            thresholds=Thresholds(**{k: value(k) for k in Thresholds().as_dict()}),
+            thresholds=thresholds,
             require_concurrency=require or max(levels),
             time_scale=value("time_scale"),
             request_timeout_s=value("request_timeout"),
+            # Waits that follow from the bar: a request this late can only break it.
+            first_token_timeout_s=value("first_token_timeout") or FIRST_TOKEN_TIMEOUT_X * thresholds.max_ttft_p95 or None,
+            stall_timeout_s=value("stall_timeout") or STALL_TIMEOUT_X * thresholds.max_gap_p95 or None,
             temperature=value("temperature"),
             flush_cache=value("flush_cache"),
             warm_cache=value("warm_cache"),
@@ -275,8 +292,10 @@ def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any],
     given: dict[str, Any] = {}
     for source in (ini, cli):  # command line last, so it wins
         for key, raw in source.items():
-            if raw is None or raw == "" or (raw is False and BY_KEY[key].flag):
+            if raw is None or (raw is False and BY_KEY[key].flag):
                 continue
+            if isinstance(raw, str) and not raw.strip():
+                raise ConfigError(f"{BY_KEY[key].cli} was given an empty value; leave it out to use its default")
             given[key] = BY_KEY[key].parse(key, raw)
     all_images = tuple(images) + tuple(given.pop("images", ()) or ())
     return Settings(given=given, images=all_images, api_key=os.environ.get("GLMPERF_API_KEY"))

@@ -22,8 +22,8 @@ __all__ = ["ERROR_KINDS"]
 ERROR_KINDS = (
     "http_status",    # the server answered >= 400 before streaming (its message is kept)
     "connect",        # the connection could not be opened
-    "timeout",        # connect/read timeout, or the whole-request deadline passed
-    "dropped",        # the connection broke mid-stream
+    "timeout",        # connect/read timeout, the first-token or stall limit, or the whole-request deadline
+    "dropped",        # the connection broke (a stale keep-alive connection is first retried once)
     "stream_error",   # an {"error": ...} payload inside the stream (even under HTTP 200)
     "malformed",      # an SSE event that is not `data: <json object>`
     "no_done",        # the stream ended without `data: [DONE]`

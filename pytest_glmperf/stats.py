@@ -1,20 +1,19 @@
 """Statistics over request records: per capacity level, and for the mixed workload.
 
 Percentiles use linear interpolation between closest ranks (numpy's default "linear"
-method, Hyndman & Fan type 7). An empty sample gives ``None``. A percentile over fewer
-samples than it needs to mean anything (20 for a P95, 2 for a P50) is flagged low-confidence.
+method, Hyndman & Fan type 7). An empty sample gives ``None``. How much evidence a verdict
+rests on is the threshold checks' business (``thresholds.py``): each statistic keeps the
+per-request values it was computed from in ``samples``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from .records import RequestRecord
-
-MIN_SAMPLES = {50: 2, 95: 20, 99: 100}
 
 
 def percentile(values: Iterable[float | None], pct: float) -> float | None:
@@ -54,14 +53,6 @@ def mean(values: Iterable[float | None]) -> float | None:
     return sum(data) / len(data) if data else None
 
 
-def low_confidence(name: str, pct: int, samples: int) -> str | None:
-    """A note when a percentile rests on too few samples, else None."""
-    needed = MIN_SAMPLES.get(pct, 2)
-    if samples < needed:
-        return f"{name}: P{pct} from {samples} requests (needs >= {needed})"
-    return None
-
-
 def span_s(records: Sequence[RequestRecord], start_ns: int) -> float | None:
     """Model seconds from start_ns to the last record's close."""
     ends = [r.done_ns for r in records if r.done_ns is not None]
@@ -86,7 +77,10 @@ class StreamStats:
     gap_p95_s: float | None = None
     gap_max_s: float | None = None
     completion_tokens: int = 0
-    notes: list[str] = field(default_factory=list)
+    retries: int = 0   # requests resent once after a stale keep-alive connection (never failures)
+    # The per-request values behind each judged statistic (thresholds.Limit.stat), so a
+    # verdict can say how much evidence it rests on; kept out of reports (the records are there).
+    samples: dict[str, tuple[float, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, records: Sequence[RequestRecord]) -> StreamStats:
@@ -107,20 +101,28 @@ class StreamStats:
             gap_p95_s=percentile(gaps, 95),
             gap_max_s=max((g for g in gaps if g is not None), default=None),
             completion_tokens=sum(r.output_tokens for r in ok),
+            retries=sum(int(r.extra.get("retries", 0)) for r in records),
         )
-        stats.notes = [
-            note
-            for note in (
-                low_confidence("ttft", 95, sum(t is not None for t in ttfts)),
-                low_confidence("max chunk gap", 95, sum(g is not None for g in gaps)),
-                low_confidence("tok/s", 50, len(ok)),
-            )
-            if note
-        ]
+        stats.samples = {
+            "failure_rate": tuple(0.0 if r.ok else 1.0 for r in records),
+            "tok_s_p50": _present(r.output_tok_s for r in ok),
+            "ttft_p95_s": _present(ttfts),
+            "gap_p95_s": _present(gaps),
+        }
         return stats
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "samples"}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamStats:
+        """The statistics of a saved report (fields it lacks keep their defaults)."""
+        names = {f.name for f in fields(cls)} - {"samples"}
+        return cls(**{key: value for key, value in data.items() if key in names})
+
+
+def _present(values: Iterable[float | None]) -> tuple[float, ...]:
+    return tuple(v for v in values if v is not None and not math.isnan(v))
 
 
 @dataclass
@@ -156,10 +158,12 @@ class LevelStats(StreamStats):
         duration = sum(s for s in spans if s) or None
         tokens = sum(r.output_tokens for r in records if r.ok)
         stats = cls(**base.as_dict())
+        stats.samples = {**base.samples, "failure_rate": tuple(0.0 if r.ok else 1.0 for r in records)}
         stats.requests = len(records)
         stats.failures = failures
         stats.failure_rate = failures / len(records) if records else None
         stats.completion_tokens = tokens
+        stats.retries = sum(int(r.extra.get("retries", 0)) for r in records)
         stats.concurrency = concurrency
         stats.duration_s = duration
         stats.aggregate_tok_s = tokens / duration if duration else None
@@ -212,7 +216,6 @@ class MixedStats:
     cache: dict[str, float | None] = field(default_factory=dict)
     by_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
     decode_streams: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
     @classmethod
     def of(
@@ -252,7 +255,6 @@ class MixedStats:
             cache=dict(cache_deltas),
             by_kind={k: StreamStats.of([r for r in records if r.kind == k]).as_dict() for k in kinds},
             decode_streams=StreamStats.of(decode).as_dict(),
-            notes=everything.notes,
         )
 
     def as_dict(self) -> dict[str, Any]:

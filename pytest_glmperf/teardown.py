@@ -18,7 +18,7 @@ import threading
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol, TypeVar
 
-__all__ = ["cancelled_by_sigterm", "run_async", "teardown_all"]
+__all__ = ["cancelled_by_sigterm", "install_signal_handlers", "run_async", "teardown_all"]
 
 T = TypeVar("T")
 
@@ -55,7 +55,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum} (SIGTERM)")
 
 
-def _install_handlers() -> None:
+def install_signal_handlers() -> None:
+    """SIGTERM behaves as Ctrl-C (records kept, partial report, summary) and atexit stops
+    what is still registered; idempotent. Installed by every session, whatever its server."""
     global _HANDLERS_INSTALLED, _PREVIOUS_SIGTERM
     if _HANDLERS_INSTALLED:
         return
@@ -72,7 +74,7 @@ def _install_handlers() -> None:
 
 def _register(server: Stoppable) -> None:
     with _ACTIVE_LOCK:
-        _install_handlers()
+        install_signal_handlers()
         _ACTIVE[id(server)] = server
 
 

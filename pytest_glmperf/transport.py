@@ -4,6 +4,8 @@ An httpcore connection pool whose sockets are :class:`_StampedStream`: every soc
 stamps ``perf_counter_ns()`` the moment it returns, and the first socket write of a request
 stamps its :class:`_Probe` (found through the ``_PROBE`` context variable of the request's
 own task), so neither httpx's set-up, a pool wait nor a connection (re)open counts in TTFT.
+The probe also remembers its socket, which tells a stale keep-alive connection apart from a
+server failure (:attr:`_Probe.stale_connection`).
 """
 
 from __future__ import annotations
@@ -22,13 +24,31 @@ _KEEPALIVE_S = 600.0            # idle pooled connections survive long prefills 
 
 
 class _Probe:
-    """Per-request send stamps, written by the socket layer of the request's own task."""
+    """Per-request send stamps, written by the socket layer of the request's own task.
 
-    __slots__ = ("send_ns", "sent_ns")
+    With the first write it also notes the socket and that socket's last read stamp: a
+    socket that had read bytes before served an earlier request (a reused keep-alive
+    connection), and a stamp that has not moved since means not one response byte came.
+    """
+
+    __slots__ = ("read_mark", "send_ns", "sent_ns", "stream")
 
     def __init__(self) -> None:
         self.send_ns = 0
         self.sent_ns = 0
+        self.stream: _StampedStream | None = None
+        self.read_mark = 0
+
+    @property
+    def stale_connection(self) -> bool:
+        """Sent on a reused connection that then failed before a single response byte came.
+
+        That is the race of a server closing an idle keep-alive connection as the request
+        went out: nothing was measured and nothing was answered, so it is no server failure
+        and the request may be sent again (urllib3 and Go's net/http do the same).
+        """
+        stream = self.stream
+        return stream is not None and self.read_mark != 0 and stream.read_ns == self.read_mark
 
 
 _PROBE: contextvars.ContextVar[_Probe | None] = contextvars.ContextVar("glmperf_probe",
@@ -36,22 +56,24 @@ _PROBE: contextvars.ContextVar[_Probe | None] = contextvars.ContextVar("glmperf_
 
 
 class _StampedStream(httpcore.AsyncNetworkStream):
-    """A socket stream that remembers when its last read returned and stamps sends."""
+    """A socket stream that remembers when its last read returned bytes and stamps sends."""
 
     def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
         self._inner = inner
-        self.read_ns = 0
+        self.read_ns = 0            # the last read that returned bytes; 0 on a fresh socket
         self._socket: Any = None
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         data = await self._inner.read(max_bytes, timeout)
-        self.read_ns = time.perf_counter_ns()
+        if data:  # EOF stamps nothing: read_ns moves only when bytes came (see _Probe)
+            self.read_ns = time.perf_counter_ns()
         return data
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         probe = _PROBE.get()
         if probe is not None and not probe.send_ns:
             probe.send_ns = time.perf_counter_ns()
+            probe.stream, probe.read_mark = self, self.read_ns
         await self._inner.write(buffer, timeout)
         if probe is not None:
             probe.sent_ns = time.perf_counter_ns()

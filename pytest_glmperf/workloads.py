@@ -129,6 +129,7 @@ class Load:
         self.in_flight: set[asyncio.Task[RequestRecord]] = set()
         self.active: dict[int, RequestRecord] = {}  # requests on the wire, by id()
         self.cut_reason: str | None = None
+        self.error: BaseException | None = None  # the first exception a load task raised
 
     async def send(self, kind: str, context_key: str, context_tokens: int, max_tokens: int,
                    context_id: int | None = None) -> RequestRecord:
@@ -153,7 +154,7 @@ class Load:
             await self.client.stream(prepared, record)
         finally:
             del self.active[id(record)]
-            if self.cut_reason is not None and record.done_ns is None:
+            if self.cut_reason is not None and record.extra.get("error_kind") == "cancelled":
                 record.outcome, record.error = CUT, f"level stopped early: {self.cut_reason}"
             self.run.records.append(record)
             self.on_record(record)
@@ -168,13 +169,25 @@ class Load:
         """Fire a request that must not block its scheduler (spikes, revisits)."""
         task = asyncio.ensure_future(coro)
         self.in_flight.add(task)
-        task.add_done_callback(self.in_flight.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
+        """A task that raised stops the whole window: its numbers would not mean what they say."""
+        self.in_flight.discard(task)  # type: ignore[arg-type]
+        if task.cancelled() or task.exception() is None or self.error is not None:
+            return
+        self.error = task.exception()
+        for other in list(self.in_flight):
+            other.cancel()
 
     async def drain(self) -> None:
-        """Let every request already sent finish; nothing in flight is abandoned."""
+        """Let every request already sent finish; nothing in flight is abandoned. A load task
+        that raised is re-raised here, after the others have been stopped and recorded."""
         while self.in_flight:
             await asyncio.gather(*list(self.in_flight), return_exceptions=True)
         self.run.end_ns = time.perf_counter_ns()
+        if self.error is not None:
+            raise self.error
 
     def cut(self, reason: str) -> None:
         """Stop the window now: cancel agents and requests (their records are kept as cut)."""
@@ -329,6 +342,7 @@ async def _report_until_drained(load: Load, window_s: float, progress: Progress 
             reason = stop_check() if stop_check and load.cut_reason is None else None
             if reason:
                 load.cut(reason)
+        drained.result()  # a load task's exception surfaces here, as the window's error
     finally:
         if not drained.done():
             for task in list(load.in_flight):

@@ -1,9 +1,11 @@
 """Shared test set-up: pytester for running the plugin on inner test projects."""
 
 import gc
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,6 +13,32 @@ pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY = REPO / "compose" / "profiles.yaml"
+IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def _no_docker(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI needs a Docker engine for the compose tests (run .ci/setup-docker.sh): {reason}")
+    pytest.skip(f"no Docker engine here: {reason}")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Any:
+    """A real Docker engine with Compose v2 and the simulator image, or a skip (a failure in CI)."""
+    try:
+        import docker
+
+        from pytest_glmperf.compose import find_compose
+
+        client = docker.from_env(timeout=60)
+        client.ping()
+        find_compose()
+    except Exception as exc:
+        _no_docker(f"{type(exc).__name__}: {exc}")
+    from pytest_glmperf.sim_image import ensure_sim_image
+
+    ensure_sim_image(progress=lambda msg: print(f"[sim-image] {msg}"))
+    return client
 
 
 def pytest_configure() -> None:

@@ -8,30 +8,22 @@ import pytest
 
 from pytest_glmperf.baseline import list_baselines, load_baseline, save_baseline, slug
 from pytest_glmperf.errors import ConfigError
+from pytest_glmperf.outputs import publish
 from pytest_glmperf.records import RecordLog, RequestRecord
-from pytest_glmperf.report import RunReport
+from tests.builders import level, run, target
 
 IMAGE_TARGET = "hicache@lmsysorg/sglang:v0.5.3"
 
 
-def level(c: int) -> dict:
-    return {"concurrency": c, "usable": True, "status": "pass", "requests": 30, "failure_rate": 0.0,
-            "tok_s_p50": 9.0, "ttft_p95_s": 20.0, "gap_p95_s": 0.5, "aggregate_tok_s": 10.0 * c, "notes": []}
-
-
 def finished_run(directory, targets=("sim-hicache", IMAGE_TARGET), records_per_target=3):
     """A run folder as the plugin leaves it: report.json (+ .md) and records.jsonl."""
-    report = RunReport.start({t: {"thresholds": {"max_gap_p95": 8.0}} for t in targets})
-    for target in targets:
-        report.record_level(target, level(1))
-        if "@" in target:
-            report.target(target)["provenance"] = {"kind": "compose", "image": target.split("@", 1)[1]}
-    report.status = "complete"
-    report.write(directory)
+    entries = [target(key, [level(1)], provenance={"kind": "compose", "image": {"reference": key.split("@", 1)[1]}}
+                      if "@" in key else None) for key in targets]
+    publish(directory, run(*entries))
     log = RecordLog(directory / "records.jsonl")
-    for target in targets:
+    for key in targets:
         for i in range(records_per_target):
-            log.append(RequestRecord(request_id=f"{target}-{i}", profile=target, level=1, scenario="capacity",
+            log.append(RequestRecord(request_id=f"{key}-{i}", profile=key, level=1, scenario="capacity",
                                      send_ns=0, first_token_ns=10, chunk_ns=[10, 20], chunk_tokens=[1, 1],
                                      done_ns=30, completion_tokens=2))
     log.close()
@@ -67,16 +59,16 @@ def test_load_by_name_merges_every_target(tmp_path):
     assert len(baseline.records) == 6 and all(isinstance(r, RequestRecord) for r in baseline.records)
     assert {r.profile for r in baseline.records} == {"sim-hicache", IMAGE_TARGET}
     assert len(baseline.meta) == 2 and len(baseline.sources) == 2
-    assert set(baseline.report["settings"]) == {"sim-hicache", IMAGE_TARGET}
+    assert {t.key for t in baseline.report.targets if t.settings["thresholds"]} == {"sim-hicache", IMAGE_TARGET}
 
 
 def test_load_by_path_to_a_run_folder_or_its_report(tmp_path):
-    run = finished_run(tmp_path / "run", targets=("sim-hicache",))
-    for ref in (str(run), str(run / "report.json")):
+    folder = finished_run(tmp_path / "run", targets=("sim-hicache",))
+    for ref in (str(folder), str(folder / "report.json")):
         baseline = load_baseline(ref, tmp_path / "nowhere")
         assert baseline.targets == ["sim-hicache"] and len(baseline.records) == 3
-    (run / "records.jsonl").unlink()
-    assert load_baseline(str(run), tmp_path).records == []
+    (folder / "records.jsonl").unlink()
+    assert load_baseline(str(folder), tmp_path).records == []
 
 
 def test_load_by_path_to_a_saved_baseline_folder(tmp_path):
@@ -121,10 +113,10 @@ def test_saving_again_replaces_only_the_targets_measured(tmp_path):
 
 
 def test_torn_record_lines_are_dropped(tmp_path):
-    run = finished_run(tmp_path / "run", targets=("sim-hicache",))
-    with (run / "records.jsonl").open("a") as handle:
+    folder = finished_run(tmp_path / "run", targets=("sim-hicache",))
+    with (folder / "records.jsonl").open("a") as handle:
         handle.write('{"request_id": "torn", "prof')
-    save_baseline(run, "prod", tmp_path / "store")
+    save_baseline(folder, "prod", tmp_path / "store")
     assert len(load_baseline("prod", tmp_path / "store").records) == 3
 
 

@@ -8,8 +8,9 @@ import pytest
 from pytest_glmperf.charts import MAX_TICK_BINS, assign_lanes, capacity_chart, timeline_chart
 from pytest_glmperf.htmlreport import markdown_to_html, write_html
 from pytest_glmperf.records import FAILED, RequestRecord
-from pytest_glmperf.report import RunReport, render_markdown
+from pytest_glmperf.render import render_markdown
 from pytest_glmperf.thresholds import Thresholds
+from tests.builders import level, run, target
 
 S = 1_000_000_000
 SVG = "{http://www.w3.org/2000/svg}"
@@ -29,16 +30,10 @@ def texts(root: ET.Element) -> str:
     return " ".join("".join(el.itertext()) for el in root.iter(f"{SVG}text"))
 
 
-def level(c: int, usable: bool, gap: float) -> dict:
-    return {"concurrency": c, "usable": usable, "status": "pass" if usable else "fail", "requests": 40,
-            "tok_s_p50": 20.0 / c ** 0.3, "ttft_p95_s": 10.0 * c, "gap_p95_s": gap, "aggregate_tok_s": 18.0 * c}
-
-
-def report(target: str, gaps: dict[int, float]) -> dict:
-    run = RunReport.start({})
-    for c, gap in gaps.items():
-        run.record_level(target, level(c, gap <= 8, gap))
-    return run.as_dict()
+def report(key: str, gaps: dict[int, float]) -> dict:
+    levels = [level(c, "pass" if gap <= 8 else "fail", gap=gap, tok_s=20.0 / c ** 0.3, ttft=10.0 * c, agg=18.0 * c)
+              for c, gap in gaps.items()]
+    return run(target(key, levels), status="running", decided=False).as_dict()
 
 
 # -- capacity ------------------------------------------------------------------------------------
@@ -160,7 +155,8 @@ def test_timeline_of_nothing_renders():
 
 def test_write_html_inlines_charts_and_needs_nothing_online(tmp_path):
     data = report("sim-hicache", {1: 0.5, 2: 12.0})
-    markdown = render_markdown(data) + "\n## Charts\n\n![capacity](capacity.svg)\n"
+    typed = run(target("sim-hicache", [level(1), level(2, "fail")]), status="running", decided=False)
+    markdown = render_markdown(typed) + "\n## Charts\n\n![capacity](capacity.svg)\n"
     svg = capacity_chart({"run": data}, Thresholds().as_dict())
     path = write_html(tmp_path, markdown, {"capacity": svg, "timeline": timeline_chart([], {}, 8.0)})
     assert path == tmp_path / "report.html"

@@ -8,6 +8,7 @@ Timing against a live server is in test_client.py.
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -155,8 +156,20 @@ def test_repr_redacts_the_api_key() -> None:
     assert "***" in repr(client)
 
 
-@pytest.mark.parametrize("kwargs", [{"concurrency": 0}, {"concurrency": 1, "time_scale": 0},
-                                    {"concurrency": 1, "request_timeout_s": -1}])
+@pytest.mark.parametrize("kwargs", [
+    {"concurrency": 0}, {"concurrency": 1, "time_scale": 0}, {"concurrency": 1, "request_timeout_s": -1},
+    *({"concurrency": 1, name: value}
+      for name in ("time_scale", "request_timeout_s", "connect_timeout_s", "first_token_timeout_s",
+                   "stall_timeout_s")
+      for value in (0, -1.0, math.nan, math.inf)),
+    {"concurrency": 1, "stall_timeout_s": "80"}])
 def test_bad_settings_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         StreamingClient("http://h:1", **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_first_token_and_stall_limits_are_off_unless_set() -> None:
+    assert StreamingClient("http://h:1", concurrency=1).first_token_timeout_s is None
+    client = StreamingClient("http://h:1", concurrency=1, time_scale=10, first_token_timeout_s=360,
+                             stall_timeout_s=80.5)
+    assert (client.first_token_timeout_s, client.stall_timeout_s) == (360, 80.5)

@@ -30,31 +30,6 @@ pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parents[1]
 REGISTRY = REPO / "compose" / "profiles.yaml"
-IN_CI = os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
-
-
-def _no_docker(reason: str) -> None:
-    if IN_CI:
-        pytest.fail(f"CI needs a Docker engine for the compose tests (run .ci/setup-docker.sh): {reason}")
-    pytest.skip(f"no Docker engine here: {reason}")
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Any:
-    try:
-        import docker
-
-        client = docker.from_env(timeout=60)
-        client.ping()
-        find_compose()
-    except Exception as exc:
-        _no_docker(f"{type(exc).__name__}: {exc}")
-    from pytest_glmperf.sim_image import ensure_sim_image
-
-    ensure_sim_image(progress=lambda msg: print(f"[sim-image] {msg}"))
-    return client
-
-
 @pytest.fixture(scope="module")
 def sim_profile() -> ServerProfile:
     return load_registry(REGISTRY).get("sim")

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REGISTRY
-from tests.test_compose import docker_client  # noqa: F401  (module fixture: engine + sim image, or skip/fail)
 
 pytestmark = pytest.mark.docker
 
@@ -23,8 +22,9 @@ CAPACITY_TEST = """
 def test_capacity(glmperf_capacity):
     glmperf_capacity.assert_usable()
 """
-TINY = ["--concurrency-levels=1", "--contexts=1", "--context-tokens=1500", "--max-output-tokens=40",
-        "--spike-interval=0", "--time-scale=20", "-p", "no:cacheprovider", "-rA"]
+TINY = ["--concurrency-levels=1", "--require-concurrency=1", "--min-requests=2", "--contexts=1",
+        "--context-tokens=1500", "--max-output-tokens=40", "--spike-interval=0", "--time-scale=20",
+        "-p", "no:cacheprovider", "-rA"]
 
 
 def sim_containers(client) -> list:
@@ -40,7 +40,7 @@ def wait_for_records(path: Path, count: int, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{path} never held {count} records")
 
 
-def test_two_images_side_by_side_with_deltas(pytester: pytest.Pytester, docker_client):  # noqa: F811
+def test_two_images_side_by_side_with_deltas(pytester: pytest.Pytester, docker_client):
     image = docker_client.images.get("glmperf-sim:latest")
     image.tag("glmperf-sim", "candidate")
     try:
@@ -48,7 +48,7 @@ def test_two_images_side_by_side_with_deltas(pytester: pytest.Pytester, docker_c
         result = pytester.runpytest_subprocess(
             f"--profiles-file={REGISTRY}", "--profile=sim", "--image=glmperf-sim:latest",
             "--image=glmperf-sim:candidate", "--report-dir=out", "--level-duration=8", *TINY, timeout=600)
-        result.assert_outcomes(passed=2)
+        result.assert_outcomes(passed=3)  # two levels and the verdict
         result.stdout.fnmatch_lines(["*test_capacity[[]sim@glmperf-sim:latest-c1[]]*",
                                      "*test_capacity[[]sim@glmperf-sim:candidate-c1[]]*"])
         report = json.loads((pytester.path / "out" / "report.json").read_text())
@@ -65,7 +65,7 @@ def test_two_images_side_by_side_with_deltas(pytester: pytest.Pytester, docker_c
 
 
 def test_server_killed_mid_level_fails_that_level_and_later_profiles_still_run(
-        pytester: pytest.Pytester, docker_client):  # noqa: F811
+        pytester: pytest.Pytester, docker_client):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     out = pytester.path / "out"
 
@@ -80,7 +80,7 @@ def test_server_killed_mid_level_fails_that_level_and_later_profiles_still_run(
         f"--profiles-file={REGISTRY}", "--profile=sim,sim-hicache", f"--report-dir={out}", "--level-duration=60",
         *TINY, timeout=600)
     killer.join(timeout=5)
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, failed=2)  # sim's level, and the verdict
     result.stdout.fnmatch_lines(["*sim at concurrency 1 is not usable:*", "*failure_rate = * > max_failure_rate*",
                                  "*server died during the level: the container of profile 'sim' is *"])
     result.stdout.fnmatch_lines(["PASSED test_cap.py::test_capacity[[]sim-hicache-c1[]]*"])
@@ -91,7 +91,7 @@ def test_server_killed_mid_level_fails_that_level_and_later_profiles_still_run(
 
 
 def test_ctrl_c_during_a_compose_level_leaves_partial_report_and_no_container(
-        pytester: pytest.Pytester, docker_client):  # noqa: F811
+        pytester: pytest.Pytester, docker_client):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     out = pytester.path / "out"
     command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", "--profile=sim",

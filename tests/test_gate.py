@@ -53,7 +53,7 @@ def test_slower_server_fails_the_gate_and_a_repeat_does_not(pytester: pytest.Pyt
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
 
     saved = run(pytester, 0.8, "base", "--save-baseline=before")
-    saved.assert_outcomes(passed=2)  # regression items exist only with --compare
+    saved.assert_outcomes(passed=3)  # two tests and the verdict: regression items exist only with --compare
     assert (pytester.path / "store" / "before").is_dir()
 
     slowed = run(pytester, 0.05, "slow", "--compare=before")

@@ -2,7 +2,8 @@
 
 Inner runs use a tiny workload (2k-token contexts, 5-model-second levels at time scale 20),
 so each finishes in seconds while going through every real part: simulator subprocess,
-streaming client, workloads, statistics, verdicts, reports.
+streaming client, workloads, statistics, verdicts, reports. Their levels yield a handful of
+requests, so they lower --min-requests; the session verdict is one more test item.
 """
 
 import json
@@ -29,7 +30,7 @@ def test_mixed(glmperf_mixed):
 TINY = ["--concurrency-levels", "1,2", "--level-duration", "6", "--contexts", "2", "--context-tokens", "2000",
         "--max-output-tokens", "48", "--spike-interval", "3", "--mixed-duration", "6", "--mixed-contexts", "2",
         "--mixed-max-output-tokens", "48", "--mixed-spike-interval", "3", "--revisit-interval", "4",
-        "--time-scale", "20", "-p", "no:cacheprovider"]
+        "--time-scale", "20", "--require-concurrency", "2", "--min-requests", "2", "-p", "no:cacheprovider"]
 
 
 def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -82,7 +83,7 @@ def test_unreachable_base_url_is_reported_before_tests(pytester: pytest.Pytester
 def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
     result = run_inner(pytester, "-v", "--junitxml", "junit.xml")
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=4)
     result.stdout.fnmatch_lines(["*glmperf sim-hicache c=1: * s  requests done *  failed 0*"])
     result.stdout.fnmatch_lines(["*test_capacity[[]sim-hicache-c1[]] PASSED*",
                                  "*test_capacity[[]sim-hicache-c2[]] PASSED*",
@@ -113,7 +114,7 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
 def test_broken_bar_fails_naming_threshold_and_xfails_beyond_required(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--max-gap-p95", "0.000001", "--require-concurrency", "1", "-rxX")
-    result.assert_outcomes(failed=1, xfailed=1)
+    result.assert_outcomes(failed=2, xfailed=1)  # c1, and the verdict
     result.stdout.fnmatch_lines([
         "*sim-hicache at concurrency 1 is not usable:*",
         "*gap_p95_s = * s > max_gap_p95 1e-06 s*",
@@ -193,8 +194,8 @@ def cpu_hog():
 def test_starved_client_makes_the_level_invalid_not_failed(pytester: pytest.Pytester):
     pytester.makeconftest(HOG_CONFTEST)
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = run_inner(pytester, "--concurrency-levels", "1")
-    result.assert_outcomes(errors=1)
+    result = run_inner(pytester, "--concurrency-levels", "1", "--require-concurrency", "1")
+    result.assert_outcomes(errors=1, failed=1)
     # Which symptom shows first (loop lag, CPU, concurrency) depends on the machine; each names the client.
     result.stdout.fnmatch_lines(["*MeasurementInvalid: sim-hicache at concurrency 1: measurement invalid, client*"])
     report = json.loads((pytester.path / "out" / "report.json").read_text())
@@ -206,7 +207,7 @@ def test_a_simulator_behind_wall_time_says_so_in_the_report(pytester: pytest.Pyt
     # At 2000 model seconds per wall second no host keeps up: ~25 ms model steps would need
     # ~12 us of wall time each, so steps arrive late and the report must say by how much.
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = run_inner(pytester, "--concurrency-levels", "1", "--time-scale", "2000")
+    result = run_inner(pytester, "--concurrency-levels", "1", "--require-concurrency", "1", "--time-scale", "2000")
     result.stdout.fnmatch_lines(["*glmperf sim-hicache: simulator behind wall time in 1 window(s): * steps late*"])
     out = pytester.path / "out"
     level = json.loads((out / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]["levels"][0]
@@ -225,7 +226,7 @@ def test_server_errors_mid_run_are_recorded_and_the_run_goes_on(pytester: pytest
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = pytester.runpytest_subprocess("--profiles-file=profiles.yaml", "--profile=flaky", "--report-dir=out",
                                            *TINY, timeout=300)
-    result.assert_outcomes(failed=2)  # both levels ran to the end despite the errors
+    result.assert_outcomes(failed=3)  # both levels ran to the end despite the errors
     result.stdout.fnmatch_lines(["*failure_rate = 0.* > max_failure_rate 0.05*"])
     records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
     errors = [r for r in records if r["outcome"] == "failed"]
@@ -236,33 +237,49 @@ def test_server_errors_mid_run_are_recorded_and_the_run_goes_on(pytester: pytest
 @pytest.mark.parametrize("profile", ["sim-hicache-mtp", "sim-hicache-400g", "sim-hicache-l3"])
 def test_profiles_declared_in_yaml_alone_run(pytester: pytest.Pytester, profile: str):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = run_inner(pytester, f"--profile={profile}", "--concurrency-levels=1")
-    result.assert_outcomes(passed=1)
+    result = run_inner(pytester, f"--profile={profile}", "--concurrency-levels=1", "--require-concurrency=1")
+    result.assert_outcomes(passed=2)
 
 
 def test_a_server_that_cannot_start_errors_its_tests_and_is_reported(pytester: pytest.Pytester):
     import yaml
 
     profiles = yaml.safe_load(REGISTRY.read_text())["profiles"]
-    broken = dict(profiles["sim-hicache"], server_args=["--mem-fraction-static", "banana"])
+    broken = dict(profiles["sim-hicache"], server_args=[*profiles["sim-hicache"]["server_args"],
+                                                        "--sim-crash-after", "0"])
     (pytester.path / "profiles.yaml").write_text(yaml.safe_dump({"profiles": {"broken": broken}}))
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = pytester.runpytest_subprocess("--profiles-file=profiles.yaml", "--profile=broken", "--report-dir=out",
                                            *TINY, timeout=120)
-    result.assert_outcomes(errors=2)
+    result.assert_outcomes(errors=2, failed=1)
     result.stdout.fnmatch_lines(["*ServerStartError: simulator for profile 'broken' did not start*",
-                                 "*--mem-fraction-static: invalid value 'banana'*"])
-    result.stdout.fnmatch_lines(["glmperf FAIL: *server did not start: broken*"])
+                                 "*glmperf-sim: simulated crash*"])
+    result.stdout.fnmatch_lines(["glmperf FAIL: broken: server did not start (*did not start. exit code *)"])
     result.stdout.no_fnmatch_line("*During handling of the above exception*")
     report = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert "mem-fraction-static" in report["targets"]["broken"]["start_error"]
+    assert "simulated crash" in report["targets"]["broken"]["start_error"]
+    assert report["verdict"]["status"] == "FAIL"
     assert "server did not start" in (pytester.path / "out" / "report.md").read_text()
+
+
+def test_a_misspelt_sglang_flag_is_a_usage_error_before_any_server_starts(pytester: pytest.Pytester):
+    import yaml
+
+    profiles = yaml.safe_load(REGISTRY.read_text())["profiles"]
+    typo = dict(profiles["sim-hicache"], server_args=["--enable-hierarchical-cache", "--hicache-sise", "400"])
+    (pytester.path / "profiles.yaml").write_text(yaml.safe_dump({"profiles": {"typo": typo}}))
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = pytester.runpytest_subprocess("--profiles-file=profiles.yaml", "--profile=typo", "--report-dir=out",
+                                           *TINY, timeout=120)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*profile 'typo': unknown SGLang flag --hicache-sise (did you mean --hicache-size?)*"])
+    assert not (pytester.path / "out" / "report.json").exists()
 
 
 def test_repeats_run_each_level_again_and_pool_the_statistics(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = run_inner(pytester, "--concurrency-levels=1", "--repeats=2")
-    result.assert_outcomes(passed=1)
+    result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "--repeats=2")
+    result.assert_outcomes(passed=2)
     records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
     repeats = {r["extra"].get("repeat") for r in records if r["scenario"] == "capacity"}
     assert repeats == {0, 1}
@@ -280,15 +297,15 @@ def glmperf_thresholds():
     return Thresholds(max_gap_p95=0.000001)
 """)
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = run_inner(pytester, "--concurrency-levels=1")
-    result.assert_outcomes(failed=1)
+    result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1")
+    result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*gap_p95_s = * s > max_gap_p95 1e-06 s*"])
 
 
 def test_warm_cache_primes_each_window_and_its_spikes_hit_the_cache(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
-    result = run_inner(pytester, "--concurrency-levels=1", "--warm-cache")
-    result.assert_outcomes(passed=2)
+    result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "--warm-cache")
+    result.assert_outcomes(passed=3)
     result.stdout.fnmatch_lines(["*glmperf sim-hicache c=1: priming 2 contexts (--warm-cache)*",
                                  "*glmperf sim-hicache mixed: priming 3 contexts (--warm-cache)*"])
     out = pytester.path / "out"
@@ -300,21 +317,21 @@ def test_warm_cache_primes_each_window_and_its_spikes_hit_the_cache(pytester: py
     spikes = [r for r in records if r["kind"] == "spike"]
     assert spikes and all(r["cached_tokens"] > 0.9 * r["prompt_tokens"] for r in spikes)
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["sim-hicache"]["cache_start"] == "warm"
+    assert report["targets"]["sim-hicache"]["settings"]["cache_start"] == "warm"
     target = report["targets"]["sim-hicache"]
     assert target["capacity"]["levels"][0]["requests"] == sum(r["scenario"] == "capacity" for r in records)
 
 
 def test_without_warm_cache_each_window_starts_flushed_and_spikes_are_fresh(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = run_inner(pytester, "--concurrency-levels=1")
-    result.assert_outcomes(passed=1)
+    result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1")
+    result.assert_outcomes(passed=2)
     records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
     assert not [r for r in records if r["scenario"] == "prime"]
     spikes = [r for r in records if r["kind"] == "spike"]
     assert spikes and all(not r["cached_tokens"] for r in spikes)
     report = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert report["settings"]["sim-hicache"]["cache_start"] == "flushed"
+    assert report["targets"]["sim-hicache"]["settings"]["cache_start"] == "flushed"
 
 
 @pytest.mark.parametrize("clear", [False, True])
@@ -323,13 +340,13 @@ def test_clear_storage_makes_flushed_windows_cold_on_an_l3_server(pytester: pyte
     --clear-storage empties it before the flush."""
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--profile=sim-hicache-l3", *(["--clear-storage"] if clear else []))
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
     level2 = sorted((r for r in records if r["level"] == 2 and r["kind"] == "agent"), key=lambda r: r["send_ns"])
     opening = next(r for r in level2 if r["context_id"] == 0)   # seen at level 1, then flushed
     assert (opening["cached_tokens"] == 0) if clear else (opening["cached_tokens"] > 1000)
     report = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert report["settings"]["sim-hicache-l3"]["cache_start"] == ("cold" if clear else "flushed")
+    assert report["targets"]["sim-hicache-l3"]["settings"]["cache_start"] == ("cold" if clear else "flushed")
 
 
 def _busy_intervals(records: list[dict], kind: str) -> list[tuple[int, int]]:
@@ -339,8 +356,9 @@ def _busy_intervals(records: list[dict], kind: str) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("mode", ["slot", "extra"])
 def test_spike_mode_decides_whether_a_spike_takes_an_agents_slot(pytester: pytest.Pytester, mode: str):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = run_inner(pytester, "--concurrency-levels=1", "--spike-interval=2", f"--spike-mode={mode}")
-    result.assert_outcomes(passed=1)
+    result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "--spike-interval=2",
+                       f"--spike-mode={mode}")
+    result.assert_outcomes(passed=2)
     records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
     spikes, agents = _busy_intervals(records, "spike"), _busy_intervals(records, "agent")
     assert len(spikes) == 2  # due at 2 and 4 s of the 6 s window
@@ -348,14 +366,14 @@ def test_spike_mode_decides_whether_a_spike_takes_an_agents_slot(pytester: pytes
     # slot: one request in flight at level 1, spikes included; extra: beside the agent.
     assert (overlapping == []) if mode == "slot" else (overlapping == spikes)
     report = json.loads((pytester.path / "out" / "report.json").read_text())
-    assert report["settings"]["sim-hicache"]["capacity"]["spike_mode"] == mode
+    assert report["targets"]["sim-hicache"]["settings"]["capacity"]["spike_mode"] == mode
 
 
 def test_a_revisit_goes_back_to_a_context_already_worked_on(pytester: pytest.Pytester):
     pytester.makepyfile(test_mix=MIXED_TEST)
     # One worker walking 8 contexts: at each revisit most contexts are still unopened.
     result = run_inner(pytester, "--mixed-contexts=8", "--decode-workers=1", "--revisit-interval=1.5")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
     mixed = sorted((r for r in records if r["scenario"] == "mixed" and r["kind"] != "spike"),
                    key=lambda r: r["send_ns"])

@@ -9,6 +9,7 @@ from pytest_glmperf.baseline import Baseline
 from pytest_glmperf.errors import ConfigError
 from pytest_glmperf.records import RequestRecord
 from pytest_glmperf.regression import (
+    ERROR,
     FAIL,
     INCONCLUSIVE,
     PASS,
@@ -20,8 +21,8 @@ from pytest_glmperf.regression import (
     compare_reports,
     split_runs,
 )
-from pytest_glmperf.report import RunReport
-from pytest_glmperf.results import LevelResult
+from pytest_glmperf.report import RunReport, TargetReport
+from pytest_glmperf.results import CAPACITY, LevelResult
 from pytest_glmperf.stats import LevelStats
 from pytest_glmperf.thresholds import Thresholds
 
@@ -58,20 +59,26 @@ def closed_loop(rnd: random.Random, target: str, level: int, duration_s: float, 
 
 
 def run(seed: int, target: str = "sim", levels=(1, 2, 4), duration_s: float = 600, slow: float = 1.0,
-        stall_at: dict[int, float] | None = None, report: RunReport | None = None, repeat: int | None = None):
-    """A report built by the real statistics code, and its records."""
+        stall_at: dict[int, float] | None = None, settings: dict | None = None, repeat: int | None = None,
+        provenance: dict | None = None):
+    """A report built by the real statistics and verdict code, and its records."""
     rnd = random.Random(seed)
-    report = report or RunReport.start({target: {"thresholds": Thresholds().as_dict()}})
-    records = []
+    results, records = [], []
     for level in levels:
         recs = closed_loop(rnd, target, level, duration_s, slow, (stall_at or {}).get(level, 1.0))
         if repeat is not None:
             for r in recs:
                 r.extra["repeat"] = repeat
         stats = LevelStats.of_level(level, recs, 0)
-        report.record_level(target, LevelResult.judge(target, level, stats, Thresholds()).as_report())
+        results.append(LevelResult.judge(target, CAPACITY, level, stats, Thresholds()))
         records += recs
-    return report.as_dict(), records
+    entry = TargetReport(target, settings=settings or {"thresholds": Thresholds().as_dict()},
+                         levels=tuple(results), provenance=provenance)
+    return RunReport(targets=(entry,)), records
+
+
+def with_target(report: RunReport, **changes) -> RunReport:
+    return report.but(targets=(report.targets[0].but(**changes),))
 
 
 def by_metric(checks: list[Check], metric: str) -> list[Check]:
@@ -170,13 +177,15 @@ def test_too_few_requests_is_inconclusive_with_the_reason():
     assert ttft.ci_low is not None  # the interval is still shown
 
 
-def test_missing_metric_or_records_is_inconclusive():
+def test_missing_data_is_an_error_on_this_side_and_inconclusive_on_the_baselines():
     base_report, _ = run(7, levels=(1, 2))
     report, records = run(8, levels=(1, 2, 4))
-    report["targets"]["sim"]["capacity"]["levels"][0]["gap_p95_s"] = None
+    first = report.targets[0].levels[0]
+    gapless = first.but(stats=dataclasses.replace(first.stats, gap_p95_s=None))
+    report = with_target(report, levels=(gapless, *report.targets[0].levels[1:]))
     checks = compare_reports(report, records, Baseline("b", base_report, []))
     reasons = {(c.level, c.metric): (c.outcome, c.reason) for c in checks}
-    assert reasons[(1, "gap_p95_s")] == (INCONCLUSIVE, "metric missing in this run (no data)")
+    assert reasons[(1, "gap_p95_s")] == (ERROR, "metric missing in this run (no data)")
     assert reasons[(2, "ttft_p95_s")][0] == INCONCLUSIVE
     assert "no per-request records in the baseline" in reasons[(2, "ttft_p95_s")][1]
     assert reasons[(4, "tok_s_p50")] == (INCONCLUSIVE, "c=4 is not in the baseline")
@@ -214,10 +223,8 @@ def test_an_unmatched_target_is_a_warning_only():
 
 
 def test_same_target_with_a_new_image_id_warns():
-    base_report, base_records = run(13, levels=(1,))
-    report, records = run(14, levels=(1,))
-    base_report["targets"]["sim"]["provenance"] = {"image_id": "sha256:old"}
-    report["targets"]["sim"]["provenance"] = {"image_id": "sha256:new"}
+    base_report, base_records = run(13, levels=(1,), provenance={"kind": "compose", "image": {"id": "sha256:old"}})
+    report, records = run(14, levels=(1,), provenance={"kind": "compose", "image": {"id": "sha256:new"}})
     checks = compare_reports(report, records, Baseline("b", base_report, base_records))
     assert checks[0].outcome == WARNING and "sha256:old" in checks[0].reason
 
@@ -225,7 +232,7 @@ def test_same_target_with_a_new_image_id_warns():
 def test_max_usable_drop_fails_when_the_lost_level_is_clearly_over_the_bar():
     base_report, base_records = run(15)
     report, records = run(16, stall_at={4: 12.0})
-    assert report["targets"]["sim"]["capacity"]["max_usable"] == 2
+    assert report.targets[0].max_usable == 2
     check = by_metric(compare_reports(report, records, Baseline("b", base_report, base_records)), "max_usable")[0]
     assert check.outcome == FAIL
     assert (check.baseline, check.current) == (4, 2)
@@ -237,9 +244,8 @@ def test_max_usable_drop_fails_when_the_lost_level_is_clearly_over_the_bar():
 def test_max_usable_drop_within_noise_is_inconclusive():
     base_report, base_records = run(15)
     report, records = run(16, stall_at={4: 12.0})
-    level = report["targets"]["sim"]["capacity"]["levels"][-1]
-    threshold = level["gap_p95_s"] * 0.97  # the bar sits just under the measured P95
-    report["settings"]["sim"]["thresholds"]["max_gap_p95"] = threshold
+    threshold = report.targets[0].levels[-1].stats.gap_p95_s * 0.97  # the bar sits just under the measured P95
+    report = with_target(report, settings={"thresholds": {**Thresholds().as_dict(), "max_gap_p95": threshold}})
     check = by_metric(compare_reports(report, records, Baseline("b", base_report, base_records)), "max_usable")[0]
     assert check.outcome == INCONCLUSIVE
     assert "within noise of the bar" in check.reason and "straddles" in check.reason
@@ -266,9 +272,9 @@ def test_check_message_names_values_change_interval_and_tolerance():
 def test_a_baseline_run_under_other_conditions_warns_naming_them():
     settings = {"thresholds": Thresholds().as_dict(), "cache_start": "flushed",
                 "capacity": {"spike_mode": "slot", "spike_interval_s": 25.0, "level_duration_s": 240.0}}
-    base_report, base_records = run(17, levels=(1,), report=RunReport.start({"sim": settings}))
+    base_report, base_records = run(17, levels=(1,), settings=settings)
     warm = {**settings, "cache_start": "warm", "capacity": {**settings["capacity"], "spike_mode": "extra"}}
-    report, records = run(18, levels=(1,), report=RunReport.start({"sim": warm}))
+    report, records = run(18, levels=(1,), settings=warm)
     checks = compare_reports(report, records, Baseline("b", base_report, base_records))
     warning = checks[0]
     assert warning.outcome == WARNING
@@ -279,7 +285,7 @@ def test_a_baseline_run_under_other_conditions_warns_naming_them():
 
 def test_same_conditions_add_no_warning():
     settings = {"thresholds": Thresholds().as_dict(), "cache_start": "flushed", "capacity": {"spike_mode": "slot"}}
-    base_report, base_records = run(19, levels=(1,), report=RunReport.start({"sim": settings}))
-    report, records = run(20, levels=(1,), report=RunReport.start({"sim": settings}))
+    base_report, base_records = run(19, levels=(1,), settings=settings)
+    report, records = run(20, levels=(1,), settings=settings)
     checks = compare_reports(report, records, Baseline("b", base_report, base_records))
     assert not [c for c in checks if c.outcome == WARNING]

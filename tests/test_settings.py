@@ -39,7 +39,7 @@ def test_profile_options_apply_under_user_settings():
 def test_quick_preset_beats_profile_but_not_command_line():
     run = resolve({"quick": True, "contexts": "2"}, {}).for_profile(PROFILE)
     assert run.levels == (1, 2, 4)
-    assert run.capacity.level_duration_s == 60
+    assert run.capacity.level_duration_s == 90
     assert run.capacity.contexts == 2
 
 
@@ -51,10 +51,21 @@ def test_quick_preset_beats_profile_but_not_command_line():
     ("level_duration", "0", "level_duration must be > 0"),
     ("contexts", "2.5", "contexts must be an integer"),
     ("spike_mode", "beside", "spike_mode must be one of slot, extra, got 'beside'"),
+    ("request_timeout", "nan", "request_timeout must be a finite number"),
+    ("time_scale", "inf", "time_scale must be a finite number"),
+    ("min_requests", "-1", "min_requests must be >= 0"),
+    ("concurrency_levels", "", "--concurrency-levels was given an empty value"),
 ])
 def test_bad_values_name_the_key(key, value, message):
     with pytest.raises(ConfigError, match=message):
         resolve({key: value}, {})
+
+
+def test_timeouts_follow_from_the_bar_unless_given():
+    run = resolve({"max_ttft_p95": "100", "max_gap_p95": "5"}, {}).for_profile(PROFILE)
+    assert (run.first_token_timeout_s, run.stall_timeout_s) == (200.0, 50.0)
+    run = resolve({"first_token_timeout": "30", "stall_timeout": "7"}, {}).for_profile(PROFILE)
+    assert (run.first_token_timeout_s, run.stall_timeout_s) == (30.0, 7.0)
 
 
 def test_unknown_profile_lists_known_ones():
@@ -67,6 +78,9 @@ def test_registry_errors_name_file_and_profile(tmp_path):
     bad = tmp_path / "profiles.yaml"
     bad.write_text("profiles:\n  x:\n    kind: teleport\n")
     with pytest.raises(ConfigError, match=r"profile 'x' in .*profiles.yaml: kind must be one of"):
+        load_registry(bad)
+    bad.write_text("profiles:\n  x:\n    kind: simulated\n    server_arg: [--tp-size, '8']\n")
+    with pytest.raises(ConfigError, match=r"profile 'x' .*unknown key 'server_arg' \(did you mean 'server_args'\?\)"):
         load_registry(bad)
     bad.write_text("profiles: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):

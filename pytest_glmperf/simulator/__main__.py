@@ -3,7 +3,10 @@
 Binds first (``--port 0`` picks a free port), then prints exactly one JSON line to stdout,
 ``{"event": "listening", "host": ..., "port": N, "pid": ...}``, once uvicorn accepts
 connections; the plugin reads that line to learn the port. Logs go to stderr. SIGTERM or
-SIGINT stops it cleanly (exit status 0); a bad flag exits with status 2.
+SIGINT stops it cleanly (exit status 0); a bad flag exits with status 2. With
+``--sim-exit-with-parent``, EOF on stdin stops it the same way: the plugin holds the pipe's
+write end, which the kernel closes when the plugin dies, even by SIGKILL, so no orphan is
+left listening.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+import threading
 from dataclasses import replace
 from types import FrameType
 from typing import ClassVar
@@ -24,10 +29,12 @@ import uvicorn
 from .app import SimulatorApp, create_app
 
 GRACEFUL_SHUTDOWN_S = 2
+log = logging.getLogger("glmperf.sim")
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, announcing the bound address once it is up."""
+    """uvicorn's server, announcing the bound address once it is up (and from then on, with
+    ``--sim-exit-with-parent``, watching stdin)."""
 
     announce: ClassVar[dict[str, object]] = {}
 
@@ -35,8 +42,11 @@ class _Server(uvicorn.Server):
         await super().startup(sockets=sockets)
         if self.started:
             print(json.dumps(self.announce), flush=True)
+            if self.exit_with_parent:
+                watch_stdin(asyncio.get_running_loop(), self)
 
     app: SimulatorApp | None = None
+    exit_with_parent: bool = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """End open streams at once, stop, and exit with status 0 (uvicorn would re-raise
@@ -46,6 +56,25 @@ class _Server(uvicorn.Server):
         if self.app is not None:
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to stop
                 asyncio.get_running_loop().call_soon_threadsafe(self.app.stop_streams)
+
+
+def watch_stdin(loop: asyncio.AbstractEventLoop, server: uvicorn.Server) -> threading.Thread:
+    """Stop *server* as on SIGTERM once stdin reaches EOF (its writer is gone); data is ignored.
+
+    A daemon thread blocks on fd 0 and hands the exit to the event loop, where handle_exit
+    can end the open streams. An unreadable stdin counts as EOF.
+    """
+    def wait() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(0, 65536):
+                pass
+        log.info("stdin closed (--sim-exit-with-parent): the parent is gone; shutting down")
+        with contextlib.suppress(RuntimeError):  # the loop has closed: already stopping
+            loop.call_soon_threadsafe(server.handle_exit, signal.SIGTERM, None)
+
+    thread = threading.Thread(target=wait, daemon=True, name="glmperf-sim-stdin")
+    thread.start()
+    return thread
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -72,6 +101,7 @@ def serve(app: SimulatorApp) -> None:
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = _Server(config)
     server.app = app
+    server.exit_with_parent = opts.exit_with_parent
     port = sock.getsockname()[1]
     app.config = replace(app.config, port=port)
     server.announce = {"event": "listening", "host": opts.host, "port": port, "pid": os.getpid()}

@@ -1,17 +1,20 @@
 """Engine configuration: the SGLang launch flags the simulator models, parsed like SGLang.
 
 A profile's ``server_args`` (the same flags as the compose files) become an
-``EngineConfig``. Flags the model does not use are kept in ``unmodelled_args`` so
-``/server_info`` can still show them. Simulator-only knobs are ``--sim-*`` flags.
+``EngineConfig``. Real SGLang flags the model does not use (``ACCEPTED_UNMODELLED``) are
+kept in ``unmodelled_args`` so ``/server_info`` can still show them; any other flag is an
+error, as in SGLang, so a misspelt flag cannot quietly test another configuration.
+Simulator-only knobs are ``--sim-*`` flags.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 from .hardware import (
     GIB,
@@ -537,11 +540,107 @@ _SWITCHES: dict[str, str] = {
 }
 
 
-def parse_server_args(argv: Sequence[str]) -> EngineConfig:
+# Real SGLang launch_server flags the simulator accepts and ignores (python/sglang/srt/
+# server_args.py, 0.5.12 wheel), each with what argparse reads after it: 0 nothing
+# (store_true), 1 one value, "+" one or more. Deployment plumbing, logging and kernel choices
+# the cost model does not distinguish; whatever is given is listed in /server_info's
+# sim_unmodelled_args and the report. Any other flag is refused, as SGLang's own parser
+# refuses it ("unrecognized arguments").
+Nargs = Literal[0, 1, "+"]
+ACCEPTED_UNMODELLED: dict[str, Nargs] = {
+    # Model and tokenizer
+    "--tokenizer-path": 1,
+    "--tokenizer-mode": 1,
+    "--skip-tokenizer-init": 0,
+    "--load-format": 1,
+    "--model-loader-extra-config": 1,
+    "--trust-remote-code": 0,
+    "--revision": 1,
+    "--download-dir": 1,
+    "--json-model-override-args": 1,
+    "--dtype": 1,
+    "--quantization": 1,
+    "--device": 1,
+    # HTTP server, API and templates
+    "--skip-server-warmup": 0,
+    "--api-key": 1,
+    "--admin-api-key": 1,
+    "--chat-template": 1,
+    "--completion-template": 1,
+    "--file-storage-path": 1,
+    "--allow-auto-truncate": 0,
+    "--enable-custom-logit-processor": 0,
+    "--preferred-sampling-params": 1,
+    "--sampling-defaults": 1,
+    "--random-seed": 1,
+    # Logging and observability
+    "--log-level": 1,
+    "--log-level-http": 1,
+    "--log-requests": 0,
+    "--log-requests-level": 1,
+    "--show-time-cost": 0,
+    "--crash-dump-folder": 1,
+    "--enable-request-time-stats-logging": 0,
+    "--enable-metrics-for-all-schedulers": 0,
+    "--enable-trace": 0,
+    "--otlp-traces-endpoint": 1,
+    # Multi-node and devices
+    "--dist-init-addr": 1,
+    "--nccl-init-addr": 1,
+    "--nnodes": 1,
+    "--node-rank": 1,
+    "--nccl-port": 1,
+    "--dist-timeout": 1,
+    "--base-gpu-id": 1,
+    # Parallelism the model does not cost (it models TP only)
+    "--data-parallel-size": 1,
+    "--dp-size": 1,
+    "--enable-dp-attention": 0,
+    "--expert-parallel-size": 1,
+    "--ep-size": 1,
+    "--ep": 1,
+    "--moe-dense-tp-size": 1,
+    "--moe-a2a-backend": 1,
+    "--moe-runner-backend": 1,
+    "--deepep-mode": 1,
+    "--enable-eplb": 0,
+    # Kernels, graphs and overlap
+    "--attention-backend": 1,
+    "--prefill-attention-backend": 1,
+    "--decode-attention-backend": 1,
+    "--nsa-prefill-backend": 1,
+    "--nsa-decode-backend": 1,
+    "--sampling-backend": 1,
+    "--grammar-backend": 1,
+    "--speculative-draft-model-path": 1,
+    "--speculative-draft-model": 1,
+    "--disable-cuda-graph": 0,
+    "--disable-cuda-graph-padding": 0,
+    "--cuda-graph-bs": "+",
+    "--disable-overlap-schedule": 0,
+    "--enable-torch-compile": 0,
+    "--torch-compile-max-bs": 1,
+    "--disable-custom-all-reduce": 0,
+    "--enable-flashinfer-allreduce-fusion": 0,
+    "--disable-shared-experts-fusion": 0,
+    "--disable-chunked-prefix-cache": 0,
+    "--enable-memory-saver": 0,
+}
+ACCEPTED_UNMODELLED_HOME = "pytest_glmperf/simulator/config.py (ACCEPTED_UNMODELLED)"
+
+
+def modelled_flags() -> tuple[str, ...]:
+    """Every flag parse_server_args models (SGLang's and the engine's ``--sim-*``)."""
+    return (*_VALUE_FLAGS, *_SWITCHES)
+
+
+def parse_server_args(argv: Sequence[str], *, other_flags: Iterable[str] = ()) -> EngineConfig:
     """Parse SGLang launch_server flags into an EngineConfig.
 
-    Accepts ``--flag value`` and ``--flag=value``. Unknown flags (and the value after them,
-    if any) are kept in ``unmodelled_args``; a bad value raises ValueError naming the flag.
+    Accepts ``--flag value`` and ``--flag=value``. Flags in ``ACCEPTED_UNMODELLED`` (and
+    their values) are kept in ``unmodelled_args``; an unknown flag, a stray value or a bad
+    value raises ValueError naming it. ``other_flags``: flags a caller parsed already
+    (options.py's), offered as close matches for a misspelt one.
     """
     values: dict[str, Any] = {}
     unmodelled: list[str] = []
@@ -560,8 +659,12 @@ def parse_server_args(argv: Sequence[str]) -> EngineConfig:
             name, conv = _VALUE_FLAGS[flag]
             values[name] = _convert(flag, conv, inline)
             i += 1
+        elif flag in ACCEPTED_UNMODELLED:
+            i = _keep_unmodelled(args, i, flag, inline, unmodelled)
+        elif flag.startswith("--"):
+            raise ValueError(_unknown_flag(flag, other_flags))
         else:
-            i = _keep_unknown(args, i, unmodelled)
+            raise ValueError(f"unexpected argument {args[i]!r}: not a flag, nor the value of one")
     values["unmodelled_args"] = tuple(unmodelled)
     return _check(EngineConfig(**values))
 
@@ -592,12 +695,48 @@ def _convert(flag: str, conv: Conv, text: str) -> Any:
         raise ValueError(f"{flag}: invalid value {text!r} ({detail})") from None
 
 
-def _keep_unknown(args: list[str], i: int, unmodelled: list[str]) -> int:
-    unmodelled.append(args[i])
-    if "=" not in args[i] and i + 1 < len(args) and not args[i + 1].startswith("--"):
-        unmodelled.append(args[i + 1])
-        return i + 2
-    return i + 1
+def _keep_unmodelled(args: list[str], i: int, flag: str, inline: str | None, kept: list[str]) -> int:
+    """Record an accepted flag with the values argparse would read after it; next index."""
+    nargs = ACCEPTED_UNMODELLED[flag]
+    kept.append(args[i])
+    i += 1
+    if inline is not None:
+        if nargs == 0:
+            _bool(flag, inline)
+        return i
+    if nargs == 0:
+        return i
+    start = i
+    while i < len(args) and not args[i].startswith("--") and (nargs == "+" or i == start):
+        i += 1
+    if i == start:
+        raise ValueError(f"{flag}: expects a value")
+    kept.extend(args[start:i])
+    return i
+
+
+def _unknown_flag(flag: str, other_flags: Iterable[str]) -> str:
+    """The error for a flag nobody knows: the nearest known spelling, and where the list is."""
+    known = [*modelled_flags(), *ACCEPTED_UNMODELLED, *other_flags]
+    close = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    kind = "simulator" if flag.startswith("--sim-") else "SGLang"
+    return (f"unknown {kind} flag {flag}{hint}; the simulator accepts the flags it models and "
+            f"{len(ACCEPTED_UNMODELLED)} real SGLang flags it ignores, listed in {ACCEPTED_UNMODELLED_HOME}")
+
+
+def check_server_args(args: Sequence[str]) -> tuple[str, ...]:
+    """Validate a simulated profile's ``server_args`` in-process, before any server starts.
+
+    Takes what ``python -m pytest_glmperf.simulator`` takes (SGLang flags and the
+    simulator's own: ``--host``, ``--port``, ``--time-scale``, ``--sim-*``). Returns the
+    accepted but unmodelled arguments given (as ``/server_info``'s ``sim_unmodelled_args``);
+    raises ValueError naming an unknown flag or a bad value. Starts nothing, opens no socket.
+    """
+    from .options import parse_args  # options imports this module
+
+    _, config = parse_args(list(args))
+    return config.unmodelled_args
 
 
 def _check(config: EngineConfig) -> EngineConfig:

@@ -30,6 +30,7 @@ class SimOptions:
     spin_ns: int = 1_000_000
     lag_warn_s: float = 0.1
     keep_sends: int = 1024
+    exit_with_parent: bool = False
     seed: int = 0
 
 
@@ -64,6 +65,9 @@ def _http_parser() -> argparse.ArgumentParser:
                    help="warn when a step is delivered more than S model seconds late")
     p.add_argument("--sim-keep-sends", type=int, default=1024, metavar="N",
                    help="requests whose chunk send stamps are kept for /glmperf/sends")
+    p.add_argument("--sim-exit-with-parent", action="store_true",
+                   help="stdin is a pipe held open by the process that started the simulator: at "
+                        "its EOF (that process exited, even by SIGKILL) shut down as on SIGTERM")
     return p
 
 
@@ -72,7 +76,8 @@ def parse_args(argv: list[str]) -> tuple[SimOptions, EngineConfig]:
 
     Raises ValueError naming the bad flag or value.
     """
-    ns, rest = _http_parser().parse_known_args(argv)
+    parser = _http_parser()
+    ns, rest = parser.parse_known_args(argv)
     if ns.time_scale <= 0:
         raise ValueError(f"--time-scale must be > 0, got {ns.time_scale}")
     if not 0.0 <= ns.sim_reasoning_share <= 1.0:
@@ -81,13 +86,14 @@ def parse_args(argv: list[str]) -> tuple[SimOptions, EngineConfig]:
         faults = parse_faults(ns.sim_fault)
     except FaultSpecError as exc:
         raise ValueError(f"--sim-fault: {exc}") from None
-    config = parse_server_args([*rest, "--host", ns.host])
+    own_flags = [flag for action in parser._actions for flag in action.option_strings]
+    config = parse_server_args([*rest, "--host", ns.host], other_flags=own_flags)
     opts = SimOptions(
         host=ns.host, port=ns.port, time_scale=ns.time_scale, faults=faults,
         crash_after_s=ns.sim_crash_after, slow_start_s=max(0.0, ns.sim_slow_start),
         reasoning_share=ns.sim_reasoning_share, spin_ns=int(ns.sim_timer_spin_ms * 1e6),
         lag_warn_s=ns.sim_lag_warn, keep_sends=max(0, ns.sim_keep_sends),
-        seed=config.seed,
+        exit_with_parent=ns.sim_exit_with_parent, seed=config.seed,
     )
     return opts, config
 

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+import shlex
+from pathlib import Path
 
-from pytest_glmperf.simulator.config import parse_server_args, server_args_dict
+import pytest
+import yaml
+
+from pytest_glmperf.simulator.config import (
+    ACCEPTED_UNMODELLED,
+    check_server_args,
+    modelled_flags,
+    parse_server_args,
+    server_args_dict,
+)
 from pytest_glmperf.simulator.hardware import GLM51_FP8, kv_bytes_per_token, latent_bytes_per_token
 
 
@@ -23,11 +34,11 @@ def test_compose_profile_flags_parse() -> None:
         "--port", "8000", "--enable-metrics", "--enable-hierarchical-cache",
         "--hicache-size", "200", "--hicache-io-backend", "direct", "--hicache-mem-layout",
         "page_first", "--hicache-write-policy", "write_through", "--mem-fraction-static",
-        "0.85", "--watchdog-timeout", "1800", "--trust-remote-code", "--foo=bar",
+        "0.85", "--watchdog-timeout", "1800", "--trust-remote-code", "--log-level=info",
     ])
     assert config.tp_size == 8 and config.port == 8000
     assert config.enable_hierarchical_cache and config.hicache_size == 200
-    assert config.unmodelled_args == ("--trust-remote-code", "--foo=bar")
+    assert config.unmodelled_args == ("--trust-remote-code", "--log-level=info")
     # SGLang's HostKVCache: 200 GB per rank // 51,168 latent bytes per token, + 1 page (the
     # indexer's host copy is a sidecar beside it).
     assert config.host_pool_tokens == (200e9 // 51_168 // 64 + 1) * 64 == 3_908_736
@@ -146,3 +157,75 @@ def test_max_total_tokens_caps_the_device_pool(caplog: pytest.LogCaptureFixture)
     assert "--max-total-tokens" in caplog.text
     with pytest.raises(ValueError, match="--max-total-tokens"):
         parse_server_args(["--max-total-tokens", "10"])
+
+
+# ---- flags the simulator does not know are an error ----------------------------------------
+
+def test_a_misspelt_flag_is_refused_with_the_nearest_spelling() -> None:
+    """--hicache-sise would otherwise start a simulator without HiCache."""
+    with pytest.raises(ValueError, match=r"unknown SGLang flag --hicache-sise \(did you mean --hicache-size\?\)"):
+        parse_server_args(["--enable-hierarchical-cache", "--hicache-sise", "200"])
+    with pytest.raises(ValueError, match=r"unknown SGLang flag --foo;.*ACCEPTED_UNMODELLED") as info:
+        parse_server_args(["--foo=bar"])
+    assert len(str(info.value)) < 300  # says where the list lives instead of reciting it
+    with pytest.raises(ValueError, match="did you mean --trust-remote-code"):
+        parse_server_args(["--trust-remote-cod"])   # accepted-but-unmodelled flags are suggested too
+
+
+def test_accepted_unmodelled_flags_are_recorded_with_their_values() -> None:
+    config = parse_server_args([
+        "--log-level", "warning", "--cuda-graph-bs", "1", "2", "4", "--disable-cuda-graph",
+        "--random-seed", "-1", "--api-key=secret", "--attention-backend", "dsa",
+        "--enable-metrics",
+    ])
+    assert config.enable_metrics
+    assert config.unmodelled_args == ("--log-level", "warning", "--cuda-graph-bs", "1", "2", "4",
+                                      "--disable-cuda-graph", "--random-seed", "-1", "--api-key=secret",
+                                      "--attention-backend", "dsa")
+    assert server_args_dict(config)["sim_unmodelled_args"] == list(config.unmodelled_args)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--trust-remote-code", "yes"], "unexpected argument 'yes'"),  # a switch takes no value
+    (["--log-level"], "--log-level: expects a value"),
+    (["--cuda-graph-bs", "--disable-cuda-graph"], "--cuda-graph-bs: expects a value"),
+    (["--disable-cuda-graph=maybe"], "--disable-cuda-graph: expects true or false"),
+    (["glm-5.1"], "unexpected argument 'glm-5.1'"),
+])
+def test_accepted_flags_take_what_sglang_gives_them(argv: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_server_args(argv)
+
+
+def test_the_accepted_list_and_the_modelled_flags_do_not_overlap() -> None:
+    assert not set(ACCEPTED_UNMODELLED) & set(modelled_flags())
+    assert all(flag.startswith("--") and flag == flag.lower() for flag in ACCEPTED_UNMODELLED)
+    assert set(ACCEPTED_UNMODELLED.values()) <= {0, 1, "+"}
+
+
+def test_check_server_args_takes_the_command_line_without_starting_anything() -> None:
+    given = check_server_args(["--time-scale", "5", "--sim-fault", "stall:after=3", "--sim-exit-with-parent",
+                               "--host", "127.0.0.1", "--port", "0", "--enable-metrics", "--trust-remote-code"])
+    assert given == ("--trust-remote-code",)
+    with pytest.raises(ValueError, match=r"unknown simulator flag --sim-faults \(did you mean --sim-fault\?\)"):
+        check_server_args(["--sim-faults", "stall"])
+    with pytest.raises(ValueError, match=r"did you mean --time-scale\?"):
+        check_server_args(["--time-scal", "5"])
+    with pytest.raises(ValueError, match="--time-scale"):
+        check_server_args(["--time-scale", "-3"])
+    with pytest.raises(ValueError, match="--hicache-size"):
+        check_server_args(["--enable-hierarchical-cache", "--hicache-size", "lots"])
+
+
+def test_every_shipped_simulated_profile_and_the_sim_compose_command_parse() -> None:
+    root = Path(__file__).resolve().parents[2] / "compose"
+    profiles = yaml.safe_load((root / "profiles.yaml").read_text())["profiles"]
+    simulated = {name: spec for name, spec in profiles.items() if spec["kind"] == "simulated"}
+    assert simulated
+    for name, spec in simulated.items():
+        assert check_server_args([str(arg) for arg in spec["server_args"]]) == (), name
+    command = yaml.safe_load((root / "compose-sim.yaml").read_text())["services"]["sglang"]["command"]
+    command = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", command)   # ${VAR:-default}: the default
+    argv = shlex.split(command)
+    assert argv[:3] == ["python3", "-m", "pytest_glmperf.simulator"]
+    assert check_server_args(argv[3:]) == ()

@@ -41,6 +41,16 @@ def test_bad_flag_value_exits_2_naming_the_flag():
     assert done.stdout == ""
 
 
+def test_misspelt_sglang_flag_exits_2_with_the_nearest_spelling():
+    """A typo must not start a simulator that models another configuration."""
+    cmd = [sys.executable, "-m", "pytest_glmperf.simulator", "--port", "0", "--enable-hierarchical-cache",
+           "--hicache-sise", "200"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert "unknown SGLang flag --hicache-sise (did you mean --hicache-size?)" in done.stderr
+    assert done.stdout == ""
+
+
 def test_stream_has_sglang_chunk_sequence(http):
     s = http.chat(http.body(max_tokens=12))
     assert s.status == 200

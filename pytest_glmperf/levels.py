@@ -1,0 +1,368 @@
+"""A live server under test and what runs against it: capacity levels, the mixed workload,
+the capacity search and users' scenarios.
+
+``GlmperfServer`` (the ``glmperf_server`` fixture's value) measures and judges; every result
+it produces goes to ``on_result``, the session's, and nowhere else: it never writes a report.
+A measurement that breaks (the server gone, a load task that raised) is a result too, with
+status ``error`` and the exception, never a missing level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .client import StreamingClient
+from .clock import ModelClock
+from .contexts import ContextFactory, calibrate
+from .errors import MeasurementError
+from .profiles import ServerProfile
+from .progress import Progress, heartbeat
+from .provenance import fetch_server_info, redact, redact_url
+from .records import RequestRecord
+from .results import CAPACITY, MIXED, LevelResult
+from .scrape import MetricsSnapshot, merge_pacing
+from .search import bisect_levels, stop_check
+from .server import ServerHandle
+from .settings import RunSettings
+from .stats import LevelStats, MixedStats, StreamStats
+from .teardown import cancelled_by_sigterm, run_async
+from .thresholds import Thresholds
+from .windows import Window, server_queue, stalls
+from .workloads import FAILURE_PAUSE_S, Load, capacity_prompts, mixed_prompts, prime, run_capacity_level, run_mixed
+
+FLUSH_RETRY_S = 60.0  # wall seconds a refused /flush_cache (SGLang: busy) is retried before a window
+NO_ENDPOINT = (404, 405, 501)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One server configuration to test: a profile, optionally on a given image."""
+
+    profile: ServerProfile
+    image: str | None = None
+
+    @property
+    def key(self) -> str:
+        return self.profile.name if not self.image else f"{self.profile.name}@{self.image}"
+
+
+@dataclass(frozen=True)
+class Judging:
+    """How results are judged beyond the bar itself (session-wide options)."""
+
+    min_requests: int = 0
+    inconclusive_fails: bool = False
+
+
+class GlmperfServer:
+    """A live server under test and the workloads that run against it (public fixture value)."""
+
+    def __init__(self, target: Target, handle: ServerHandle, settings: RunSettings, *,
+                 on_result: Callable[[LevelResult], None], on_record: Callable[[RequestRecord], None],
+                 progress: Progress, judging: Judging = Judging(), api_key: str | None = None) -> None:
+        self.target, self.handle, self.settings = target, handle, settings
+        self.base_url = handle.base_url
+        self._on_result, self._on_record, self._progress_sink = on_result, on_record, progress
+        self.judging, self._api_key = judging, api_key
+        _, info = fetch_server_info(self.base_url, headers=self._headers())
+        self.server_info = info or {}
+        # A simulator says how fast its model time runs; a real server runs at 1.
+        self.time_scale = float(self.server_info.get("sim_time_scale") or 1.0)
+        self._contexts: ContextFactory | None = None
+        self._flush_missing = False
+
+    @property
+    def profile(self) -> ServerProfile:
+        return self.target.profile
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The bar from the options and the profile (the glmperf_thresholds fixture's default)."""
+        return self.settings.thresholds
+
+    @property
+    def chars_per_token(self) -> float | None:
+        return self._contexts.chars_per_token if self._contexts else None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def provenance(self) -> dict[str, Any]:
+        info = redact({k: v for k, v in self.server_info.items() if k != "internal_states"})
+        record = {**self.handle.provenance(), "base_url": redact_url(self.base_url), "version": info.get("version"),
+                  "time_scale": self.time_scale, "server_args": info}
+        unmodelled = info.get("sim_unmodelled_args")
+        if unmodelled:
+            record["accepted_not_modelled"] = unmodelled
+        return record
+
+    @asynccontextmanager
+    async def client(self, concurrency: int) -> AsyncIterator[StreamingClient]:
+        """A streaming client bound to this server, its connections opened ahead."""
+        settings = self.settings
+        async with StreamingClient(self.base_url, concurrency=concurrency, time_scale=self.time_scale,
+                                   api_key=self._api_key, request_timeout_s=settings.request_timeout_s,
+                                   first_token_timeout_s=settings.first_token_timeout_s,
+                                   stall_timeout_s=settings.stall_timeout_s) as client:
+            async with heartbeat(self._progress("connections"), "opening connections"):
+                await client.warm_up()
+            yield client
+
+    def metrics(self) -> MetricsSnapshot | None:
+        """One scrape of /metrics (None when the server has no metrics endpoint)."""
+        with httpx.Client(timeout=10.0, headers=self._headers()) as http:
+            response = http.get(f"{self.base_url}/metrics")
+        return MetricsSnapshot.parse(response.text) if response.status_code == 200 else None
+
+    # -- workloads -----------------------------------------------------------------------
+    def run_capacity(self, concurrency: int, thresholds: Thresholds | None = None,
+                     early_stop: bool = False) -> LevelResult:
+        return run_async(self.capacity(concurrency, early_stop=early_stop, thresholds=thresholds))
+
+    def run_mixed(self, thresholds: Thresholds | None = None) -> LevelResult:
+        return run_async(self.mixed(thresholds))
+
+    def capacity_search(self, thresholds: Thresholds | None = None) -> dict[str, Any]:
+        """--capacity-search: bisect the levels, each stopped once its failure is settled.
+
+        Each probed level is a result like any other (``on_result``); returns what the search did.
+        """
+        probed: list[int] = []
+
+        def usable(level: int) -> bool:
+            probed.append(level)
+            return self.run_capacity(level, thresholds, early_stop=True).usable
+
+        levels = self.settings.levels
+        best = bisect_levels(levels, usable, start=self.settings.require_concurrency)
+        return {"max_usable": best, "probed": probed, "skipped": [c for c in levels if c not in probed]}
+
+    async def capacity(self, concurrency: int, early_stop: bool = False,
+                       thresholds: Thresholds | None = None) -> LevelResult:
+        """One capacity level (``repeats`` times): the workload, its statistics and the verdict."""
+        spec, bar = self.settings.capacity, thresholds or self.settings.thresholds
+        windows: list[Window] = []
+        cache: list[str] = []
+        label = f"c={concurrency}"
+
+        async def measure() -> None:
+            async with self.client(concurrency + 4) as client:
+                contexts = await self.contexts(client)
+                for repeat in range(self.settings.repeats):
+                    cache.append(await self.prepare_cache(client, contexts, capacity_prompts(spec, concurrency),
+                                                          spec.context_tokens, label, level=concurrency))
+                    load = self._load(client, contexts, CAPACITY, level=concurrency, repeat=repeat)
+                    check = stop_check(concurrency, bar, spec.level_duration_s, self.time_scale,
+                                       lambda load=load: list(load.active.values()),
+                                       lambda load=load: load.run.records,
+                                       lambda load=load: load.run.start_ns) if early_stop else None
+                    window = Window(load, spec.in_flight_kinds, concurrency, spec.level_duration_s)
+                    windows.append(window)
+                    async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
+                        await run_capacity_level(load, spec, concurrency, self._progress(label), check)
+                    if load.cut_reason:
+                        break
+
+        def judge(error: str | None, interrupted: bool) -> LevelResult:
+            stats = LevelStats.of_runs(concurrency, [(w.load.run.records, w.load.run.start_ns) for w in windows])
+            details = {"stalls": stalls(windows, bar.max_gap_p95), "simulator": merge_pacing(w.pacing for w in windows),
+                       "server_queue": server_queue(windows), "cache_start": _one(cache)}
+            return self._result(CAPACITY, concurrency, stats, bar, windows, error, interrupted, details,
+                                require=self.settings.require_concurrency,
+                                cut_reason=next((w.load.cut_reason for w in windows if w.load.cut_reason), None))
+
+        return await self._measured(measure, judge)
+
+    async def mixed(self, thresholds: Thresholds | None = None) -> LevelResult:
+        """The mixed coding-agent workload; the verdict is on its decode streams."""
+        spec, bar = self.settings.mixed, thresholds or self.settings.thresholds
+        windows: list[Window] = []
+        cache: list[str] = []
+
+        async def measure() -> None:
+            async with self.client(spec.decode_workers + 8) as client:
+                contexts = await self.contexts(client)
+                cache.append(await self.prepare_cache(client, contexts, mixed_prompts(spec), spec.context_tokens,
+                                                      MIXED))
+                load = self._load(client, contexts, MIXED)
+                window = Window(load, ("decode",), spec.decode_workers, spec.duration_s)
+                windows.append(window)
+                async with window.observe(client, spec_interval_s=spec.gauge_interval_s):
+                    await run_mixed(load, spec, self._progress(MIXED))
+
+        def judge(error: str | None, interrupted: bool) -> LevelResult:
+            window = windows[0] if windows else None
+            records = window.load.run.records if window else []
+            table = MixedStats.of(records, window.load.run.start_ns if window else 0,
+                                  window.gauges if window else {}, window.cache_deltas() if window else {},
+                                  server_queue(windows))
+            decode = StreamStats.of([r for r in records if r.kind in ("decode", "revisit")])
+            details = {**table.as_dict(), "stalls": stalls(windows, bar.max_gap_p95),
+                       "simulator": window.pacing if window else None,
+                       "gauge_series": window.gauge_samples() if window else {},
+                       "run_start_ns": window.load.run.start_ns if window else None, "cache_start": _one(cache)}
+            return self._result(MIXED, spec.decode_workers, decode, bar, windows, error, interrupted, details)
+
+        return await self._measured(measure, judge)
+
+    async def scenario(self, agent: Callable[[Any], Awaitable[None]], *, concurrency: int, duration_s: float,
+                       name: str = "scenario", thresholds: Thresholds | None = None) -> LevelResult:
+        """Run a user's agent coroutine in ``concurrency`` closed loops for ``duration_s``
+        (model seconds), observed like a capacity level."""
+        from .scenarios import Agent, agent_loops
+
+        bar = thresholds or self.settings.thresholds
+        windows: list[Window] = []
+
+        async def measure() -> None:
+            async with self.client(concurrency + 2) as client:
+                contexts = await self.contexts(client)
+                load = self._load(client, contexts, name, level=concurrency)
+                window = Window(load, ("agent",), concurrency, duration_s)
+                windows.append(window)
+                async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
+                    await agent_loops(load, agent, Agent, concurrency, duration_s, FAILURE_PAUSE_S,
+                                      self._progress(name))
+
+        def judge(error: str | None, interrupted: bool) -> LevelResult:
+            records = windows[0].load.run.records if windows else []
+            details = {"stalls": stalls(windows, bar.max_gap_p95),
+                       "simulator": windows[0].pacing if windows else None, "server_queue": server_queue(windows)}
+            return self._result(name, concurrency, StreamStats.of(records), bar, windows, error, interrupted,
+                                details)
+
+        return await cancelled_by_sigterm(self._measured(measure, judge))
+
+    # -- the pieces ----------------------------------------------------------------------
+    async def _measured(self, measure: Callable[[], Awaitable[None]],
+                        judge: Callable[[str | None, bool], LevelResult]) -> LevelResult:
+        """Run ``measure``, then judge what it got, whatever happened; the result goes to the
+        session even when the measurement broke or was interrupted (then re-raised)."""
+        error, interrupted = None, False
+        try:
+            await measure()
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            interrupted = True
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self._say("error", error)
+        finally:
+            result = judge(error, interrupted)
+            self._on_result(result)
+        return result
+
+    def _result(self, workload: str, concurrency: int, stats: StreamStats, bar: Thresholds,
+                windows: Sequence[Window], error: str | None, interrupted: bool, details: dict[str, Any],
+                require: int | None = None, cut_reason: str | None = None) -> LevelResult:
+        return LevelResult.judge(
+            self.target.key, workload, concurrency, stats, bar,
+            required=require is None or concurrency <= require, require_concurrency=require,
+            min_requests=self.judging.min_requests, inconclusive_fails=self.judging.inconclusive_fails,
+            interrupted=interrupted or (not error and any(w.interrupted for w in windows)),
+            client=windows[-1].health if windows else None, cut_reason=cut_reason,
+            server_note=self.server_down_note(), error=error,
+            started_at=_window_start(windows), details=details,
+            records=tuple(r for w in windows for r in w.load.run.records))
+
+    async def contexts(self, client: StreamingClient) -> ContextFactory:
+        """Calibrate characters per token once per server, then reuse; a failed probe is an error."""
+        if self._contexts is None:
+            async def probe(messages: list[dict[str, str]]) -> int | None:
+                record = RequestRecord(request_id="calibration", scenario="calibration")
+                await client.stream(client.prepare(messages, max_tokens=1), record)
+                if not record.ok:
+                    raise MeasurementError(f"calibration request failed: {record.error}")
+                return record.prompt_tokens
+
+            async with heartbeat(self._progress("calibration"), "calibrating characters per token (2 requests)"):
+                self._contexts = ContextFactory(chars_per_token=await calibrate(probe))
+        return self._contexts
+
+    async def prepare_cache(self, client: StreamingClient, contexts: ContextFactory, keys: list[str],
+                            context_tokens: int, label: str, level: int | None = None) -> str:
+        """Before a window: prime it (--warm-cache), else flush unless told not to; says which."""
+        if self.settings.warm_cache:
+            self._say(label, f"priming {len(keys)} contexts (--warm-cache)")
+            async with heartbeat(self._progress(label), "priming"):
+                await prime(self._load(client, contexts, "prime", level=level), keys, context_tokens)
+            return "primed"
+        if not self.settings.flush_cache:
+            return "as-is"
+        if self.settings.clear_storage and await _post(client, "/hicache/storage-backend/clear") != 200:
+            self._say("cache", "/hicache/storage-backend/clear refused (no HiCache on this server); flushing only")
+        return await self.flush_cache(client)
+
+    async def flush_cache(self, client: StreamingClient) -> str:
+        """POST /flush_cache, retried while SGLang refuses it (it answers 400 until idle, HiCache
+        L3 backups included); a server without the endpoint is said once and not asked again."""
+        if self._flush_missing:
+            return "as-is (no /flush_cache)"
+        deadline = time.monotonic() + FLUSH_RETRY_S
+        async with heartbeat(self._progress("cache"), "waiting for /flush_cache (refused while the server is busy)"):
+            while True:
+                status = await _post(client, "/flush_cache")
+                if status == 200:
+                    return "flushed"
+                if status in NO_ENDPOINT:
+                    self._flush_missing = True
+                    self._say("cache", f"this server has no /flush_cache (HTTP {status}): "
+                                       "windows start on its cache as is")
+                    return "as-is (no /flush_cache)"
+                if time.monotonic() >= deadline:
+                    self._say("cache", f"/flush_cache refused for {FLUSH_RETRY_S:.0f} s; "
+                                       "this window starts on a warm cache")
+                    return "not flushed (refused)"
+                await asyncio.sleep(0.1)
+
+    def server_down_note(self) -> str | None:
+        """Why the server is gone, if it died (a container or process we can ask); else None."""
+        alive = getattr(self.handle, "alive", None)
+        if alive is None or alive():
+            return None
+        reason = getattr(self.handle, "exit_reason", lambda: None)()
+        return reason or "the server process is no longer running"
+
+    def _load(self, client: StreamingClient, contexts: ContextFactory, scenario: str,
+              level: int | None = None, repeat: int | None = None) -> Load:
+        return Load(client, contexts, ModelClock(self.time_scale), profile=self.target.key, scenario=scenario,
+                    on_record=self._on_record, temperature=self.settings.temperature, level=level,
+                    tags={"repeat": repeat} if repeat is not None else None)
+
+    def _say(self, label: str, text: str) -> None:
+        """An event (not a window's periodic line): its own label, so it is never throttled away."""
+        self._progress(label)(text)
+
+    def _progress(self, label: str) -> Progress:
+        return lambda text: self._progress_sink(f"glmperf {self.target.key} {label}: {text}")
+
+
+async def _post(client: StreamingClient, path: str, timeout_s: float = 30.0) -> int | None:
+    """The status of an admin POST; None when the request itself failed."""
+    try:
+        response = await client.http.post(path, timeout=timeout_s)
+    except httpx.HTTPError:
+        return None
+    return response.status_code
+
+
+def _one(values: list[str]) -> str | None:
+    """One label for a level's windows (repeats): the label, or each in turn."""
+    unique = list(dict.fromkeys(values))
+    return unique[0] if len(unique) == 1 else ", ".join(values) or None
+
+
+def _window_start(windows: Sequence[Window]) -> str | None:
+    """ISO wall-clock time the first window's load began."""
+    if not windows:
+        return None
+    ago_s = (time.perf_counter_ns() - windows[0].load.run.start_ns) / 1e9
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(time.time() - ago_s))
+

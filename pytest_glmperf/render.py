@@ -1,0 +1,282 @@
+"""Renderers: the run report as Markdown (report.md) and as terminal tables.
+
+Pure functions of a ``RunReport``: they render what the model holds and decide nothing (the
+verdict comes decided). Tables are built from each level's report.json entry, so a saved
+report re-renders the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tabulate import tabulate
+
+from .report import RunReport
+from .scrape import merge_pacing
+
+Sink = Callable[[str], None]
+
+LEVEL_COLUMNS = [
+    ("concurrency", "c", "{:d}"),
+    ("status", "verdict", "{}"),
+    ("settled", "settled", "{}"),
+    ("requests", "requests", "{:d}"),
+    ("failure_rate", "failed", "{:.1%}"),
+    ("tok_s_p50", "tok/s P50", "{:.2f}"),
+    ("ttft_p50_s", "TTFT P50 s", "{:.2f}"),
+    ("ttft_p95_s", "TTFT P95 s", "{:.2f}"),
+    ("gap_p50_s", "gap P50 s", "{:.2f}"),
+    ("gap_p95_s", "gap P95 s", "{:.2f}"),
+    ("aggregate_tok_s", "agg tok/s", "{:.2f}"),
+]
+MIXED_ROWS = [
+    ("client_tok_s", "client out tok/s", "{:.2f}"),
+    ("server_gen_throughput_mean", "server gen_throughput mean", "{:.2f}"),
+    ("queue_mean", "queue mean", "{:.2f}"),
+    ("queue_p95", "queue P95", "{:.2f}"),
+    ("ttft_p50_s", "TTFT P50 s", "{:.2f}"),
+    ("ttft_p95_s", "TTFT P95 s", "{:.2f}"),
+    # The server's own queue_time_seconds (TTFT less prefill and transport); "–" if not exported.
+    ("server_queue_p50_s", "server queue time P50 s", "{:.2f}"),
+    ("server_queue_p95_s", "server queue time P95 s", "{:.2f}"),
+    ("gap_p50_s", "max chunk gap P50 s", "{:.2f}"),
+    ("gap_p95_s", "max chunk gap P95 s", "{:.2f}"),
+]
+CACHE_ROWS = [
+    ("cached_device_tokens", "cached on device"),
+    ("cached_host_tokens", "cached on host"),
+    ("evicted_tokens", "evicted"),
+    ("load_back_tokens", "loaded back"),
+    ("host_used_after_tokens", "host used after"),
+]
+# Shown only when a server reports them (an L3 storage tier is attached).
+STORAGE_ROWS = [
+    ("cached_storage_tokens", "cached from L3 storage"),
+    ("prefetched_tokens", "prefetched L3 -> host"),
+    ("storage_backup_tokens", "backed up host -> L3"),
+]
+
+
+def cache_rows(caches: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The cache table's rows: the field report's, plus L3 rows any of ``caches`` has."""
+    return CACHE_ROWS + [(key, title) for key, title in STORAGE_ROWS
+                         if any(cache.get(key) is not None for cache in caches)]
+
+
+def _fmt(value: Any, pattern: str) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    try:
+        return pattern.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+def pacing_note(pacing: dict[str, Any] | None) -> str | None:
+    """A simulator that fell behind wall time stretched the timings it served: say so beside them."""
+    if not pacing or not pacing.get("late_steps"):
+        return None
+    return (f"the simulator delivered {pacing['late_steps']:.0f} steps late (worst since start "
+            f"{pacing['lag_max_since_start_s']:.2f} model s): gaps and latencies stretched by up to "
+            "that; a lower --time-scale avoids it")
+
+
+def pacing_windows(target: dict[str, Any]) -> list[dict[str, Any] | None]:
+    """The ``simulator`` block of every window of a target: its levels, then its mixed run."""
+    windows = [lv.get("simulator") for lv in target["capacity"]["levels"]]
+    windows.append((target.get("mixed") or {}).get("simulator"))
+    return windows
+
+
+def pacing_summary(target: dict[str, Any]) -> str | None:
+    """One line per target over all its windows, for the terminal."""
+    late = [w for w in pacing_windows(target) if w and w.get("late_steps")]
+    merged = merge_pacing(late)
+    if not merged:
+        return None
+    return (f"simulator behind wall time in {len(late)} window(s): {merged['late_steps']:.0f} steps "
+            f"late, worst {merged['lag_max_since_start_s']:.2f} model s (timings stretched by up to "
+            "that; a lower --time-scale avoids it)")
+
+
+def level_table(levels: list[dict[str, Any]], fmt: str = "github") -> str:
+    rows = [[_fmt(lv.get(key), pattern) for key, _, pattern in LEVEL_COLUMNS] for lv in levels]
+    return tabulate(rows, headers=[title for _, title, _ in LEVEL_COLUMNS], tablefmt=fmt, disable_numparse=True)
+
+
+def side_by_side(targets: dict[str, dict[str, Any]], fmt: str = "github") -> list[str]:
+    """The field report's comparison tables: mixed metrics, cache deltas, capacity per level."""
+    names = list(targets)
+    tables = []
+    mixed = {n: targets[n].get("mixed") or {} for n in names}
+    if any(mixed.values()):
+        rows = [[title, *(_fmt(mixed[n].get(key), p) for n in names)] for key, title, p in MIXED_ROWS]
+        tables.append(tabulate(rows, headers=["mixed workload", *names], tablefmt=fmt, disable_numparse=True))
+        caches = {n: mixed[n].get("cache") or {} for n in names}
+        rows = [[title, *(_fmt(caches[n].get(key), "{:,.0f}") for n in names)]
+                for key, title in cache_rows(list(caches.values()))]
+        tables.append(tabulate(rows, headers=["cache counter delta", *names], tablefmt=fmt, disable_numparse=True))
+    levels = sorted({lv["concurrency"] for n in names for lv in targets[n]["capacity"]["levels"]})
+    if levels:
+        def cell(name: str, c: int) -> str:
+            level = next((lv for lv in targets[name]["capacity"]["levels"] if lv["concurrency"] == c), None)
+            if not level:
+                return "–"
+            mark = "usable" if level.get("usable") else "NOT usable"
+            return f"{mark}, {_fmt(level.get('aggregate_tok_s'), '{:.1f}')} tok/s"
+        rows = [[c, *(cell(n, c) for n in names)] for c in levels]
+        rows.append(["max usable", *(_fmt(targets[n]["capacity"].get("max_usable"), "{}") for n in names)])
+        tables.append(tabulate(rows, headers=["concurrency", *names], tablefmt=fmt, disable_numparse=True))
+        tables.append(delta_table(targets, levels, fmt))
+    return tables
+
+
+DELTA_METRICS = [("tok_s_p50", "{:.2f}"), ("ttft_p95_s", "{:.2f}"), ("gap_p95_s", "{:.2f}"),
+                 ("aggregate_tok_s", "{:.1f}")]
+
+
+def delta_table(targets: dict[str, dict[str, Any]], levels: list[int], fmt: str = "github") -> str:
+    """Per level and metric: the first target's value, then each other's with its change."""
+    names = list(targets)
+    base = names[0]
+
+    def value(name: str, level: int, key: str) -> Any:
+        found = [lv for lv in targets[name]["capacity"]["levels"] if lv["concurrency"] == level]
+        return found[0].get(key) if found else None
+
+    rows = []
+    for level in levels:
+        for key, pattern in DELTA_METRICS:
+            old = value(base, level, key)
+            cells = [_fmt(old, pattern)]
+            for name in names[1:]:
+                new = value(name, level, key)
+                change = f" ({(new - old) / old:+.0%})" if new is not None and old else ""
+                cells.append(_fmt(new, pattern) + change)
+            rows.append([f"c{level}", key, *cells])
+    return tabulate(rows, headers=["level", "metric", *names], tablefmt=fmt, disable_numparse=True)
+
+
+def provenance_line(provenance: dict[str, Any]) -> str:
+    """'server: compose · version 0.5.16 · image lmsysorg/sglang:v0.5.16 (sha256:1234abcd…, commit abc)'."""
+    line = f"server: {provenance.get('kind', '?')} · version {provenance.get('version') or '?'}"
+    image = provenance.get("image")
+    if isinstance(image, dict):
+        ident = (image.get("id") or "")[:19]
+        commit = f", commit {image['build_commit']}" if image.get("build_commit") else ""
+        digest = f", {image['repo_digests'][0]}" if image.get("repo_digests") else ""
+        line += f" · image {image.get('reference')} ({ident}{digest}{commit})"
+    if provenance.get("accepted_not_modelled"):
+        line += f" · flags accepted but not modelled: {' '.join(provenance['accepted_not_modelled'])}"
+    return line
+
+
+def conditions_line(settings: dict[str, Any]) -> str:
+    """'workload: levels 1,2,4 x 240 s, a spike every 25 s in an agent's slot · cache flushed before each window'.
+
+    The conditions that decide how comparable two reports are, in one line."""
+    capacity = settings.get("capacity") or {}
+    levels = ",".join(str(c) for c in settings.get("levels", []))
+    interval, mode = capacity.get("spike_interval_s"), capacity.get("spike_mode", "slot")
+    spikes = (f"a spike every {interval:g} s " + ("in an agent's slot" if mode == "slot" else "beside the agents")
+              if interval else "no spikes")
+    start = {"warm": "primed with its contexts and spikes", "flushed": "flushed",
+             "cold": "flushed (L3 storage cleared too)", "as-is": "left as it was",
+             }.get(settings.get("cache_start", "flushed"), "?")
+    return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
+            f" · cache {start} before each window")
+
+
+def render_markdown(report: RunReport) -> str:
+    data = report.as_dict()
+    out = ["# pytest-glmperf report", "",
+           f"status: **{report.status}** · started {report.started_at} · host {report.host}", ""]
+    if report.verdict:
+        out += [f"**{report.verdict.line()}**", ""]
+        out += [f"- ❌ {reason}" for reason in report.verdict.failures]
+        out += [f"- ❔ {reason}" for reason in report.verdict.inconclusive]
+        out += [""] if report.verdict.failures or report.verdict.inconclusive else []
+    out += [f"_{note}_" for note in report.notes] + ([""] if report.notes else [])
+    for target in report.targets:
+        entry = data["targets"][target.key]
+        out += [f"## {target.key}", ""]
+        if target.provenance:
+            out += [provenance_line(target.provenance), ""]
+        if target.settings:
+            out += [conditions_line(target.settings), ""]
+        if target.start_error:
+            out += [f"**server did not start**: {target.start_error}", ""]
+        out += _capacity_section(entry["capacity"])
+        out += _mixed_section(entry.get("mixed"))
+        out += _scenario_section(entry.get("scenarios") or [])
+    if len(report.targets) > 1:
+        out += ["## Side by side", ""]
+        for table in side_by_side(data["targets"]):
+            out += [table, ""]
+    return "\n".join(out)
+
+
+def _capacity_section(capacity: dict[str, Any]) -> list[str]:
+    if not capacity["levels"]:
+        return []
+    out = ["### Capacity", "", level_table(capacity["levels"]), "",
+           f"max usable concurrency: **{_fmt(capacity.get('max_usable'), '{}')}**"
+           f" ({_fmt(capacity.get('max_usable_aggregate_tok_s'), '{:.2f}')} tok/s aggregate)", ""]
+    for lv in capacity["levels"]:
+        if lv.get("explain") and not lv.get("usable"):
+            out.append(f"- c={lv['concurrency']}: {lv['explain']}")
+        if note := pacing_note(lv.get("simulator")):
+            out.append(f"- c={lv['concurrency']}: {note}")
+    return [*out, ""]
+
+
+def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
+    if not mixed:
+        return []
+    rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
+    cache = mixed.get("cache") or {}
+    rows += [[title, _fmt(cache.get(key), "{:,.0f}")] for key, title in cache_rows([cache])]
+    out = ["### Mixed coding-agent workload", "",
+           tabulate(rows, headers=["metric", "value"], tablefmt="github", disable_numparse=True), "",
+           f"decode streams: {mixed.get('status', '–')}: {mixed.get('explain', '–')}", ""]
+    if note := pacing_note(mixed.get("simulator")):
+        out += [f"Mixed run: {note}.", ""]
+    return out
+
+
+def _scenario_section(scenarios: list[dict[str, Any]]) -> list[str]:
+    if not scenarios:
+        return []
+    rows = [[s.get("workload"), *(_fmt(s.get(key), p) for key, _, p in LEVEL_COLUMNS)] for s in scenarios]
+    out = ["### Scenarios", "",
+           tabulate(rows, headers=["scenario", *(title for _, title, _ in LEVEL_COLUMNS)], tablefmt="github",
+                    disable_numparse=True), ""]
+    bullets = [f"- {s.get('workload')} c={s.get('concurrency')}: {s['explain']}" for s in scenarios
+               if not s.get("usable") and s.get("explain")]
+    return [*out, *bullets, ""] if bullets else out
+
+
+def render_terminal(report: RunReport, write: Sink) -> None:
+    """Per-level table per target, then side-by-side tables when there are several."""
+    data = report.as_dict()
+    for name, target in data["targets"].items():
+        capacity = target["capacity"]
+        if capacity["levels"]:
+            write(f"glmperf {name}: capacity (max usable: {_fmt(capacity.get('max_usable'), '{}')})")
+            write(level_table(capacity["levels"], fmt="simple"))
+        mixed = target.get("mixed")
+        if mixed:
+            write(f"glmperf {name}: mixed workload ({mixed.get('status', '–')}: {mixed.get('explain', '–')})")
+            rows = [[title, _fmt(mixed.get(key), p)] for key, title, p in MIXED_ROWS]
+            write(tabulate(rows, tablefmt="simple", disable_numparse=True))
+        for scenario in target.get("scenarios") or []:
+            write(f"glmperf {name}: scenario {scenario['workload']} c={scenario['concurrency']}: "
+                  f"{scenario['status']} ({scenario['explain']})")
+        if summary := pacing_summary(target):
+            write(f"glmperf {name}: {summary}")
+    if len(report.targets) > 1:
+        for table in side_by_side(data["targets"], fmt="simple"):
+            write(table)

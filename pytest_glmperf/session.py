@@ -1,0 +1,378 @@
+"""The session: which servers to test, in what order, every result it got, and its verdict.
+
+``GlmperfRun`` is built once from ``Settings`` (never from pytest's config) and refuses bad
+input before any server starts. For each target it opens a ``GlmperfServer`` and keeps what
+that server measured; a result is measured once and handed to whoever asks (a capacity
+test, a regression check that needs the level, the capacity search). Each finished request
+goes straight to records.jsonl, each result rewrites report.json/.md, and at the end the
+verdict is decided once (``verdict.decide``) and published everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .baseline import Baseline, load_baseline, save_baseline, slug
+from .checks import ERROR, Check
+from .errors import ConfigError, GlmperfError, RecordWriteError
+from .levels import GlmperfServer, Judging, Target
+from .outputs import publish
+from .profiles import ProfileRegistry
+from .progress import Progress
+from .provenance import redact_url
+from .records import RecordLog, RequestRecord
+from .regression import METRICS, Tolerances, compare_level, compare_max_usable, match_target
+from .report import RunReport, TargetReport, now_iso
+from .results import CAPACITY, MIXED, LevelResult
+from .server import ExternalServer, ServerHandle, SimulatedServer
+from .settings import RunSettings, Settings
+from .teardown import install_signal_handlers
+from .thresholds import Thresholds
+from .verdict import Claims, SessionVerdict, decide
+
+MAX_USABLE = "max_usable"
+REGRESSION_METRICS = tuple(m.name for m in METRICS)
+
+
+@dataclass
+class _TargetState:
+    """What the session holds about one target while it runs (frozen into a TargetReport)."""
+
+    settings: RunSettings
+    provenance: dict[str, Any] | None = None
+    start_error: str | None = None
+    chars_per_token: float | None = None
+    levels: dict[int, LevelResult] = field(default_factory=dict)
+    search: dict[str, Any] | None = None
+    mixed: LevelResult | None = None
+    scenarios: list[LevelResult] = field(default_factory=list)
+    checks: dict[tuple[int | None, str], Check] = field(default_factory=dict)
+    warnings: list[Check] | None = None
+    match: TargetReport | None = None
+
+
+class GlmperfRun:
+    """Session-wide state; the pytest plugin only forwards to it."""
+
+    def __init__(self, settings: Settings, registry: ProfileRegistry, rootdir: Path,
+                 progress: Progress | None = None) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.rootdir = rootdir
+        self.progress = progress or (lambda text: None)
+        self.report_dir = self._rooted(settings.get("report_dir"))
+        self.targets = self._plan_targets()
+        self.run_settings = {t.key: settings.for_profile(t.profile) for t in self.targets}
+        self._check_plan()
+        self._check_report_dir()
+        self.judging = Judging(min_requests=settings.get("min_requests"),
+                               inconclusive_fails=settings.get("inconclusive") == "fail")
+        self.baseline_store = self._rooted(settings.get("baseline_store"))
+        self.compare_ref = settings.get("compare")
+        # Loaded now, so an unknown baseline is a usage error before any server starts.
+        self.baseline: Baseline | None = load_baseline(self.compare_ref, self.baseline_store) \
+            if self.compare_ref else None
+        self.tolerances = Tolerances.from_mapping(settings.get("tolerances") or {})
+        self.claims = Claims()
+        self.problems: list[str] = []
+        self.failed_tests: list[str] = []
+        self.verdict: SessionVerdict | None = None
+        self._states = {t.key: _TargetState(self.run_settings[t.key]) for t in self.targets}
+        self._records: RecordLog | None = None
+        self._servers: dict[str, GlmperfServer] = {}
+        self._started_at = now_iso()
+        self._status = "running"
+        self._finished_at: str | None = None
+        install_signal_handlers()  # SIGTERM behaves as Ctrl-C whatever kind of server runs
+
+    # -- plan --------------------------------------------------------------------------------
+    def _rooted(self, path: str) -> Path:
+        return Path(path) if Path(path).is_absolute() else self.rootdir / path
+
+    def _plan_targets(self) -> list[Target]:
+        profiles = self.registry.select(self.settings.profile_names)
+        images = self.settings.images
+        if images and not all(p.kind == "compose" for p in profiles):
+            raise ConfigError("--image/--images apply to compose profiles only")
+        if self.settings.get("base_url") and len(profiles) > 1:
+            raise ConfigError("--base-url tests one server: give a single --profile to label it")
+        return [Target(p, image) for p in profiles for image in (images or (None,))]
+
+    def _check_plan(self) -> None:
+        """Refuse a plan that could only pass on less than it claims, before anything starts."""
+        for target in self.targets:
+            if target.profile.is_simulated and not self.settings.get("base_url"):
+                _check_simulated_flags(target.profile.name, target.profile.server_args)
+            run = self.run_settings[target.key]
+            if run.require_concurrency not in run.levels and not run.capacity_search:
+                below = [c for c in run.levels if c < run.require_concurrency]
+                raise ConfigError(
+                    f"{target.key}: required concurrency {run.require_concurrency} is not among the levels "
+                    f"{','.join(map(str, run.levels))} (--concurrency-levels): the run could never show it usable; "
+                    f"add it to the levels or lower --require-concurrency"
+                    + (f" to {below[-1]}" if below else ""))
+
+    def _check_report_dir(self) -> None:
+        """The report folder must be a folder we can write, before any server starts."""
+        folder = self.report_dir
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".glmperf-write-check-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            raise ConfigError(f"--report-dir {folder} is not a folder this run can write: {exc.strerror or exc}") \
+                from None
+
+    def check_selection(self, capacity_levels: dict[str, set[int]]) -> None:
+        """The selected capacity tests must cover every level up to the required concurrency
+        (``-k c1`` or ``--lf`` alone would otherwise claim a capacity never measured)."""
+        for key, selected in capacity_levels.items():
+            run = self.run_settings[key]
+            if run.capacity_search:
+                continue
+            missing = [c for c in run.levels if c <= run.require_concurrency and c not in selected]
+            if missing:
+                raise ConfigError(
+                    f"{key}: this selection leaves out required level(s) {','.join(map(str, missing))} "
+                    f"(required concurrency {run.require_concurrency}): select them too, or pass "
+                    f"--require-concurrency {max(selected)} to gate on what is selected")
+
+    def claim(self, claims: Claims) -> None:
+        self.claims = claims
+
+    @property
+    def records(self) -> RecordLog:
+        if self._records is None:
+            self._records = RecordLog(self.report_dir / "records.jsonl", fresh=True)
+        return self._records
+
+    def on_record(self, record: RequestRecord) -> None:
+        """Every finished request to disk at once; a failed write fails the session loudly."""
+        try:
+            self.records.append(record)
+        except RecordWriteError as exc:
+            if str(exc) not in self.problems:
+                self.problems.append(str(exc))
+                self.progress(f"glmperf: {exc}: the run cannot pass without its records")
+            raise
+
+    def check_base_url(self) -> None:
+        """With --base-url, fail before any test runs if nothing answers."""
+        url = self.settings.get("base_url")
+        if url:
+            ExternalServer(self.targets[0].profile, url, headers=self.auth_headers()).check_reachable()
+
+    def auth_headers(self) -> dict[str, str]:
+        key = self.settings.api_key
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    # -- servers -------------------------------------------------------------------------------
+    def open_server(self, target: Target) -> GlmperfServer:
+        """Bring the target's server up (or attach to --base-url) and wrap it.
+
+        A start failure is kept in the report (the target's ``start_error``) before it propagates.
+        """
+        state = self._states[target.key]
+        try:
+            handle = self._start_handle(target)
+            server = GlmperfServer(target, handle, state.settings, on_result=self.record, on_record=self.on_record,
+                                   progress=self.progress, judging=self.judging, api_key=self.settings.api_key)
+        except GlmperfError as exc:
+            state.start_error = f"{type(exc).__name__}: {exc}"
+            self.write_report()
+            raise
+        self._servers[target.key] = server
+        state.provenance = server.provenance()
+        self.write_report()
+        return server
+
+    def _start_handle(self, target: Target) -> ServerHandle:
+        url = self.settings.get("base_url")
+        run = self.run_settings[target.key]
+        if url:
+            return ExternalServer(target.profile, url, headers=self.auth_headers())
+        log_path = self.report_dir / slug(target.key) / "server.log"
+        if target.profile.is_simulated:
+            self.progress(f"starting simulator for {target.key} (time scale {run.time_scale:g})")
+            return SimulatedServer(target.profile, time_scale=run.time_scale, log_path=log_path).start()
+        from .compose import ComposeServer
+
+        # A containerised simulator runs at the requested time scale; real servers ignore it.
+        env = {"GLMPERF_TIME_SCALE": str(run.time_scale)}
+        return ComposeServer(target.profile, report_dir=self.report_dir, image=target.image,
+                             startup_timeout_s=self.settings.get("startup_timeout"),
+                             keep_running=self.settings.get("keep_running"),
+                             reuse_running=self.settings.get("reuse_running"),
+                             env=env, progress=self.progress).start()
+
+    def close_server(self, server: GlmperfServer) -> None:
+        self._servers.pop(server.target.key, None)
+        server.handle.stop()
+
+    # -- results -------------------------------------------------------------------------------
+    def record(self, result: LevelResult) -> None:
+        """Keep a judged result (replacing an earlier one of the same level) and rewrite the report."""
+        state = self._states[result.target]
+        if result.workload == CAPACITY:
+            state.levels[result.concurrency] = result
+        elif result.workload == MIXED:
+            state.mixed = result
+        else:
+            state.scenarios.append(result)
+        server = self._servers.get(result.target)
+        if server is not None and server.chars_per_token:
+            state.chars_per_token = server.chars_per_token
+        self.write_report()
+
+    def level(self, server: GlmperfServer, concurrency: int, thresholds: Thresholds | None = None) -> LevelResult:
+        """The level's result, measured now unless this session already has it."""
+        state = self._states[server.target.key]
+        if state.search is None and state.settings.capacity_search:
+            self.search(server, thresholds)
+        if concurrency not in state.levels:
+            if state.settings.capacity_search:
+                raise LookupError(concurrency)  # the search did not need it
+            server.run_capacity(concurrency, thresholds)
+        return state.levels[concurrency]
+
+    def search(self, server: GlmperfServer, thresholds: Thresholds | None = None) -> dict[str, Any]:
+        """--capacity-search, once per target: what it probed, skipped and found."""
+        state = self._states[server.target.key]
+        if state.search is None:
+            began = time.monotonic()
+            summary = server.capacity_search(thresholds)
+            summary["server_time_s"] = sum(lv.stats.as_dict().get("duration_s") or 0.0 for lv in state.levels.values())
+            summary["wall_s"] = round(time.monotonic() - began, 1)
+            state.search = summary
+            self.write_report()
+        return state.search
+
+    def mixed(self, server: GlmperfServer, thresholds: Thresholds | None = None) -> LevelResult:
+        state = self._states[server.target.key]
+        if state.mixed is None:
+            server.run_mixed(thresholds)
+        assert state.mixed is not None
+        return state.mixed
+
+    def regression_check(self, server: GlmperfServer, level: int | None, metric: str) -> Check:
+        """One comparison with the baseline, on this session's data, measured now if need be."""
+        key = server.target.key
+        state = self._states[key]
+        if (level, metric) not in state.checks:
+            state.checks[(level, metric)] = self._compare(server, state, level, metric)
+            self.write_report()
+        return state.checks[(level, metric)]
+
+    def _compare(self, server: GlmperfServer, state: _TargetState, level: int | None, metric: str) -> Check:
+        assert self.baseline is not None
+        key = server.target.key
+        if state.warnings is None:
+            state.match, state.warnings = match_target(self._target_report(key), self.baseline)
+        try:
+            if level is None:  # max_usable needs every level (or the search)
+                for c in state.settings.levels:
+                    with contextlib.suppress(LookupError):
+                        self.level(server, c)
+            else:
+                self.level(server, level)
+        except LookupError:
+            pass
+        if state.match is None:
+            why = next((w.reason for w in state.warnings), "no counterpart in the baseline")
+            return Check(key, level, metric, None, None, None, None, None, None, "inconclusive", why)
+        now = self._target_report(key)
+        records = [r for lv in now.levels for r in lv.records]
+        if level is None:
+            return compare_max_usable(now, records, state.match, self.baseline.records, self.tolerances,
+                                      only_target=True)
+        checks = compare_level(now, records, state.match, self.baseline.records, level, self.tolerances,
+                               only_target=True)
+        found = next((c for c in checks if c.metric == metric), None)
+        return found or Check(key, level, metric, None, None, None, None, None, None, ERROR,
+                              f"unknown metric {metric!r}")
+
+    # -- report and verdict ----------------------------------------------------------------------
+    def _target_report(self, key: str) -> TargetReport:
+        state = self._states[key]
+        checks = [*(state.warnings or []), *state.checks.values()]
+        return TargetReport(
+            key=key, settings=state.settings.as_dict(), provenance=state.provenance, start_error=state.start_error,
+            chars_per_token=state.chars_per_token,
+            levels=tuple(state.levels[c] for c in sorted(state.levels)), search=state.search, mixed=state.mixed,
+            scenarios=tuple(state.scenarios), checks=tuple(checks),
+            baseline=self.baseline.described() if self.baseline and checks else None)
+
+    def snapshot(self) -> RunReport:
+        """The report as it stands: every target that has anything to show."""
+        shown = [t.key for t in self.targets if self._has_data(t.key)]
+        return RunReport(targets=tuple(self._target_report(k) for k in shown), status=self._status,
+                         verdict=self.verdict, started_at=self._started_at, finished_at=self._finished_at,
+                         notes=tuple(self._notes()))
+
+    def _has_data(self, key: str) -> bool:
+        state = self._states[key]
+        return bool(state.provenance or state.start_error or state.levels or state.mixed or state.scenarios)
+
+    def _notes(self) -> list[str]:
+        url = self.settings.get("base_url")
+        return [f"server under test: {redact_url(url)} (--base-url)"] if url else []
+
+    @property
+    def measured_anything(self) -> bool:
+        return any(self._has_data(t.key) for t in self.targets) or self._records is not None
+
+    def decide(self, interrupted: bool = False) -> SessionVerdict:
+        """The session's verdict from what it claimed and measured (decided once, re-decided
+        only when an interruption ends the session)."""
+        self.verdict = decide(self.snapshot().targets, self.claims, problems=self.problems,
+                              failed_tests=self.failed_tests, interrupted=interrupted,
+                              inconclusive_fails=self.judging.inconclusive_fails)
+        self.write_report()
+        return self.verdict
+
+    def write_report(self) -> None:
+        publish(self.report_dir, self.snapshot())
+
+    def finish(self, interrupted: bool) -> None:
+        """Stop what is still up, decide if not yet decided, publish everything.
+
+        A session that measured nothing (no glmperf test ran) writes nothing.
+        """
+        for server in list(self._servers.values()):
+            self.close_server(server)
+        if not self.measured_anything:
+            return
+        if self.verdict is None or interrupted:
+            self.decide(interrupted=interrupted)
+        self._status = "interrupted" if interrupted else "complete"
+        self._finished_at = now_iso()
+        if self._records:
+            self._records.close()
+        records = [r for key in self._states for r in self._all_records(key)]
+        publish(self.report_dir, self.snapshot(), final=True, records=records)
+        name = self.settings.get("save_baseline")
+        if name and not interrupted and self.verdict is not None:
+            path = save_baseline(self.report_dir, name, self.baseline_store)
+            self.progress(f"glmperf: baseline {name!r} saved in {path}")
+
+    def _all_records(self, key: str) -> list[RequestRecord]:
+        state = self._states[key]
+        results = [*state.levels.values(), *([state.mixed] if state.mixed else []), *state.scenarios]
+        return [r for result in results for r in result.records]
+
+
+def _check_simulated_flags(profile: str, args: tuple[str, ...]) -> None:
+    """A simulated profile's SGLang flags, parsed as the simulator will: a typo is an error now,
+    not a server that silently runs without the feature (docs/simulator.md, "Flags")."""
+    from .simulator.config import check_server_args
+
+    try:
+        check_server_args(args)
+    except ValueError as exc:
+        raise ConfigError(f"profile {profile!r}: {exc}") from None

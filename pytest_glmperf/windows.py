@@ -1,0 +1,84 @@
+"""An observation window: one load window with the server and the client watched around it.
+
+Before the load the server's counters are scraped, during it its gauges are sampled and the
+client checks itself (event-loop lag, CPU, achieved concurrency), after it the counters are
+scraped again. What the window saw becomes evidence beside the level's statistics: stalls
+explained by what the server was doing, its queue time, the simulator's pacing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from .attribution import attribute_stalls
+from .client import StreamingClient
+from .scrape import GaugeSampler, HistogramDelta, MetricsSnapshot, counter_deltas, host_used_after, sim_pacing
+from .selfcheck import ClientHealth, ClientMonitor
+from .stats import GaugeSeries
+from .workloads import Load
+
+STALLS_KEPT = 10
+
+
+class Window:
+    """One load window under observation: server gauges sampled, the client checking itself."""
+
+    def __init__(self, load: Load, kinds: tuple[str, ...], target_concurrency: int, window_s: float) -> None:
+        self.load, self.kinds = load, kinds
+        self.target_concurrency, self.window_s = target_concurrency, window_s
+        self.gauges: dict[str, GaugeSeries] = {}
+        self.health: ClientHealth | None = None
+        self.before: MetricsSnapshot | None = None
+        self.after: MetricsSnapshot | None = None
+        self.interrupted = True
+
+    @property
+    def pacing(self) -> dict[str, float] | None:
+        return sim_pacing(self.before, self.after)
+
+    @asynccontextmanager
+    async def observe(self, client: StreamingClient, spec_interval_s: float) -> AsyncIterator[Window]:
+        """Sample gauges and watch the client while the body runs; judge the client after."""
+        sampler = GaugeSampler(client.metrics_text, self.load.clock, spec_interval_s)
+        monitor = ClientMonitor()
+        self.before = await MetricsSnapshot.take(client.metrics_text)
+        sampler.start()
+        try:
+            async with monitor:
+                yield self
+            self.interrupted = False
+        finally:
+            self.gauges = await sampler.stop()
+            self.after = await MetricsSnapshot.take(client.metrics_text)
+            run = self.load.run
+            span = (run.start_ns, run.start_ns + int(self.load.clock.to_wall(self.window_s) * 1e9))
+            self.health = monitor.health([r for r in run.records if r.kind in self.kinds], span,
+                                         self.target_concurrency)
+
+    def gauge_samples(self) -> dict[str, list[tuple[float, float]]]:
+        """Gauge samples in model seconds since the load window started (the records' origin)."""
+        offset = (self.load.run.start_ns - self.load.clock.start_ns) / 1e9 * self.load.clock.time_scale
+        return {name: [(t - offset, v) for t, v in series.samples] for name, series in self.gauges.items()}
+
+    def cache_deltas(self) -> dict[str, float | None]:
+        """The server's counter deltas over the window, and its host tier's use after it."""
+        deltas = counter_deltas(self.before, self.after)
+        deltas["host_used_after_tokens"] = host_used_after(self.after)
+        return deltas
+
+
+def stalls(windows: Iterable[Window], bar_gap_s: float) -> dict[str, Any]:
+    """Why the worst gaps happened (at most STALLS_KEPT of them, longest first)."""
+    found = [stall for w in windows for stall in attribute_stalls(
+        w.load.run.records, w.gauge_samples(), bar_gap_s, w.load.run.start_ns)]
+    found.sort(key=lambda stall: -stall["gap_s"])
+    return {"count": len(found), "worst": found[:STALLS_KEPT]}
+
+
+def server_queue(windows: Iterable[Window]) -> dict[str, float | None] | None:
+    """The server's queue_time_seconds over these windows (a level's repeats) as one
+    summary; None when the server does not export it."""
+    queue = HistogramDelta.merged(HistogramDelta.between(w.before, w.after) for w in windows)
+    return queue.summary() if queue else None
