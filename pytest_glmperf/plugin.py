@@ -183,7 +183,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
             level, metric = params["glmperf_regression"]
             regression.add((key, level, metric))
     try:
-        run.check_selection(capacity)
+        run.prepare(capacity)
     except ConfigError as exc:
         raise pytest.UsageError(f"glmperf: {exc}") from None
     run.claim(Claims(frozenset(capacity), frozenset(mixed), frozenset(regression)))

@@ -69,7 +69,6 @@ class GlmperfRun:
         self.targets = self._plan_targets()
         self.run_settings = {t.key: settings.for_profile(t.profile) for t in self.targets}
         self._check_plan()
-        self._check_report_dir()
         self.judging = Judging(min_requests=settings.get("min_requests"),
                                inconclusive_fails=settings.get("inconclusive") == "fail")
         self.baseline_store = self._rooted(settings.get("baseline_store"))
@@ -88,7 +87,6 @@ class GlmperfRun:
         self._started_at = now_iso()
         self._status = "running"
         self._finished_at: str | None = None
-        install_signal_handlers()  # SIGTERM behaves as Ctrl-C whatever kind of server runs
 
     # -- plan --------------------------------------------------------------------------------
     def _rooted(self, path: str) -> Path:
@@ -106,8 +104,6 @@ class GlmperfRun:
     def _check_plan(self) -> None:
         """Refuse a plan that could only pass on less than it claims, before anything starts."""
         for target in self.targets:
-            if target.profile.is_simulated and not self.settings.get("base_url"):
-                _check_simulated_flags(target.profile.name, target.profile.server_args)
             run = self.run_settings[target.key]
             if run.require_concurrency not in run.levels and not run.capacity_search:
                 below = [c for c in run.levels if c < run.require_concurrency]
@@ -128,6 +124,17 @@ class GlmperfRun:
         except OSError as exc:
             raise ConfigError(f"--report-dir {folder} is not a folder this run can write: {exc.strerror or exc}") \
                 from None
+
+    def prepare(self, capacity_levels: dict[str, set[int]]) -> None:
+        """Once the selection is known, before any server starts: check the simulated profiles'
+        flags, the selection and the report folder, and make SIGTERM behave as Ctrl-C whatever
+        kind of server runs."""
+        for target in self.targets:
+            if target.profile.is_simulated and not self.settings.get("base_url"):
+                _check_simulated_flags(target.profile.name, target.profile.server_args)
+        self.check_selection(capacity_levels)
+        self._check_report_dir()
+        install_signal_handlers()
 
     def check_selection(self, capacity_levels: dict[str, set[int]]) -> None:
         """The selected capacity tests must cover every level up to the required concurrency

@@ -9,19 +9,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import REGISTRY
+from tests.inner import CAPACITY_TEST, wait_for_records
 
 pytestmark = pytest.mark.docker
 
-CAPACITY_TEST = """
-def test_capacity(glmperf_capacity):
-    glmperf_capacity.assert_usable()
-"""
 TINY = ["--concurrency-levels=1", "--require-concurrency=1", "--min-requests=2", "--contexts=1",
         "--context-tokens=1500", "--max-output-tokens=40", "--spike-interval=0", "--time-scale=20",
         "-p", "no:cacheprovider", "-rA"]
@@ -29,15 +24,6 @@ TINY = ["--concurrency-levels=1", "--require-concurrency=1", "--min-requests=2",
 
 def sim_containers(client) -> list:
     return [c for c in client.containers.list(all=True) if c.name.startswith("glmperf-sim")]
-
-
-def wait_for_records(path: Path, count: int, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= count:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"{path} never held {count} records")
 
 
 def test_two_images_side_by_side_with_deltas(pytester: pytest.Pytester, docker_client):

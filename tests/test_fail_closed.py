@@ -27,20 +27,9 @@ from pytest_glmperf.provenance import image_provenance
 from pytest_glmperf.regression import match_target
 from pytest_glmperf.report import RunReport, TargetReport
 from tests.conftest import REGISTRY
+from tests.inner import CAPACITY_TEST, REGRESSION_TEST, wait_for_records
 from tests.test_plugin import _simulator_children
 
-CAPACITY_TEST = """
-def test_capacity(glmperf_capacity):
-    glmperf_capacity.assert_usable()
-"""
-MIXED_TEST = """
-def test_mixed(glmperf_mixed):
-    glmperf_mixed.assert_usable()
-"""
-REGRESSION_TEST = """
-def test_regression(glmperf_regression):
-    glmperf_regression.assert_ok()
-"""
 TINY = ["--concurrency-levels=1,2", "--require-concurrency=2", "--min-requests=2", "--level-duration=6",
         "--contexts=2", "--context-tokens=2000", "--max-output-tokens=48", "--spike-interval=3",
         "--mixed-duration=6", "--mixed-contexts=2", "--mixed-max-output-tokens=48", "--mixed-spike-interval=3",
@@ -230,7 +219,7 @@ def test_sigterm_with_a_base_url_keeps_records_and_a_partial_report(pytester: py
     command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", f"--report-dir={out}", *TINY,
                "--level-duration=600", f"--base-url={simulator}"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    _wait_for_records(out / "records.jsonl", 3)
+    wait_for_records(out / "records.jsonl", 3)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0].decode(errors="replace")
     assert process.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
@@ -249,7 +238,7 @@ def test_the_embedded_simulator_dies_with_a_killed_pytest(pytester: pytest.Pytes
     command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", f"--report-dir={out}", *TINY,
                "--level-duration=600"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    _wait_for_records(out / "records.jsonl", 1)
+    wait_for_records(out / "records.jsonl", 1)
     simulators = _simulator_children(process.pid)
     assert simulators
     process.kill()
@@ -269,15 +258,6 @@ def simulator(tmp_path: Path) -> Iterator[str]:
     server = Simulator("--time-scale", "20", *args, log=tmp_path / "simulator.log")
     yield server.base_url
     server.stop()
-
-
-def _wait_for_records(path: Path, count: int, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text().count("\n") >= count:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{path}: fewer than {count} records after {timeout_s} s")
 
 
 # -- 9. a server that never answers ----------------------------------------------------------------

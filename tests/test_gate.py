@@ -13,19 +13,8 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from tests.conftest import REGISTRY
+from tests.inner import CAPACITY_TEST, MIXED_TEST, REGRESSION_TEST
 
-CAPACITY_TEST = """
-def test_capacity(glmperf_capacity):
-    glmperf_capacity.assert_usable()
-"""
-MIXED_TEST = """
-def test_mixed(glmperf_mixed):
-    glmperf_mixed.assert_usable()
-"""
-REGRESSION_TEST = """
-def test_regression(glmperf_regression):
-    glmperf_regression.assert_ok()
-"""
 
 def registry(accept_prob: float) -> str:
     """The sim-mtp profile's flags under the name 'gate', with a given acceptance probability."""

@@ -16,17 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REGISTRY
+from tests.inner import CAPACITY_TEST, MIXED_TEST
 
-CAPACITY_TEST = """
-from pytest_glmperf import LevelResult
-
-def test_capacity(glmperf_capacity: LevelResult) -> None:
-    glmperf_capacity.assert_usable()
-"""
-MIXED_TEST = """
-def test_mixed(glmperf_mixed):
-    glmperf_mixed.assert_usable()
-"""
 TINY = ["--concurrency-levels", "1,2", "--level-duration", "6", "--contexts", "2", "--context-tokens", "2000",
         "--max-output-tokens", "48", "--spike-interval", "3", "--mixed-duration", "6", "--mixed-contexts", "2",
         "--mixed-max-output-tokens", "48", "--mixed-spike-interval", "3", "--revisit-interval", "4",

@@ -25,7 +25,7 @@ import httpx
 import pytest
 
 from pytest_glmperf.profiles import load_registry
-from pytest_glmperf.server import SimulatedServer
+from pytest_glmperf.server import SimulatedServer, wait_until_ready
 
 REGISTRY = Path(__file__).resolve().parents[1] / "compose" / "profiles.yaml"
 GONE_WITHIN_S = 15.0
@@ -63,18 +63,6 @@ def _refused(port: int) -> bool:
         return False
 
 
-def _healthy(base_url: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base_url}/health_generate", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"{base_url}/health_generate never answered 200")
-
-
 def _first_line(process: subprocess.Popen[str], timeout_s: float = 60.0) -> str:
     assert process.stdout is not None
     ready, _, _ = select.select([process.stdout], [], [], timeout_s)
@@ -105,7 +93,7 @@ def test_sigkill_of_the_parent_stops_the_simulator_and_frees_its_port(tmp_path: 
     base_url, sim_pid = line.split()[0], int(line.split()[1])
     pids.append(sim_pid)
     port = int(base_url.rsplit(":", 1)[1])
-    _healthy(base_url)
+    wait_until_ready(base_url, 30.0)
 
     parent.send_signal(signal.SIGKILL)
     parent.wait(timeout=10)
@@ -126,7 +114,7 @@ def _by_hand(*flags: str) -> tuple[subprocess.Popen[str], str]:
                                text=True)
     announce = json.loads(_first_line(process))
     base_url = f"http://127.0.0.1:{announce['port']}"
-    _healthy(base_url)
+    wait_until_ready(base_url, 30.0)
     return process, base_url
 
 
@@ -164,7 +152,7 @@ def test_without_the_flag_stdin_is_not_watched(pids: list[int]) -> None:
     process.stdin.close()
     time.sleep(1.0)
     assert process.poll() is None
-    _healthy(base_url, timeout_s=5.0)
+    wait_until_ready(base_url, 5.0)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=GONE_WITHIN_S) == 0
 
