@@ -208,9 +208,11 @@ def _check(limit: Limit, bound: float, measured: Any, values: Sequence[float] | 
     beyond = sum((v > bound) if limit.upper else (v < bound) for v in values)
     share = bound if limit.share is None else limit.share
     n = len(values)
-    if check.ok:  # settled when this few beyond could not come from a server past the limit
+    if value is None:  # nothing to judge it on: an empty sample never passes, and never will
+        settled = True
+    elif check.ok:  # settled when this few beyond could not come from a server past the limit
         settled = binomial_at_most(beyond, n, share) < 1 - SETTLED_CONFIDENCE
-    else:         # settled when this many beyond could not come from a server within it
+    else:           # settled when this many beyond could not come from a server within it
         settled = n > 0 and binomial_at_least(beyond, n, share) < 1 - SETTLED_CONFIDENCE
     return Check(limit.key, limit.stat, value, bound, limit.upper, limit.unit, samples=n, beyond=beyond,
                  settled=settled, enough=n >= min_requests)
