@@ -245,7 +245,7 @@ class Replay:
 # ---- workloads -------------------------------------------------------------------------
 
 def flush_cache(engine: Engine, retry_s: float = 600.0) -> bool:
-    """POST /flush_cache as run.py sends it: retried until the server is idle (L3 backups
+    """POST /flush_cache as levels.py sends it: retried until the server is idle (L3 backups
     drain behind the last prefill), for up to 60 wall s, 600 model s at time scale 10."""
     deadline = engine.now + retry_s
     while not engine.flush_cache():

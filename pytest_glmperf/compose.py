@@ -14,7 +14,7 @@ Lifecycle of ``start()``:
 4. make sure the image is local, pulling it if the file allows (a failed pull fails at once);
 5. ``up -d`` under a unique project name ``glmperf-<profile>-<8 hex>``;
 6. poll ``GET /health_generate`` until 200 (SGLang answers 503 until its warm-up generation
-   ran, facts §3), failing fast with the last 200 log lines when the container exits.
+   ran), failing fast with the last 200 log lines when the container exits.
 
 ``stop()`` runs ``down --volumes --remove-orphans`` without ``-t``, so the file's
 ``stop_grace_period`` applies. Every started server is in a module registry torn down at

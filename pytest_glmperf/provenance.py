@@ -4,7 +4,7 @@ Every report carries this record, so two runs can be told apart after the fact (
 is a moving tag: the image id and repo digest say which build it really was). Secrets never
 reach a report: everything goes through ``redact()``.
 
-Sources (facts §3, §6): the server's own ``GET /server_info`` (``/get_server_info`` on old
+Sources: the server's own ``GET /server_info`` (``/get_server_info`` on old
 images) gives ``version`` and every server argument; ``docker inspect`` gives the image id,
 repo digests and the ``ai.sglang.build.commit`` label (or the ``SGLANG_BUILD_COMMIT`` env of
 newer images), which are not exposed over HTTP.

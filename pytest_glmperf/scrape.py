@@ -2,7 +2,7 @@
 
 Parsing is prometheus_client's. Series are matched by metric name and summed over every
 label not asked for (new SGLang images add labels such as ``is_streaming``, ``pool`` or
-``tp_rank``; facts §1.6). Counters are read before and after a window and subtracted; a
+``tp_rank``; docs/metrics.md). Counters are read before and after a window and subtracted; a
 counter that went down means the server restarted, and the delta is reported as ``None``.
 """
 

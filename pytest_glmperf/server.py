@@ -2,7 +2,7 @@
 
 Both expose the same small surface (``ServerHandle``): base URL, log tail, provenance, stop.
 Compose profiles live in ``compose.py``. A server is ready when ``GET /health_generate``
-answers 200 (SGLang answers 503 until its warm-up generation has run; facts §3).
+answers 200 (SGLang answers 503 until its warm-up generation has run).
 """
 
 from __future__ import annotations

@@ -135,8 +135,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("require_concurrency", positive_int, None, "level that must be usable (default: the profile's); higher levels xfail", metavar="N"),
     Option("time_scale", positive_float, 10.0, "simulator only: model time runs K times faster than wall time", metavar="K"),
     Option("request_timeout", positive_float, 1800.0, "seconds before a request counts as failed (model time)", metavar="S"),
-    Option("first_token_timeout", positive_float, None, "seconds (model time) a request may wait for its first token before it fails (default: twice --max-ttft-p95)", metavar="S"),
-    Option("stall_timeout", positive_float, None, "seconds (model time) a stream may stay silent once tokens flow before it fails (default: ten times --max-gap-p95)", metavar="S"),
+    Option("first_token_timeout", positive_float, None, "seconds (model time) a request may wait for its first token before it fails (default: twice --max-ttft-p95, at least 60)", metavar="S"),
+    Option("stall_timeout", positive_float, None, "seconds (model time) a stream may stay silent once tokens flow before it fails (default: ten times --max-gap-p95, at least 60)", metavar="S"),
     Option("min_requests", non_negative_int, 20, "a verdict whose statistics rest on fewer requests is inconclusive (below 20 a P95 is mostly the sample's maximum)", metavar="N"),
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
     Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
@@ -159,6 +159,7 @@ OPTIONS: tuple[Option, ...] = (
 BY_KEY = {option.key: option for option in OPTIONS}
 FIRST_TOKEN_TIMEOUT_X = 2.0   # default first-token timeout, in multiples of --max-ttft-p95
 STALL_TIMEOUT_X = 10.0        # default silence timeout, in multiples of --max-gap-p95
+MIN_DERIVED_TIMEOUT_S = 60.0  # a derived limit never cuts a request sooner (a bar set near 0 is a probe, not a limit)
 GLOBAL_KEYS = {"profile", "profiles_file", "base_url", "report_dir", "quick", "images",
                "startup_timeout", "keep_running", "reuse_running", "save_baseline", "compare",
                "baseline_store", "tolerances", "inconclusive", "min_requests"}
@@ -275,8 +276,8 @@ class Settings:
             time_scale=value("time_scale"),
             request_timeout_s=value("request_timeout"),
             # Waits that follow from the bar: a request this late can only break it.
-            first_token_timeout_s=value("first_token_timeout") or FIRST_TOKEN_TIMEOUT_X * thresholds.max_ttft_p95 or None,
-            stall_timeout_s=value("stall_timeout") or STALL_TIMEOUT_X * thresholds.max_gap_p95 or None,
+            first_token_timeout_s=value("first_token_timeout") or _derived(FIRST_TOKEN_TIMEOUT_X * thresholds.max_ttft_p95),
+            stall_timeout_s=value("stall_timeout") or _derived(STALL_TIMEOUT_X * thresholds.max_gap_p95),
             temperature=value("temperature"),
             flush_cache=value("flush_cache"),
             warm_cache=value("warm_cache"),
@@ -284,6 +285,10 @@ class Settings:
             capacity_search=value("capacity_search"),
             repeats=value("repeats"),
         )
+
+
+def _derived(limit_s: float) -> float:
+    return max(limit_s, MIN_DERIVED_TIMEOUT_S)
 
 
 def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any],

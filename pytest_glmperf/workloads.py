@@ -49,7 +49,7 @@ class StreamClient(Protocol):
 
 @dataclass(frozen=True)
 class CapacitySpec:
-    """Workload 2 of the field report (defaults are the brief's)."""
+    """Workload 2 of the field report (defaults are the field report's: README)."""
 
     contexts: int = 8
     context_tokens: int = 100_000
@@ -77,7 +77,7 @@ class CapacitySpec:
 
 @dataclass(frozen=True)
 class MixedSpec:
-    """Workload 1 of the field report (defaults are the brief's)."""
+    """Workload 1 of the field report (defaults are the field report's: README)."""
 
     contexts: int = 4
     context_tokens: int = 100_000

@@ -280,7 +280,7 @@ def test_a_server_that_never_answers_is_reported_with_progress_and_ends(pytester
 def test_a_stream_gone_silent_fails_its_request_and_the_level(pytester: pytest.Pytester):
     registry = registry_with(pytester, "stalls", extra_args=("--sim-fault", "stall:after=3,seconds=1000000"))
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    result = inner(pytester, "--profile=stalls", "--max-gap-p95=1", "--concurrency-levels=1",
+    result = inner(pytester, "--profile=stalls", "--stall-timeout=10", "--concurrency-levels=1",
                    "--require-concurrency=1", registry=registry)
     report = agreed(pytester, result)
     level = report["targets"]["stalls"]["capacity"]["levels"][0]

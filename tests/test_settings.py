@@ -62,8 +62,10 @@ def test_bad_values_name_the_key(key, value, message):
 
 
 def test_timeouts_follow_from_the_bar_unless_given():
-    run = resolve({"max_ttft_p95": "100", "max_gap_p95": "5"}, {}).for_profile(PROFILE)
-    assert (run.first_token_timeout_s, run.stall_timeout_s) == (200.0, 50.0)
+    run = resolve({"max_ttft_p95": "100", "max_gap_p95": "8"}, {}).for_profile(PROFILE)
+    assert (run.first_token_timeout_s, run.stall_timeout_s) == (200.0, 80.0)
+    probe = resolve({"max_ttft_p95": "1", "max_gap_p95": "0.000001"}, {}).for_profile(PROFILE)
+    assert (probe.first_token_timeout_s, probe.stall_timeout_s) == (60.0, 60.0)  # a bar near 0 cuts nothing
     run = resolve({"first_token_timeout": "30", "stall_timeout": "7"}, {}).for_profile(PROFILE)
     assert (run.first_token_timeout_s, run.stall_timeout_s) == (30.0, 7.0)
 

@@ -1,4 +1,5 @@
-"""The simulator's HTTP layer: a raw ASGI app that speaks SGLang's API (sglang-facts.md 2, 3).
+"""The simulator's HTTP layer: a raw ASGI app that speaks SGLang's API
+(``python/sglang/srt/entrypoints/http_server.py``).
 
 Why raw ASGI rather than a framework: the streaming path must write many thousands of SSE
 chunks per second on one core, so each chunk is a pre-built byte string sent with one ASGI

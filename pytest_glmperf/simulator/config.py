@@ -264,13 +264,13 @@ class EngineConfig:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """Per-rank device KV bytes per token (target model; facts §7)."""
+        """Per-rank device KV bytes per token (target model; the layout is in hardware.py)."""
         return kv_bytes_per_token(self.model, self.resolved_kv_dtype)
 
     @property
     def cell_bytes_per_token(self) -> int:
         """Pool cell size: the EAGLE draft (MTP) layer keeps its own KV at the same token
-        count, one more layer of the same shape (assumption; facts §7 say unverified)."""
+        count, one more layer of the same shape (an assumption the SGLang source does not settle)."""
         if not self.spec_enabled:
             return self.kv_bytes_per_token
         return self.kv_bytes_per_token * (self.model.layers + 1) // self.model.layers

@@ -199,7 +199,7 @@ GLM51_FP8 = ModelSpec(
 
 def latent_bytes_per_token(model: ModelSpec, kv_dtype: str) -> int:
     """MLA latent bytes per token on one rank, all layers (the latent is replicated on every
-    rank). sglang-facts §7: FP8 512 (nope) + 512/128*4 (scales) + 64*2 (bf16 rope) = 656 B,
+    rank). SGLang's NSA FP8 layout: FP8 512 (nope) + 512/128*4 (scales) + 64*2 (bf16 rope) = 656 B,
     BF16 (512 + 64) * 2 = 1152 B, per layer: FP8 51,168 B; BF16 89,856 B."""
     per_layer = 656 if kv_dtype.startswith("fp8") else 2 * (model.kv_lora_rank + model.qk_rope_dim)
     return per_layer * model.layers

@@ -3,7 +3,8 @@
 Why a custom collector instead of prometheus_client's Counter/Gauge objects: the engine
 already keeps cumulative counters and gauges (``EngineCounters``, ``EngineGauges``), so the
 collector reads them at scrape time; nothing is double-booked. The output mimics SGLang's
-multiprocess mode (see sglang-facts.md section 1): no ``_created`` samples, float values,
+prometheus_client multiprocess mode, as SGLang mounts /metrics (``add_prometheus_middleware``
+in ``python/sglang/srt/utils/common.py``): no ``_created`` samples, float values,
 counters named ``*_total``, label sets per collector:
 
 * scheduler gauges: ``engine_type, model_name, moe_ep_rank, pp_rank, tp_rank``;
