@@ -252,8 +252,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         best = target.best
         if best:
             aggregate = best.stats.as_dict().get("aggregate_tok_s") or 0.0
+            below = [f"c={lv.concurrency} {lv.status}" for lv in target.levels
+                     if lv.concurrency < best.concurrency and not lv.usable]
             terminalreporter.write_line(f"glmperf verdict: {target.key} usable up to concurrency "
-                                        f"{best.concurrency} ({aggregate:.1f} tok/s)")
+                                        f"{best.concurrency} ({aggregate:.1f} tok/s)"
+                                        + (f", but not shown below it: {', '.join(below)}" if below else ""))
         elif target.levels:
             terminalreporter.write_line(f"glmperf verdict: {target.key} usable at no measured concurrency level")
     terminalreporter.write_line(f"glmperf report: {run.report_dir / 'report.md'}")
