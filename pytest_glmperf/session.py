@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .baseline import Baseline, load_baseline, save_baseline, slug
-from .checks import ERROR, Check
+from .checks import ERROR, INCONCLUSIVE, Check
 from .errors import ConfigError, GlmperfError, RecordWriteError
 from .levels import GlmperfServer, Judging, Target
 from .outputs import publish
@@ -281,18 +281,19 @@ class GlmperfRun:
         key = server.target.key
         if state.warnings is None:
             state.match, state.warnings = match_target(self._target_report(key), self.baseline)
-        try:
-            if level is None:  # max_usable needs every level (or the search)
-                for c in state.settings.levels:
-                    with contextlib.suppress(LookupError):
-                        self.level(server, c)
-            else:
+        if level is None:  # max_usable needs every level (or the search)
+            for c in state.settings.levels:
+                with contextlib.suppress(LookupError):
+                    self.level(server, c)
+        else:
+            try:
                 self.level(server, level)
-        except LookupError:
-            pass
+            except LookupError:  # never measured on purpose: said so, and --inconclusive decides
+                return Check(key, level, metric, None, None, None, None, None, None, INCONCLUSIVE,
+                             f"c={level} was not needed by --capacity-search (max usable settled without it)")
         if state.match is None:
             why = next((w.reason for w in state.warnings), "no counterpart in the baseline")
-            return Check(key, level, metric, None, None, None, None, None, None, "inconclusive", why)
+            return Check(key, level, metric, None, None, None, None, None, None, INCONCLUSIVE, why)
         now = self._target_report(key)
         records = [r for lv in now.levels for r in lv.records]
         if level is None:

@@ -103,6 +103,19 @@ def test_inconclusive_comparisons_fail_the_gate_when_asked(pytester: pytest.Pyte
     assert "counted as a failure" in report["verdict"]["line"]
 
 
+def test_a_level_a_capacity_search_skipped_is_an_explicit_inconclusive_comparison(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST, test_reg=REGRESSION_TEST)
+    inner(pytester, "--save-baseline=base", "--baseline-store=store", "test_cap.py")
+    result = inner(pytester, "--compare=base", "--baseline-store=store", "--capacity-search", "test_reg.py")
+    report = agreed(pytester, result)
+    checks = {(c["level"], c["metric"]): c for c in report["targets"]["sim-hicache"]["regression"]["checks"]}
+    skipped = report["targets"]["sim-hicache"]["capacity"]["search"]["skipped"]
+    assert skipped == [1]  # the top level passed first, settling the answer
+    assert checks[(1, "ttft_p95_s")]["outcome"] == "inconclusive"
+    assert "not needed by --capacity-search" in checks[(1, "ttft_p95_s")]["reason"]
+    assert report["verdict"]["status"] in ("PASS", "INCONCLUSIVE") and checks[(2, "ttft_p95_s")]["n_current"] > 0
+
+
 # -- 2. the required level must be in what runs -------------------------------------------------
 
 @pytest.mark.parametrize(("args", "message"), [
