@@ -11,6 +11,7 @@ The whole tree::
     └── RecordWriteError   a finished request could not be written to records.jsonl
 
 Per-request HTTP failures are never raised: they are recorded on the RequestRecord.
+``InconclusiveWarning`` (a UserWarning) marks a verdict that rests on too little evidence.
 """
 
 from __future__ import annotations
@@ -42,3 +43,7 @@ class MeasurementError(GlmperfError):
 
 class RecordWriteError(GlmperfError):
     """records.jsonl could not be written: evidence would be lost, so the run fails loudly."""
+
+
+class InconclusiveWarning(UserWarning):
+    """A verdict or a regression check rests on too little evidence to tell."""

@@ -11,25 +11,24 @@ import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
 
-from .client import StreamingClient
-from .errors import ConfigError, GlmperfError, MeasurementInvalid
-from .levels import GlmperfServer, Target
-from .profiles import load_registry
-from .regression import METRICS
-from .render import render_terminal
-from .results import InconclusiveWarning, LevelResult, RegressionResult
-from .scenarios import Agent
-from .session import GlmperfRun
+from .errors import ConfigError, GlmperfError, InconclusiveWarning, MeasurementInvalid
 from .settings import OPTIONS, Settings, resolve
-from .thresholds import Thresholds
 from .verdict import INCONCLUSIVE, Claims, SessionVerdict
 
-RUN_KEY = pytest.StashKey[GlmperfRun]()
+if TYPE_CHECKING:  # the rest loads when a session measures something, not with every pytest run
+    from .client import StreamingClient
+    from .levels import GlmperfServer, Target
+    from .results import LevelResult, RegressionResult
+    from .scenarios import Agent
+    from .session import GlmperfRun
+    from .thresholds import Thresholds
+
+RUN_KEY = pytest.StashKey["GlmperfRun"]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 PROGRESS_EVERY_S = 5.0
 VERDICT_NAME = "glmperf::verdict"
@@ -71,6 +70,9 @@ def _registry_path(config: pytest.Config, settings: Settings) -> Path:
 def _session_run(config: pytest.Config) -> GlmperfRun:
     """The session's GlmperfRun, created on first need."""
     if RUN_KEY not in config.stash:
+        from .profiles import load_registry
+        from .session import GlmperfRun
+
         settings = config.stash[SETTINGS_KEY]
         registry = load_registry(_registry_path(config, settings))
         config.stash[RUN_KEY] = GlmperfRun(settings, registry, config.rootpath, progress=_progress_sink(config))
@@ -127,6 +129,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         levels = sorted({n for s in run.run_settings.values() for n in s.levels})
         metafunc.parametrize("glmperf_level", levels, ids=[f"c{n}" for n in levels], indirect=True)
     if "glmperf_regression" in metafunc.fixturenames:
+        from .regression import METRICS
+
         levels = sorted({n for s in run.run_settings.values() for n in s.levels})
         cases = [(n, m.name) for n in levels for m in METRICS] + [(None, "max_usable")]
         metafunc.parametrize("glmperf_regression", cases, indirect=True,
@@ -234,7 +238,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     """Attach the server's log tail to a failed glmperf test."""
     report = yield
     server = getattr(item, "funcargs", {}).get("glmperf_server")
-    if report.failed and isinstance(server, GlmperfServer):
+    if report.failed and server is not None:  # the fixture's value: a GlmperfServer
         tail = server.handle.log_tail(200)
         if tail:
             report.sections.append(("glmperf server log (last 200 lines)", tail))
@@ -244,6 +248,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     if RUN_KEY not in config.stash or not config.stash[RUN_KEY].measured_anything:
         return
+    from .render import render_terminal
+
     run = config.stash[RUN_KEY]
     report = run.snapshot()
     terminalreporter.section("glmperf")
@@ -359,6 +365,8 @@ def glmperf_regression(request: pytest.FixtureRequest, glmperf_run: GlmperfRun, 
                        ) -> RegressionResult:
     """One regression check against --compare's baseline, on this session's data (the level it
     needs is measured now if no test measured it yet)."""
+    from .results import RegressionResult
+
     level, metric = request.param
     check = glmperf_run.regression_check(glmperf_server, level, metric)
     return RegressionResult(check.name, check, glmperf_run.judging.inconclusive_fails)

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from .checks import ERROR, FAIL, PASS, Check
-from .errors import MeasurementInvalid
+from .errors import InconclusiveWarning, MeasurementInvalid
 from .records import RequestRecord
 from .selfcheck import ClientHealth
 from .stats import LevelStats, StreamStats
@@ -27,10 +27,6 @@ from .thresholds import Thresholds, Verdict
 
 CAPACITY, MIXED = "capacity", "mixed"
 STATUSES = ("pass", "fail", "xfail", "inconclusive", "invalid", "interrupted", "error")
-
-
-class InconclusiveWarning(UserWarning):
-    """A verdict or a regression check rests on too little evidence to tell."""
 
 
 @dataclass(frozen=True)

@@ -26,3 +26,24 @@ def test_readme_example_runs(pytester: pytest.Pytester):
                                            "--min-requests=3", "-p", "no:cacheprovider", timeout=300)
     result.assert_outcomes(passed=3)  # the two tests and the session verdict
     result.stdout.fnmatch_lines(["glmperf PASS: *"])
+
+
+HEAVY = ("numpy", "matplotlib", "docker", "uvicorn", "httpx", "httpcore", "pytest_glmperf.session")
+
+
+def test_a_pytest_run_that_measures_nothing_loads_nothing_heavy(pytester: pytest.Pytester):
+    """The plugin is imported by every pytest run in its environment: it must stay cheap there
+    (about 40 ms here, `python -X importtime -c "import pytest_glmperf.plugin"`)."""
+    pytester.makeconftest(f"""
+import sys
+
+def pytest_sessionfinish(session):
+    loaded = [name for name in {HEAVY!r} if name in sys.modules]
+    (session.config.rootpath / "loaded.txt").write_text(",".join(loaded))
+""")
+    pytester.makepyfile(test_plain="def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    assert (pytester.path / "loaded.txt").read_text() == ""
+    result.stdout.no_fnmatch_line("*glmperf:*")  # no header, no summary
+    result.stdout.no_fnmatch_line("*verdict*")
