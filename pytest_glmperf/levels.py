@@ -77,6 +77,7 @@ class GlmperfServer:
         self.time_scale = float(self.server_info.get("sim_time_scale") or 1.0)
         self._contexts: ContextFactory | None = None
         self._flush_missing = False
+        self._provenance: dict[str, Any] | None = None
 
     @property
     def profile(self) -> ServerProfile:
@@ -95,6 +96,12 @@ class GlmperfServer:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def provenance(self) -> dict[str, Any]:
+        """What served this target (asked once: for a container it means Docker API calls)."""
+        if self._provenance is None:
+            self._provenance = self._collect_provenance()
+        return self._provenance
+
+    def _collect_provenance(self) -> dict[str, Any]:
         info = redact({k: v for k, v in self.server_info.items() if k != "internal_states"})
         record = {**self.handle.provenance(), "base_url": redact_url(self.base_url), "version": info.get("version"),
                   "time_scale": self.time_scale, "server_args": info}

@@ -326,7 +326,7 @@ async def glmperf_client(glmperf_server: GlmperfServer) -> AsyncIterator[Streami
 
 @pytest.fixture
 def glmperf_capacity(glmperf_run: GlmperfRun, glmperf_server: GlmperfServer, glmperf_level: int,
-                     glmperf_thresholds: Thresholds, record_property: Any) -> LevelResult:
+                     glmperf_thresholds: Thresholds, request: pytest.FixtureRequest) -> LevelResult:
     """The capacity workload at this level (measured once per session); the result carries the verdict.
 
     With --capacity-search the first level item runs the whole bisection; levels it did not
@@ -337,18 +337,18 @@ def glmperf_capacity(glmperf_run: GlmperfRun, glmperf_server: GlmperfServer, glm
     except LookupError:
         best = glmperf_run.search(glmperf_server)["max_usable"]
         pytest.skip(f"not needed: capacity search settled max usable = {best} without c={glmperf_level}")
-    return _recorded(result, record_property)
+    return _recorded(result, request, glmperf_server)
 
 
 @pytest.fixture
 def glmperf_mixed(glmperf_run: GlmperfRun, glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds,
-                  record_property: Any) -> LevelResult:
+                  request: pytest.FixtureRequest) -> LevelResult:
     """The mixed coding-agent workload (measured once per session); the verdict is on its decode streams."""
-    return _recorded(glmperf_run.mixed(glmperf_server, glmperf_thresholds), record_property)
+    return _recorded(glmperf_run.mixed(glmperf_server, glmperf_thresholds), request, glmperf_server)
 
 
 @pytest.fixture
-def glmperf_scenario(glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds, record_property: Any
+def glmperf_scenario(glmperf_server: GlmperfServer, glmperf_thresholds: Thresholds, request: pytest.FixtureRequest
                      ) -> Callable[..., Awaitable[LevelResult]]:
     """Run your own agent coroutine at a concurrency level: ``await glmperf_scenario(fn, concurrency=4,
     duration_s=60)``; then ``result.assert_usable()``. The result joins the report and the verdict."""
@@ -356,7 +356,7 @@ def glmperf_scenario(glmperf_server: GlmperfServer, glmperf_thresholds: Threshol
                   name: str = "scenario") -> LevelResult:
         result = await glmperf_server.scenario(agent, concurrency=concurrency, duration_s=duration_s, name=name,
                                                thresholds=glmperf_thresholds)
-        return _recorded(result, record_property)
+        return _recorded(result, request, glmperf_server)
     return run
 
 
@@ -372,12 +372,25 @@ def glmperf_regression(request: pytest.FixtureRequest, glmperf_run: GlmperfRun, 
     return RegressionResult(check.name, check, glmperf_run.judging.inconclusive_fails)
 
 
-def _recorded(result: LevelResult, record_property: Callable[[str, Any], None]) -> LevelResult:
-    """Measured values into JUnit properties; an invalid measurement errors the test here."""
-    for name, value in result.properties():
-        record_property(name, value)
+def _recorded(result: LevelResult, request: pytest.FixtureRequest, server: GlmperfServer) -> LevelResult:
+    """Measured values, limits, status and the server's identity into the test's JUnit
+    <properties>; an invalid measurement errors the test here.
+
+    Appended to ``user_properties`` directly: the ``record_property`` fixture warns under
+    pytest's default junit_family (xunit2) even though the XML carries the properties alike.
+    """
+    request.node.user_properties.extend([*result.properties(), *_server_properties(server)])
     try:
         result.raise_if_invalid()
     except MeasurementInvalid as exc:  # fails the fixture: the test reports an error, not a verdict
         pytest.fail(f"MeasurementInvalid: {exc}", pytrace=False)
     return result
+
+
+def _server_properties(server: GlmperfServer) -> list[tuple[str, Any]]:
+    """Which build answered: the server's version and, for an image, its content id."""
+    from .provenance import image_id, server_version
+
+    provenance = server.provenance()
+    found = [("glmperf_server_version", server_version(provenance)), ("glmperf_image_id", image_id(provenance))]
+    return [(name, value) for name, value in found if value]

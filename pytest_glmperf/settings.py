@@ -140,7 +140,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("min_requests", non_negative_int, 20, "a verdict whose statistics rest on fewer requests is inconclusive (below 20 a P95 is mostly the sample's maximum)", metavar="N"),
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
     Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
-    Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run", metavar="BOOL"),
+    Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run (with --base-url only when set: a shared server's cache serves others too)", metavar="BOOL"),
     Option("clear_storage", _flag, False, "with the flush, also POST /hicache/storage-backend/clear: an L3 disk tier keeps what earlier windows wrote (clears a shared backend for every server on it)", flag=True),
     Option("warm_cache", _flag, False, "instead of flushing, send every context and spike text of a window once before it (a server that has seen these repositories)", flag=True),
     Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
@@ -230,6 +230,11 @@ class Settings:
             return option.quick
         return option.default
 
+    def _flush_asked(self, profile: ServerProfile) -> bool:
+        """Whether --flush-cache was set (command line, ini or profile): a server someone else
+        runs (--base-url) is never flushed otherwise."""
+        return "flush_cache" in self.given or "flush_cache" in profile.options
+
     @property
     def profile_names(self) -> tuple[str, ...]:
         return self.get("profile")
@@ -279,7 +284,7 @@ class Settings:
             first_token_timeout_s=value("first_token_timeout") or _derived(FIRST_TOKEN_TIMEOUT_X * thresholds.max_ttft_p95),
             stall_timeout_s=value("stall_timeout") or _derived(STALL_TIMEOUT_X * thresholds.max_gap_p95),
             temperature=value("temperature"),
-            flush_cache=value("flush_cache"),
+            flush_cache=value("flush_cache") if self._flush_asked(profile) else not self.given.get("base_url"),
             warm_cache=value("warm_cache"),
             clear_storage=value("clear_storage"),
             capacity_search=value("capacity_search"),

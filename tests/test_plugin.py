@@ -375,3 +375,18 @@ def test_a_revisit_goes_back_to_a_context_already_worked_on(pytester: pytest.Pyt
         last_sent = {r["context_id"]: r["send_ns"] for r in sent_before}
         # The least recently sent of the contexts already worked on, never a first visit.
         assert revisit["context_id"] == min(last_sent, key=lambda c: (last_sent[c], c)), (revisit, last_sent)
+
+
+def test_junit_carries_limits_status_and_the_server_without_warnings(pytester: pytest.Pytester):
+    import xml.etree.ElementTree as ET
+
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "--min-requests=20",
+                       "--junitxml=junit.xml")  # pytest's default junit_family: xunit2
+    result.stdout.no_fnmatch_line("*record_property is incompatible*")
+    cases = {case.get("name"): {p.get("name"): p.get("value") for p in case.iter("property")}
+             for case in ET.parse(pytester.path / "junit.xml").iter("testcase")}
+    level = cases["test_capacity[sim-hicache-c1]"]
+    assert level["glmperf_status"] == "inconclusive" and level["glmperf_settled"] == "False"
+    assert level["glmperf_limit_max_gap_p95"] == "8.0" and level["glmperf_server_version"]
+    assert cases["verdict"]["glmperf_verdict"] == "INCONCLUSIVE"

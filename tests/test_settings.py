@@ -70,6 +70,13 @@ def test_timeouts_follow_from_the_bar_unless_given():
     assert (run.first_token_timeout_s, run.stall_timeout_s) == (30.0, 7.0)
 
 
+def test_a_server_someone_else_runs_is_flushed_only_when_asked():
+    assert resolve({}, {}).for_profile(PROFILE).flush_cache is True
+    assert resolve({"base_url": "http://127.0.0.1:1"}, {}).for_profile(PROFILE).flush_cache is False
+    assert resolve({"base_url": "http://127.0.0.1:1", "flush_cache": "true"}, {}).for_profile(PROFILE).flush_cache
+    assert resolve({"base_url": "http://127.0.0.1:1"}, {}).for_profile(PROFILE).cache_start == "as-is"
+
+
 def test_unknown_profile_lists_known_ones():
     registry = load_registry(REPO / "compose" / "profiles.yaml")
     with pytest.raises(ConfigError, match=r"unknown profile 'nope'.*sim-hicache.*sim-mtp"):
