@@ -7,6 +7,7 @@ so the exit code, the terminal, JUnit and the report all carry the one verdict d
 
 from __future__ import annotations
 
+import argparse
 import time
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -17,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from .errors import ConfigError, GlmperfError, InconclusiveWarning, MeasurementInvalid
-from .settings import OPTIONS, Settings, resolve
+from .settings import OPTIONS, Option, Settings, resolve
 from .verdict import INCONCLUSIVE, Claims, SessionVerdict
 
 if TYPE_CHECKING:  # the rest loads when a session measures something, not with every pytest run
@@ -30,24 +31,53 @@ if TYPE_CHECKING:  # the rest loads when a session measures something, not with 
 
 RUN_KEY = pytest.StashKey["GlmperfRun"]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
+YIELDED_KEY = pytest.StashKey[list[str]]()  # short forms another installed plugin declares
 PROGRESS_EVERY_S = 5.0
 VERDICT_NAME = "glmperf::verdict"
 MEASURING = ("glmperf_capacity", "glmperf_mixed", "glmperf_regression")  # outcomes a typed result explains
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("glmperf", "LLM-serving performance (pytest-glmperf)")
+    """Every option as ``--glmperf-<name>`` (it always works) and as an ini key ``glmperf_<name>``;
+    the short forms are added once every installed plugin has declared its own options."""
+    group = parser.getgroup("glmperf", "LLM-serving performance (pytest-glmperf); each --glmperf-NAME also "
+                                       "answers to --NAME where no other installed plugin declares that name")
+    for option, kwargs in _option_kwargs():
+        group.addoption(f"--glmperf-{option[2:]}", **kwargs)
     for option in OPTIONS:
-        default = option.default if not isinstance(option.default, tuple) else ",".join(map(str, option.default))
-        text = option.help if default is None else f"{option.help}. Default: {default}"
-        text = text.replace("%", "%%")  # argparse formats help strings with %
-        if option.flag:
-            group.addoption(option.cli, action="store_true", default=None, dest=f"glmperf_{option.key}", help=text)
-        else:
-            group.addoption(option.cli, default=None, dest=f"glmperf_{option.key}", metavar=option.metavar, help=text)
-        parser.addini(f"glmperf_{option.key}", text, default=None)
-    group.addoption("--image", action="append", default=[], dest="glmperf_image", metavar="REF",
-                    help="image for compose profiles; repeat to compare images side by side")
+        parser.addini(f"glmperf_{option.key}", _help(option), default=None)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """``--profile``, ``--base-url``, …: each short form the README uses, unless another installed
+    plugin declares that name (pytest-base-url owns ``--base-url``, pytest-profiling ``--profile``).
+    Installed plugins have all declared theirs by now, so none of them can clash with ours."""
+    group = parser.getgroup("glmperf")
+    yielded = early_config.stash.setdefault(YIELDED_KEY, [])
+    for option, kwargs in _option_kwargs():
+        try:
+            group.addoption(option, **{**kwargs, "help": argparse.SUPPRESS})
+        except argparse.ArgumentError:
+            yielded.append(option)
+
+
+def _option_kwargs() -> list[tuple[str, dict[str, Any]]]:
+    """(short form, argparse keywords) of every option."""
+    found = []
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"default": None, "dest": f"glmperf_{option.key}", "help": _help(option)}
+        kwargs.update({"action": "store_true"} if option.flag else {"metavar": option.metavar})
+        found.append((option.cli, kwargs))
+    found.append(("--image", {"action": "append", "default": [], "dest": "glmperf_image", "metavar": "REF",
+                              "help": "image for compose profiles; repeat to compare images side by side"}))
+    return found
+
+
+def _help(option: Option) -> str:
+    default = option.default if not isinstance(option.default, tuple) else ",".join(map(str, option.default))
+    text = option.help if default is None else f"{option.help}. Default: {default}"
+    return text.replace("%", "%%")  # argparse formats help strings with %
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -108,12 +138,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             raise pytest.UsageError(f"glmperf: {exc}") from None
 
 
-def pytest_report_header(config: pytest.Config) -> str | None:
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if RUN_KEY not in config.stash:
         return None
     run = config.stash[RUN_KEY]
     levels = ",".join(str(n) for n in next(iter(run.run_settings.values())).levels)
-    return f"glmperf: targets={','.join(t.key for t in run.targets)} levels={levels} report-dir={run.report_dir}"
+    header = [f"glmperf: targets={','.join(t.key for t in run.targets)} levels={levels} report-dir={run.report_dir}"]
+    yielded = sorted(config.stash.get(YIELDED_KEY, []))
+    if yielded:
+        header.append(f"glmperf: {', '.join(yielded)} belong to another plugin here; "
+                      f"use {', '.join('--glmperf-' + name[2:] for name in yielded)}")
+    return header
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -32,15 +32,16 @@ def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 def test_help_lists_every_option_with_its_default(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines([
-        "*LLM-serving performance (pytest-glmperf)*",
-        "*--profile=NAME*",
+        "*LLM-serving performance (pytest-glmperf); each --glmperf-NAME also answers to --NAME*",
+        "*--glmperf-profile=NAME*",
         "*Default: sim-hicache*",
-        "*--base-url=URL*test an already running server*",
-        "*--concurrency-levels=N,N,...*",
+        "*--glmperf-base-url=URL*",
+        "*test an already running server*",
+        "*--glmperf-concurrency-levels=N,N,...*",
         "*capacity levels. Default: 1,2,4,8,12*",
-        "*--max-gap-p95=S*",
+        "*--glmperf-max-gap-p95=S*",
         "*Default: 8.0*",
-        "*--quick*",
+        "*--glmperf-quick*",
     ])
 
 
