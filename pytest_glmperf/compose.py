@@ -8,9 +8,11 @@ Lifecycle of ``start()``:
 
 1. find Compose v2 (``docker compose``, else ``docker-compose``) and a Docker engine;
 2. validate the compose file (YAML, then ``compose config``); errors name the file;
-3. look at the host port: a running container of *this* profile is reused when
-   ``reuse_running`` and healthy, else taken down (a restart); anything else on the port is
-   refused with the name of what holds it;
+3. look at the host port: a container this plugin started for *this* profile (its project
+   ``glmperf-<profile>-…``) is reused when ``reuse_running`` and healthy, else taken down (a
+   restart). Anything else is never stopped: a server of the same compose file that someone
+   started by hand is reused with ``reuse_running`` (and left up), else refused with its name,
+   as is whatever else holds the port;
 4. make sure the image is local, pulling it if the file allows (a failed pull fails at once);
 5. ``up -d`` under a unique project name ``glmperf-<profile>-<8 hex>``;
 6. poll ``GET /health_generate`` until 200 (SGLang answers 503 until its warm-up generation
@@ -331,10 +333,13 @@ class ComposeServer:
     # ---- the host port and what already runs there
 
     def _is_ours(self, labels: Mapping[str, str]) -> bool:
-        """A container of this profile: our project prefix, or started from the same compose file."""
-        project = labels.get(PROJECT_LABEL, "")
+        """A container this plugin started for this profile (its project prefix): ours to restart."""
+        return labels.get(PROJECT_LABEL, "").startswith(f"glmperf-{_slug(self.profile.name)}-")
+
+    def _same_file(self, labels: Mapping[str, str]) -> bool:
+        """Started from this profile's compose file, by someone else (``docker compose up`` by hand)."""
         files = [Path(item) for item in labels.get(CONFIG_FILES_LABEL, "").split(",") if item]
-        return project.startswith(f"glmperf-{_slug(self.profile.name)}-") or self.compose_file in files
+        return self.compose_file in files
 
     def _clear_the_port(self) -> bool:
         """Refuse strangers on the port, restart or adopt our own profile; True when adopted."""
@@ -351,6 +356,13 @@ class ComposeServer:
                 what = f"container {container.name!r} ({container.status}, image {_image_name(container)}"
                 what += f", compose project {project!r})" if project else ")"
                 fix = f"docker rm -f {container.name}" + (f" or docker compose -p {project} down" if project else "")
+                if self._same_file(labels):
+                    if on_port and self.reuse_running and self._healthy():
+                        return self._adopt(container, project)
+                    raise ServerStartError(
+                        f"{what} runs this profile's compose file but was not started by pytest-glmperf, so it is "
+                        f"left alone: test it with --reuse-running (it stays up afterwards), or stop it yourself "
+                        f"({fix}) to let the run start its own")
                 if on_port:
                     raise ServerStartError(
                         f"host port {port} (profile {self.profile.name!r}) is already taken by {what}, which is not "
@@ -361,12 +373,7 @@ class ComposeServer:
                     f"remove it ({fix}) or set SGLANG_CONTAINER_NAME"
                 )
             if on_port and self.reuse_running and self._healthy():
-                self.project = project or self.project
-                self.reused = True
-                self._container_id = container.id
-                self._say(f"reusing the healthy server of profile {self.profile.name!r} already running in "
-                          f"project {self.project} at {self.base_url} (--reuse-running)")
-                return True
+                return self._adopt(container, project)
             self._say(f"taking down the earlier server of profile {self.profile.name!r} "
                       f"(project {project}, {container.status}) before starting a fresh one")
             self._down(project=project or None, container=container)
@@ -377,6 +384,15 @@ class ComposeServer:
                 "publish another port with SGLANG_HOST_PORT"
             )
         return False
+
+    def _adopt(self, container: Any, project: str | None) -> bool:
+        """Test the healthy server already running there, and leave it up at the end."""
+        self.project = project or self.project
+        self.reused = True
+        self._container_id = container.id
+        self._say(f"reusing the healthy server of profile {self.profile.name!r} already running in "
+                  f"project {self.project} at {self.base_url} (--reuse-running)")
+        return True
 
     def _fixed_container_names(self) -> set[str]:
         services = self._config.get("services") or {}

@@ -25,6 +25,7 @@ from pytest_glmperf.compose import ComposeServer, find_compose
 from pytest_glmperf.errors import ConfigError, ServerNotReady, ServerStartError
 from pytest_glmperf.profiles import ServerProfile, load_registry
 from pytest_glmperf.provenance import file_sha256
+from pytest_glmperf.server import wait_until_ready
 
 pytestmark = pytest.mark.docker
 
@@ -229,6 +230,29 @@ def test_port_taken_by_another_container(docker_client: Any, make: Any, port: in
         assert stranger.status == "running", "a stranger on the port must be left alone"
     finally:
         stranger.remove(force=True)
+
+
+def test_a_server_started_by_hand_from_the_same_file_is_never_stopped(docker_client: Any, make: Any,
+                                                                      port: int) -> None:
+    """The compose files tell people to start production servers with `docker compose up`: such a
+    server is refused (named, with the way to test it), or tested in place with --reuse-running,
+    and in both cases left running."""
+    project = f"users-prod-{port}"
+    up = [*find_compose(), "-p", project, "-f", str(REPO / "compose" / "compose-sim.yaml")]
+    env = {**os.environ, "SGLANG_HOST_PORT": str(port)}
+    subprocess.run([*up, "up", "-d"], env=env, check=True, capture_output=True, timeout=120)
+    try:
+        with pytest.raises(ServerStartError, match=rf"compose project '{project}'.*runs this profile's compose "
+                                                   r"file but was not started by pytest-glmperf.*--reuse-running"):
+            make().start()
+        assert _project_leftovers(docker_client, project), "the user's server was stopped"
+        wait_until_ready(f"http://127.0.0.1:{port}", 60.0)
+        reused = make(reuse_running=True).start()
+        assert reused.reused and reused.project == project
+        reused.stop()
+        assert _project_leftovers(docker_client, project), "a reused server must be left up"
+    finally:
+        subprocess.run([*up, "down", "--timeout", "5"], env=env, check=False, capture_output=True, timeout=120)
 
 
 def test_image_provenance_reads_sglang_build_labels(docker_client: Any, tmp_path: Path) -> None:

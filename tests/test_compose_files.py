@@ -47,7 +47,7 @@ def test_gpu_profiles_follow_the_field_report(name: str, extra: str, container: 
     assert service["init"] is True and service["stop_grace_period"] == "10m"
     assert service["runtime"] == "nvidia" and service["ipc"] == "host"
     assert service["shm_size"] == "${SGLANG_SHM_SIZE:-128g}"
-    assert service["ports"] == ["${SGLANG_HOST_PORT:-30001}:8000"]
+    assert service["ports"] == ["${SGLANG_HOST_ADDRESS:-127.0.0.1}:${SGLANG_HOST_PORT:-30001}:8000"]
     assert service["environment"]["NVIDIA_VISIBLE_DEVICES"] == "all"
     (device,) = service["deploy"]["resources"]["reservations"]["devices"]
     assert device == {"driver": "nvidia", "count": "${SGLANG_GPU_COUNT:-8}", "capabilities": ["gpu"]}
@@ -109,6 +109,7 @@ def test_variables_reach_the_resolved_file() -> None:
     assert service["command"][service["command"].index("--tp-size") + 1] == "4"
     assert service["deploy"]["resources"]["reservations"]["devices"][0]["count"] == 4
     assert service["ports"][0]["published"] == "31001" and service["ports"][0]["target"] == 8000
+    assert service["ports"][0]["host_ip"] == "127.0.0.1"  # loopback unless SGLANG_HOST_ADDRESS says otherwise
     assert any(v["source"] == "/data/glm" and v["read_only"] for v in service["volumes"])
     assert service["stop_grace_period"] == "10m0s" and service["init"] is True
 
