@@ -31,7 +31,7 @@ from .scrape import MetricsSnapshot, merge_pacing
 from .search import bisect_levels, stop_check
 from .server import ServerHandle
 from .settings import RunSettings
-from .stats import LevelStats, MixedStats, StreamStats
+from .stats import DECODE_KINDS, LevelStats, MixedStats, StreamStats, distributions
 from .teardown import cancelled_by_sigterm, run_async
 from .thresholds import Thresholds
 from .windows import Window, server_queue, stalls
@@ -179,8 +179,10 @@ class GlmperfServer:
 
         def judge(error: str | None, interrupted: bool) -> LevelResult:
             stats = LevelStats.of_runs(concurrency, [(w.load.run.records, w.load.run.start_ns) for w in windows])
+            agents = [r for w in windows for r in w.load.run.records if r.kind != "spike"]
             details = {"stalls": stalls(windows, bar.max_gap_p95), "simulator": merge_pacing(w.pacing for w in windows),
-                       "server_queue": server_queue(windows), "cache_start": _one(cache)}
+                       "server_queue": server_queue(windows), "cache_start": _one(cache),
+                       "distributions": distributions(agents, self.settings.percentiles)}
             return self._result(CAPACITY, concurrency, stats, bar, windows, error, interrupted, details,
                                 require=self.settings.require_concurrency,
                                 cut_reason=next((w.load.cut_reason for w in windows if w.load.cut_reason), None))
@@ -210,8 +212,10 @@ class GlmperfServer:
             table = MixedStats.of(records, window.load.run.start_ns if window else 0,
                                   window.gauges if window else {}, window.cache_deltas() if window else {},
                                   server_queue(windows))
-            decode = StreamStats.of([r for r in records if r.kind in ("decode", "revisit")])
+            streams = [r for r in records if r.kind in DECODE_KINDS]
+            decode = StreamStats.of(streams)
             details = {**table.as_dict(), "stalls": stalls(windows, bar.max_gap_p95),
+                       "distributions": distributions(streams, self.settings.percentiles),
                        "simulator": window.pacing if window else None,
                        "gauge_series": window.gauge_samples() if window else {},
                        "run_start_ns": window.load.run.start_ns if window else None, "cache_start": _one(cache)}
@@ -241,7 +245,8 @@ class GlmperfServer:
         def judge(error: str | None, interrupted: bool) -> LevelResult:
             records = windows[0].load.run.records if windows else []
             details = {"stalls": stalls(windows, bar.max_gap_p95),
-                       "simulator": windows[0].pacing if windows else None, "server_queue": server_queue(windows)}
+                       "simulator": windows[0].pacing if windows else None, "server_queue": server_queue(windows),
+                       "distributions": distributions(records, self.settings.percentiles)}
             return self._result(name, concurrency, StreamStats.of(records), bar, windows, error, interrupted,
                                 details)
 

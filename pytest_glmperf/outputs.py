@@ -1,5 +1,5 @@
 """The one writer of a report folder: report.json and report.md after every result; at the end
-also the charts, report.html and the GitHub job summary.
+also the charts, report.html, levels.csv and requests.csv, and the GitHub job summary.
 
 Each output renders the same ``RunReport``; none decides anything. Charts are optional: a
 missing chart library is a note in the report, never an error.
@@ -7,8 +7,11 @@ missing chart library is a note in the report, never an error.
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .baseline import slug
 from .ci_summary import append_github_summary, github_summary
@@ -36,8 +39,59 @@ def publish(report_dir: Path, report: RunReport, *, final: bool = False,
         from .htmlreport import write_html
 
         write_html(report_dir, markdown, svgs)
+        write_csv(report_dir, report, records)
         append_github_summary(github_summary(report))
     return report
+
+
+LEVEL_FIELDS = ("target", "workload", "concurrency", "status", "settled", "required", "started_at", "requests",
+                "failures", "failure_rate", "retries", "requests_per_s", "aggregate_tok_s", "tok_s_p50",
+                "ttft_p50_s", "ttft_p95_s", "gap_p50_s", "gap_p95_s", "duration_s")
+REQUEST_FIELDS = ("profile", "scenario", "kind", "level", "request_id", "outcome", "error_kind", "send_s",
+                  "ttft_s", "ttfc_s", "e2e_s", "max_gap_s", "output_tok_s", "decode_tok_s", "tpot_s",
+                  "prompt_tokens", "cached_tokens", "completion_tokens", "reasoning_tokens", "retries")
+
+
+def write_csv(report_dir: Path, report: RunReport, records: Sequence[RequestRecord] | None = None) -> None:
+    """levels.csv (a row per level, mixed run and scenario, with every distribution) and
+    requests.csv (a row per request; ``send_s`` in model seconds since the session's first send)."""
+    rows = [_level_row(target.key, result.as_dict()) for target in report.targets
+            for result in (*target.levels, *((target.mixed,) if target.mixed else ()), *target.scenarios)]
+    columns = list(LEVEL_FIELDS) + sorted({key for row in rows for key in row} - set(LEVEL_FIELDS))
+    _write_rows(report_dir / "levels.csv", columns, rows)
+    if records is None:
+        path = report_dir / "records.jsonl"
+        records = read_records(path) if path.exists() else []
+    start = min((r.send_ns for r in records), default=0)
+    _write_rows(report_dir / "requests.csv", list(REQUEST_FIELDS), [_request_row(r, start) for r in records])
+
+
+def _level_row(target: str, entry: dict[str, Any]) -> dict[str, Any]:
+    row = {"target": target, **{key: entry.get(key) for key in LEVEL_FIELDS if key != "target"}}
+    if entry.get("workload") == "mixed":  # the judged streams' figures, as for a level
+        row.update({key: entry["decode_streams"].get(key) for key in LEVEL_FIELDS if key in entry["decode_streams"]})
+    for figure, values in (entry.get("distributions") or {}).items():
+        row.update({f"{figure}_{stat}": value for stat, value in values.items()})
+    return row
+
+
+def _request_row(record: RequestRecord, start_ns: int) -> dict[str, Any]:
+    figures = record.summary()
+    return {"profile": record.profile, "scenario": record.scenario, "kind": record.kind, "level": record.level,
+            "request_id": record.request_id, "outcome": record.outcome,
+            "error_kind": record.extra.get("error_kind"),
+            "send_s": (record.send_ns - start_ns) / 1e9 * record.time_scale, **figures, "tpot_s": record.tpot_s,
+            "prompt_tokens": record.prompt_tokens, "cached_tokens": record.cached_tokens,
+            "completion_tokens": record.completion_tokens, "reasoning_tokens": record.reasoning_tokens,
+            "retries": record.extra.get("retries", 0)}
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+    atomic_write(path, buffer.getvalue())
 
 
 def write_charts(report_dir: Path, report: RunReport,

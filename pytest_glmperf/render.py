@@ -7,12 +7,15 @@ report re-renders the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
 from .report import RunReport
+
+if TYPE_CHECKING:
+    from .results import LevelResult
 from .scrape import merge_pacing
 
 Sink = Callable[[str], None]
@@ -29,6 +32,7 @@ LEVEL_COLUMNS = [
     ("gap_p50_s", "gap P50 s", "{:.2f}"),
     ("gap_p95_s", "gap P95 s", "{:.2f}"),
     ("aggregate_tok_s", "agg tok/s", "{:.2f}"),
+    ("requests_per_s", "req/s", "{:.3f}"),
 ]
 MIXED_ROWS = [
     ("client_tok_s", "client out tok/s", "{:.2f}"),
@@ -194,6 +198,8 @@ def render_markdown(report: RunReport) -> str:
     data = report.as_dict()
     out = ["# pytest-glmperf report", "",
            f"status: **{report.status}** · started {report.started_at} · host {report.host}", ""]
+    if report.command:
+        out += [f"command: `{' '.join(report.command)}`", ""]
     if report.verdict:
         out += [f"**{report.verdict.line()}**", ""]
         out += [f"- ❌ {reason}" for reason in report.verdict.failures]
@@ -206,17 +212,47 @@ def render_markdown(report: RunReport) -> str:
         if target.provenance:
             out += [provenance_line(target.provenance), ""]
         if target.settings:
-            out += [conditions_line(target.settings), ""]
+            out += [conditions_line(target.settings), "", bar_line(target.settings, target.levels), ""]
         if target.start_error:
             out += [f"**server did not start**: {target.start_error}", ""]
         out += _capacity_section(entry["capacity"])
         out += _mixed_section(entry.get("mixed"))
         out += _scenario_section(entry.get("scenarios") or [])
+        out += _distribution_section(entry)
     if len(report.targets) > 1:
         out += ["## Side by side", ""]
         for table in side_by_side(data["targets"]):
             out += [table, ""]
     return "\n".join(out)
+
+
+def bar_line(settings: dict[str, Any], levels: Sequence[LevelResult]) -> str:
+    """'bar: failed <= 5 %, tok/s P50 >= 4, TTFT P95 <= 180 s, gap P95 <= 8 s, each on >= 20 requests; …'."""
+    bar = settings.get("thresholds") or {}
+    parts = [f"failed <= {_fmt(bar.get('max_failure_rate'), '{:.0%}')}",
+             f"tok/s P50 >= {_fmt(bar.get('min_tok_s_p50'), '{:g}')}",
+             f"TTFT P95 <= {_fmt(bar.get('max_ttft_p95'), '{:g}')} s",
+             f"gap P95 <= {_fmt(bar.get('max_gap_p95'), '{:g}')} s"]
+    text = "bar: " + ", ".join(parts)
+    if levels:
+        text += f", each on >= {levels[0].min_requests} requests"
+    return text + f"; required concurrency {_fmt(settings.get('require_concurrency'), '{}')}"
+
+
+def _distribution_section(target: dict[str, Any]) -> list[str]:
+    """Mean and percentiles of every per-request figure, per window (levels, mixed, scenarios)."""
+    windows = [(f"c={lv['concurrency']}", lv) for lv in target["capacity"]["levels"]]
+    windows += [("mixed", target["mixed"])] if target.get("mixed") else []
+    windows += [(f"{s['workload']} c={s['concurrency']}", s) for s in target.get("scenarios") or []]
+    rows, stats = [], None
+    for name, window in windows:
+        for figure, values in (window.get("distributions") or {}).items():
+            stats = stats or [key for key in values if key != "n"]
+            rows.append([name, figure, values.get("n"), *(_fmt(values.get(key), "{:.3g}") for key in stats)])
+    if not rows or stats is None:
+        return []
+    table = tabulate(rows, headers=["window", "figure", "n", *stats], tablefmt="github", disable_numparse=True)
+    return ["### Distributions (successful requests; model seconds, tok/s)", "", table, ""]
 
 
 def _capacity_section(capacity: dict[str, Any]) -> list[str]:

@@ -33,6 +33,18 @@ def parse_levels(key: str, value: Any) -> tuple[int, ...]:
     return tuple(levels)
 
 
+def parse_percentiles(key: str, value: Any) -> tuple[float, ...]:
+    """'50,95,99' -> (50.0, 95.0, 99.0); each in (0, 100), or a ConfigError naming the key."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        found = sorted({float(str(item).strip()) for item in items if str(item).strip()})
+    except ValueError:
+        raise ConfigError(f"{key} must be a comma-separated list of numbers, got {value!r}") from None
+    if not found or not all(0 < p < 100 for p in found):
+        raise ConfigError(f"{key} needs percentiles between 0 and 100 (exclusive), got {value!r}")
+    return tuple(found)
+
+
 def _number(kind: type, minimum: float, strict: bool) -> Callable[[str, Any], Any]:
     def parse(key: str, value: Any) -> Any:
         try:
@@ -137,6 +149,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("request_timeout", positive_float, 1800.0, "seconds before a request counts as failed (model time)", metavar="S"),
     Option("first_token_timeout", positive_float, None, "seconds (model time) a request may wait for its first token before it fails (default: twice --max-ttft-p95, at least 60)", metavar="S"),
     Option("stall_timeout", positive_float, None, "seconds (model time) a stream may stay silent once tokens flow before it fails (default: ten times --max-gap-p95, at least 60)", metavar="S"),
+    Option("percentiles", parse_percentiles, (50.0, 90.0, 95.0, 99.0), "percentiles reported beside the mean for TTFT, e2e, chunk gaps, ITL, TPOT and tok/s (report.md, report.json, levels.csv); the bar's own are fixed", metavar="P,P,..."),
     Option("min_requests", non_negative_int, 20, "a verdict whose statistics rest on fewer requests is inconclusive (below 20 a P95 is mostly the sample's maximum)", metavar="N"),
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
     Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
@@ -185,6 +198,7 @@ class RunSettings:
     clear_storage: bool = False
     capacity_search: bool = False
     repeats: int = 1
+    percentiles: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -201,6 +215,7 @@ class RunSettings:
             "temperature": self.temperature,
             "cache_start": self.cache_start,
             "capacity_search": self.capacity_search,
+            "percentiles": list(self.percentiles),
         }
 
     @property
@@ -289,6 +304,7 @@ class Settings:
             clear_storage=value("clear_storage"),
             capacity_search=value("capacity_search"),
             repeats=value("repeats"),
+            percentiles=value("percentiles"),
         )
 
 

@@ -125,6 +125,28 @@ def _present(values: Iterable[float | None]) -> tuple[float, ...]:
     return tuple(v for v in values if v is not None and not math.isnan(v))
 
 
+# The per-request figures reported as distributions beside the judged statistics (docs/metrics.md).
+DISTRIBUTED = ("ttft_s", "e2e_s", "max_gap_s", "itl_s", "tpot_s", "output_tok_s")
+
+
+def distributions(records: Sequence[RequestRecord], pcts: Sequence[float]) -> dict[str, dict[str, float | None]]:
+    """Mean and the given percentiles of each DISTRIBUTED figure over the successful requests.
+
+    ``itl_s`` pools every gap between token-bearing chunks of every request (one sample per
+    chunk gap, as vLLM's and SGLang's bench clients count ITL); the others have one sample per
+    request. Keys: ``mean``, ``p50``, ``p99.9``…, ``n``.
+    """
+    ok = [r for r in records if r.counted and r.ok]
+    samples = {name: [getattr(r, name) for r in ok] for name in DISTRIBUTED if name != "itl_s"}
+    samples["itl_s"] = [gap for r in ok for gap in r.gaps_s]
+    out = {}
+    for name in DISTRIBUTED:
+        values = [v for v in samples[name] if v is not None and not math.isnan(v)]
+        out[name] = {"n": len(values), "mean": mean(values),
+                     **{f"p{pct:g}": percentile(values, pct) for pct in pcts}}
+    return out
+
+
 @dataclass
 class LevelStats(StreamStats):
     """One capacity level: the agents' streams judged, with the whole level's load beside them.
@@ -136,6 +158,7 @@ class LevelStats(StreamStats):
     concurrency: int = 0
     duration_s: float | None = None
     aggregate_tok_s: float | None = None
+    requests_per_s: float | None = None   # requests that ended (ok or failed) per model second
     spike_requests: int = 0
     spike_ttft_p50_s: float | None = None
 
@@ -167,6 +190,7 @@ class LevelStats(StreamStats):
         stats.concurrency = concurrency
         stats.duration_s = duration
         stats.aggregate_tok_s = tokens / duration if duration else None
+        stats.requests_per_s = len(records) / duration if duration else None
         stats.spike_requests = len(spikes)
         stats.spike_ttft_p50_s = percentile((r.ttft_s for r in spikes if r.ok), 50)
         return stats
@@ -211,6 +235,7 @@ class MixedStats:
     gap_p95_s: float | None = None
     duration_s: float | None = None
     requests: int = 0
+    requests_per_s: float | None = None
     failures: int = 0
     completion_tokens: int = 0
     cache: dict[str, float | None] = field(default_factory=dict)
@@ -250,6 +275,7 @@ class MixedStats:
             gap_p95_s=everything.gap_p95_s,
             duration_s=duration,
             requests=everything.requests,
+            requests_per_s=everything.requests / duration if duration else None,
             failures=everything.failures,
             completion_tokens=everything.completion_tokens,
             cache=dict(cache_deltas),

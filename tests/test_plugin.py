@@ -103,6 +103,33 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
     assert 'name="glmperf_gap_p95_s"' in junit and 'name="glmperf_usable"' in junit
 
 
+def test_every_figure_peers_report_is_in_the_report_and_the_csv(pytester: pytest.Pytester):
+    import csv
+
+    pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
+    result = run_inner(pytester, "--percentiles=50,99")
+    result.assert_outcomes(passed=4)
+    out = pytester.path / "out"
+    target = json.loads((out / "report.json").read_text())["targets"]["sim-hicache"]
+    level = target["capacity"]["levels"][0]
+    assert set(level["distributions"]) == {"ttft_s", "e2e_s", "max_gap_s", "itl_s", "tpot_s", "output_tok_s"}
+    assert set(level["distributions"]["itl_s"]) == {"n", "mean", "p50", "p99"}
+    assert level["distributions"]["itl_s"]["n"] > level["distributions"]["e2e_s"]["n"]  # a sample per chunk gap
+    assert level["requests_per_s"] > 0 and target["mixed"]["requests_per_s"] > 0
+    markdown = (out / "report.md").read_text()
+    assert "command: `" in markdown and "--percentiles=50,99" in markdown
+    assert ("bar: failed <= 5%, tok/s P50 >= 4, TTFT P95 <= 180 s, gap P95 <= 8 s, each on >= 2 requests; "
+            "required concurrency 2") in markdown
+    assert "### Distributions" in markdown and "| c=1      | itl_s" in markdown
+    levels = list(csv.DictReader((out / "levels.csv").open()))
+    assert [(row["workload"], row["concurrency"]) for row in levels] == [("capacity", "1"), ("capacity", "2"),
+                                                                        ("mixed", "3")]
+    assert levels[0]["e2e_s_p99"] and levels[2]["ttft_p95_s"]
+    requests = list(csv.DictReader((out / "requests.csv").open()))
+    assert len(requests) == len((out / "records.jsonl").read_text().splitlines())
+    assert {"ttft_s", "e2e_s", "tpot_s", "send_s", "outcome"} <= set(requests[0])
+
+
 def test_broken_bar_fails_naming_threshold_and_xfails_beyond_required(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--max-gap-p95", "0.000001", "--require-concurrency", "1", "-rxX")

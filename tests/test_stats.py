@@ -109,3 +109,15 @@ def test_histogram_delta_is_the_window_not_the_server_lifetime():
     assert both is not None and both.count == 8 and both.buckets[10.0] == 8
     assert HistogramDelta.between(after, before) is None            # a restart in between
     assert HistogramDelta.between(None, MetricsSnapshot.parse("")) is None  # not exported
+
+
+def test_distributions_give_the_mean_and_asked_percentiles_of_every_figure():
+    from pytest_glmperf.stats import distributions
+
+    records = [record(ttft, [10, 30]) for ttft in (100, 200, 300, 400)] + [record(50, [10], ok=False)]
+    found = distributions(records, (50, 99))
+    assert found["ttft_s"] == {"n": 4, "mean": pytest.approx(0.25), "p50": pytest.approx(0.25),
+                               "p99": pytest.approx(0.397)}
+    assert found["itl_s"]["n"] == 8 and found["itl_s"]["mean"] == pytest.approx(0.02)  # every chunk gap pooled
+    assert found["max_gap_s"]["p50"] == pytest.approx(0.03)
+    assert found["tpot_s"]["mean"] == pytest.approx(0.02)  # (e2e - TTFT) / (3 tokens - 1)
