@@ -66,10 +66,12 @@ class GlmperfServer:
 
     def __init__(self, target: Target, handle: ServerHandle, settings: RunSettings, *,
                  on_result: Callable[[LevelResult], None], on_record: Callable[[RequestRecord], None],
-                 progress: Progress, judging: Judging = Judging(), api_key: str | None = None) -> None:
+                 progress: Progress, judging: Judging = Judging(), api_key: str | None = None,
+                 eta_s: Callable[[], float | None] = lambda: None) -> None:
         self.target, self.handle, self.settings = target, handle, settings
         self.base_url = handle.base_url
         self._on_result, self._on_record, self._progress_sink = on_result, on_record, progress
+        self._eta_s = eta_s
         self.judging, self._api_key = judging, api_key
         _, info = fetch_server_info(self.base_url, headers=self._headers())
         self.server_info = info or {}
@@ -172,8 +174,11 @@ class GlmperfServer:
                                        lambda load=load: load.run.start_ns) if early_stop else None
                     window = Window(load, spec.in_flight_kinds, concurrency, spec.level_duration_s)
                     windows.append(window)
+                    where = self._whereabouts(f"level {self.settings.levels.index(concurrency) + 1} of "
+                                              f"{len(self.settings.levels)}" if concurrency in self.settings.levels
+                                              else "")
                     async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
-                        await run_capacity_level(load, spec, concurrency, self._progress(label), check)
+                        await run_capacity_level(load, spec, concurrency, self._progress(label, where), check)
                     if load.cut_reason:
                         break
 
@@ -204,7 +209,7 @@ class GlmperfServer:
                 window = Window(load, ("decode",), spec.decode_workers, spec.duration_s)
                 windows.append(window)
                 async with window.observe(client, spec_interval_s=spec.gauge_interval_s):
-                    await run_mixed(load, spec, self._progress(MIXED))
+                    await run_mixed(load, spec, self._progress(MIXED, self._whereabouts("mixed workload")))
 
         def judge(error: str | None, interrupted: bool) -> LevelResult:
             window = windows[0] if windows else None
@@ -352,8 +357,20 @@ class GlmperfServer:
         """An event (not a window's periodic line): its own label, so it is never throttled away."""
         self._progress(label)(text)
 
-    def _progress(self, label: str) -> Progress:
-        return lambda text: self._progress_sink(f"glmperf {self.target.key} {label}: {text}")
+    def _progress(self, label: str, where: Callable[[], str] | None = None) -> Progress:
+        """Lines labelled ``glmperf <target> <label>:``; ``where`` adds where the session stands."""
+        def say(text: str) -> None:
+            extra = where() if where else ""
+            self._progress_sink(f"glmperf {self.target.key} {label}: {text}" + (f"  ({extra})" if extra else ""))
+        return say
+
+    def _whereabouts(self, what: str) -> Callable[[], str]:
+        """'level 2 of 5, session about 6 min more' (the estimate counts planned load time only)."""
+        def text() -> str:
+            eta = self._eta_s()
+            left = f"session about {_duration(eta)} more" if eta else ""
+            return ", ".join(part for part in (what, left) if part)
+        return text
 
 
 async def _post(client: StreamingClient, path: str, timeout_s: float = 30.0) -> int | None:
@@ -363,6 +380,10 @@ async def _post(client: StreamingClient, path: str, timeout_s: float = 30.0) -> 
     except httpx.HTTPError:
         return None
     return response.status_code
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
 def _one(values: list[str]) -> str | None:

@@ -32,7 +32,8 @@ if TYPE_CHECKING:  # the rest loads when a session measures something, not with 
 RUN_KEY = pytest.StashKey["GlmperfRun"]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 YIELDED_KEY = pytest.StashKey[list[str]]()  # short forms another installed plugin declares
-PROGRESS_EVERY_S = 5.0
+PROGRESS_EVERY_S = 5.0       # on a terminal
+PROGRESS_EVERY_S_LOG = 30.0  # in a log without a terminal (CI): short
 VERDICT_NAME = "glmperf::verdict"
 MEASURING = ("glmperf_capacity", "glmperf_mixed", "glmperf_regression")  # outcomes a typed result explains
 
@@ -110,7 +111,8 @@ def _session_run(config: pytest.Config) -> GlmperfRun:
 
 
 def _progress_sink(config: pytest.Config) -> Callable[[str], None]:
-    """Progress lines to the terminal, at most one per label every few seconds."""
+    """Progress lines to the terminal, at most one per label every few seconds on a terminal
+    and every half minute in a CI log (no terminal), where every line stays in the log."""
     last: dict[str, float] = {}
 
     def write(text: str) -> None:
@@ -118,7 +120,8 @@ def _progress_sink(config: pytest.Config) -> Callable[[str], None]:
         capture = config.pluginmanager.get_plugin("capturemanager")
         label = text.split(":", 1)[0]
         now = time.monotonic()
-        if reporter is None or now - last.get(label, 0.0) < PROGRESS_EVERY_S:
+        every = PROGRESS_EVERY_S if getattr(reporter, "isatty", False) else PROGRESS_EVERY_S_LOG
+        if reporter is None or now - last.get(label, 0.0) < every:
             return
         last[label] = now
         if capture is None:

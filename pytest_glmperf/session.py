@@ -189,7 +189,8 @@ class GlmperfRun:
         try:
             handle = self._start_handle(target)
             server = GlmperfServer(target, handle, state.settings, on_result=self.record, on_record=self.on_record,
-                                   progress=self.progress, judging=self.judging, api_key=self.settings.api_key)
+                                   progress=self.progress, judging=self.judging, api_key=self.settings.api_key,
+                                   eta_s=self.eta_s)
         except GlmperfError as exc:
             state.start_error = f"{type(exc).__name__}: {exc}"
             self.write_report()
@@ -304,6 +305,21 @@ class GlmperfRun:
         found = next((c for c in checks if c.metric == metric), None)
         return found or Check(key, level, metric, None, None, None, None, None, None, ERROR,
                               f"unknown metric {metric!r}")
+
+    def eta_s(self) -> float | None:
+        """Wall seconds of planned load still to run (windows not yet measured, at each server's
+        time scale); drains, prefills and start-ups come on top. None when nothing is planned."""
+        total = 0.0
+        for target in self.targets:
+            state, run = self._states[target.key], self._states[target.key].settings
+            server = self._servers.get(target.key)
+            scale = server.time_scale if server else (run.time_scale if target.profile.is_simulated else 1.0)
+            if target.key in self.claims.capacity or any(key == target.key for key, *_ in self.claims.regression):
+                left = [c for c in run.levels if c not in state.levels]
+                total += len(left) * run.capacity.level_duration_s * run.repeats / scale
+            if target.key in self.claims.mixed and state.mixed is None:
+                total += run.mixed.duration_s / scale
+        return total or None
 
     # -- report and verdict ----------------------------------------------------------------------
     def _target_report(self, key: str) -> TargetReport:

@@ -36,6 +36,7 @@ from .clock import ModelClock
 from .contexts import ContextFactory
 from .errors import ConfigError
 from .records import CUT, RequestRecord
+from .stats import percentile
 
 
 class StreamClient(Protocol):
@@ -196,10 +197,18 @@ class Load:
             task.cancel()
 
     def summary(self, window_s: float) -> str:
-        done = len(self.run.records)
-        failed = sum(not r.ok for r in self.run.records)
-        elapsed = min(self.clock.now(), window_s)
-        return f"{elapsed:6.0f}/{window_s:.0f} s  requests done {done}  failed {failed}"
+        """One progress line: time, requests done / failed / in flight, live TTFT and tok/s P50."""
+        records = self.run.records
+        failed = sum(not r.ok for r in records)
+        now = self.clock.now()
+        parts = [f"{min(now, window_s):6.0f}/{window_s:.0f} s", f"requests done {len(records)}", f"failed {failed}",
+                 f"in flight {len(self.active)}"]
+        ok = [r for r in records if r.ok]
+        ttft, tok_s = percentile((r.ttft_s for r in ok), 50), percentile((r.output_tok_s for r in ok), 50)
+        parts += [f"TTFT P50 {ttft:.2f} s"] if ttft is not None else []
+        parts += [f"tok/s P50 {tok_s:.1f}"] if tok_s is not None else []
+        parts += ["draining"] if now >= window_s and self.active else []
+        return "  ".join(parts)
 
 
 def capacity_prompts(spec: CapacitySpec, concurrency: int) -> list[str]:

@@ -76,7 +76,8 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
     result = run_inner(pytester, "-v", "--junitxml", "junit.xml")
     result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*glmperf sim-hicache c=1: * s  requests done *  failed 0*"])
+    result.stdout.fnmatch_lines(["*glmperf sim-hicache c=1: * s  requests done *  failed 0  in flight *"
+                                 "  TTFT P50 * s  tok/s P50 *  (level 1 of 2, session about * more)"])
     result.stdout.fnmatch_lines(["*test_capacity[[]sim-hicache-c1[]] PASSED*",
                                  "*test_capacity[[]sim-hicache-c2[]] PASSED*",
                                  "*glmperf verdict: sim-hicache usable up to concurrency 2*"])
