@@ -54,7 +54,7 @@ def run_profile(name: str, seen: str, rule: str, time_scale: float, report_dir: 
     finally:
         server.stop()
     print(f"{name}: seen levels {seen} in {seen_s:.0f} s, then {LEVELS} in {run_s:.0f} s (wall)")
-    return json.loads((report_dir / name / "history" / "report.json").read_text())
+    return json.loads((report_dir / name / "history" / "latest" / "report.json").read_text())
 
 
 def main() -> None:

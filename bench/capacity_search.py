@@ -26,7 +26,7 @@ def run(profile: str, report_dir: Path, extra: list[str]) -> tuple[dict, float]:
     began = time.monotonic()
     subprocess.run(command, cwd=ROOT, check=False, stdout=subprocess.DEVNULL)
     wall = time.monotonic() - began
-    return json.loads((report_dir / "report.json").read_text())["targets"][profile]["capacity"], wall
+    return json.loads((report_dir / "latest" / "report.json").read_text())["targets"][profile]["capacity"], wall
 
 
 def server_time(capacity: dict) -> float:

@@ -232,8 +232,8 @@ def main() -> None:
         if not args.no_warm:
             warm_wall = run_suite(warm_dir, args.quick, args.profile, args.time_scale,
                                   ["--warm-cache", *args.pytest_args])
-    report = json.loads((args.report_dir / "report.json").read_text())
-    warm_file = warm_dir / "report.json"
+    report = json.loads((args.report_dir / "latest" / "report.json").read_text())
+    warm_file = warm_dir / "latest" / "report.json"
     warm = json.loads(warm_file.read_text()) if not args.no_warm and warm_file.exists() else None
     scale = next(iter(report["targets"].values()))["settings"]["time_scale"]
     timing = f" · wall {wall:.0f} s for both profiles" if wall else ""
@@ -242,7 +242,7 @@ def main() -> None:
         f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}" + timing,
         mixed_table(report, warm), little_table(report, warm), cache_table(report, warm),
         capacity_table(report, warm),
-        lag_note(args.report_dir, report, scale)])
+        lag_note(args.report_dir / "latest", report, scale)])
     print(text)
     if args.write_docs:
         doc = ROOT / "docs" / "simulator.md"

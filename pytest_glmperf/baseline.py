@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
 DEFAULT_STORE = Path(".glmperf")
 REPORT, RECORDS, META = "report.json", "records.jsonl", "meta.json"
+LATEST = "latest"  # a report folder's pointer to its newest run
 NO_IMAGE = "_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SLUG = re.compile(r"[^A-Za-z0-9._-]+")
@@ -128,12 +129,15 @@ def save_baseline(report_dir: Path, name: str, store: Path = DEFAULT_STORE) -> P
 
 
 def load_baseline(ref: str, store: Path = DEFAULT_STORE) -> Baseline:
-    """A baseline by saved NAME, or by PATH to a report.json or a folder holding one.
+    """A baseline by saved NAME, or by PATH to a report.json, a run folder, or a --report-dir
+    (its ``latest`` run).
 
-    A path wins when it exists (a run folder such as ``glmperf-report/`` works directly). A
+    A path wins when it exists (a run folder such as ``perf-report/latest`` works directly). A
     name gathers every target saved under it. Unknown refs raise ConfigError listing names.
     """
     path = Path(ref)
+    if (path / LATEST / REPORT).is_file():  # a --report-dir: its newest run
+        path = path / LATEST
     if path.is_file() or (path / REPORT).is_file():
         return _load_path(ref, path if path.is_file() else path / REPORT)
     if path.is_dir() and any(path.glob(f"*/*/{REPORT}")):

@@ -146,7 +146,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
         return None
     run = config.stash[RUN_KEY]
     levels = ",".join(str(n) for n in next(iter(run.run_settings.values())).levels)
-    header = [f"glmperf: targets={','.join(t.key for t in run.targets)} levels={levels} report-dir={run.report_dir}"]
+    header = [f"glmperf: targets={','.join(t.key for t in run.targets)} levels={levels} report-dir={run.report_root}"]
     yielded = sorted(config.stash.get(YIELDED_KEY, []))
     if yielded:
         header.append(f"glmperf: {', '.join(yielded)} belong to another plugin here; "

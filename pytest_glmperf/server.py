@@ -7,6 +7,7 @@ answers 200 (SGLang answers 503 until its warm-up generation has run).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,6 +94,7 @@ class SimulatedServer:
         self.startup_s: float | None = None
         self._process: subprocess.Popen[str] | None = None
         self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._pump: threading.Thread | None = None
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "pytest_glmperf.simulator", "--host", "127.0.0.1", "--port", "0",
@@ -108,7 +110,8 @@ class SimulatedServer:
         _register(self)  # its own session: a SIGTERM to pytest would not reach it
         port = self._read_port()
         self.base_url = f"http://127.0.0.1:{port}"
-        threading.Thread(target=self._pump_log, daemon=True, name="glmperf-sim-log").start()
+        self._pump = threading.Thread(target=self._pump_log, daemon=True, name="glmperf-sim-log")
+        self._pump.start()
         wait_until_ready(self.base_url, self.startup_timeout_s, check_alive=self._check_alive,
                          not_ready=lambda last: f"{self.base_url} not ready after {self.startup_timeout_s:g} s: "
                                                 f"{last}.{self._death_note()}")
@@ -131,6 +134,8 @@ class SimulatedServer:
                     return int(event["port"])
                 if time.monotonic() > deadline:
                     break
+        with contextlib.suppress(subprocess.TimeoutExpired):  # its output ended: let it say how it exited
+            self._process.wait(timeout=5)
         raise ServerStartError(f"simulator for profile {self.profile.name!r} did not start.{self._death_note()}")
 
     def _pump_log(self) -> None:
@@ -155,6 +160,8 @@ class SimulatedServer:
 
     def _death_note(self) -> str:
         code = self._process.poll() if self._process else None
+        if code is not None and self._pump is not None:
+            self._pump.join(timeout=2.0)  # the process is gone: its last lines are on their way to the tail
         status = "" if code is None else f" exit code {code};"
         return f"{status} last log lines:\n{self.log_tail(40)}"
 

@@ -65,13 +65,14 @@ class GlmperfRun:
         self.registry = registry
         self.rootdir = rootdir
         self.progress = progress or (lambda text: None)
-        self.report_dir = self._rooted(settings.get("report_dir"))
+        self.report_root = self._rooted(settings.get("report_dir"))
+        self._run_dir: Path | None = None
         self.targets = self._plan_targets()
         self.run_settings = {t.key: settings.for_profile(t.profile) for t in self.targets}
         self._check_plan()
         self.judging = Judging(min_requests=settings.get("min_requests"),
                                inconclusive_fails=settings.get("inconclusive") == "fail")
-        self.baseline_store = self._rooted(settings.get("baseline_store"))
+        self.baseline_store = self._rooted(settings.get("baseline_dir"))
         self.compare_ref = settings.get("compare")
         # Loaded now, so an unknown baseline is a usage error before any server starts.
         self.baseline: Baseline | None = load_baseline(self.compare_ref, self.baseline_store) \
@@ -113,9 +114,27 @@ class GlmperfRun:
                     f"add it to the levels or lower --require-concurrency"
                     + (f" to {below[-1]}" if below else ""))
 
+    @property
+    def report_dir(self) -> Path:
+        """This session's own run folder under --report-dir, made on first use: ``<report-dir>/
+        <started>`` with ``<report-dir>/latest`` pointing at it. No session empties another's."""
+        if self._run_dir is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            folder, n = self.report_root / stamp, 1
+            while folder.exists():
+                n += 1
+                folder = self.report_root / f"{stamp}-{n}"
+            folder.mkdir(parents=True)
+            pointer = self.report_root / f".latest-{os.getpid()}"
+            pointer.unlink(missing_ok=True)
+            pointer.symlink_to(folder.name, target_is_directory=True)
+            os.replace(pointer, self.report_root / "latest")
+            self._run_dir = folder
+        return self._run_dir
+
     def _check_report_dir(self) -> None:
         """The report folder must be a folder we can write, before any server starts."""
-        folder = self.report_dir
+        folder = self.report_root
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".glmperf-write-check-{os.getpid()}"

@@ -116,6 +116,7 @@ class Option:
     quick: Any = None
     flag: bool = False
     metavar: str | None = None
+    env: str | None = None  # an environment variable that sets it (below the command line, above ini)
 
     @property
     def cli(self) -> str:
@@ -152,7 +153,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("percentiles", parse_percentiles, (50.0, 90.0, 95.0, 99.0), "percentiles reported beside the mean for TTFT, e2e, chunk gaps, ITL, TPOT and tok/s (report.md, report.json, levels.csv); the bar's own are fixed", metavar="P,P,..."),
     Option("min_requests", non_negative_int, 20, "a verdict whose statistics rest on fewer requests is inconclusive (below 20 a P95 is mostly the sample's maximum)", metavar="N"),
     Option("temperature", non_negative_float, 0.0, "sampling temperature sent with every request", metavar="T"),
-    Option("report_dir", _text, "perf-report", "where reports and records are written", metavar="DIR"),
+    Option("report_dir", _text, "perf-report", "where each session writes its own run folder (<DIR>/<started>, with <DIR>/latest pointing at the newest)", metavar="DIR", env="GLMPERF_REPORT_DIR"),
     Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run (with --base-url only when set: a shared server's cache serves others too)", metavar="BOOL"),
     Option("clear_storage", _flag, False, "with the flush, also POST /hicache/storage-backend/clear: an L3 disk tier keeps what earlier windows wrote (clears a shared backend for every server on it)", flag=True),
     Option("warm_cache", _flag, False, "instead of flushing, send every context and spike text of a window once before it (a server that has seen these repositories)", flag=True),
@@ -160,7 +161,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("quick", _flag, False, "small preset: levels 1,2,4, 90 s levels of 128-token answers (enough requests for --min-requests), 20k-token contexts (about a minute on the simulator)", flag=True),
     Option("save_baseline", _text, None, "keep this run's report and records as baseline NAME", metavar="NAME"),
     Option("compare", _text, None, "compare with a saved baseline NAME or a report PATH; adds regression checks", metavar="NAME|PATH"),
-    Option("baseline_store", _text, ".glmperf", "folder of saved baselines (relative to the rootdir)", metavar="DIR"),
+    Option("baseline_dir", _text, ".glmperf", "folder of saved baselines (relative to the rootdir); keep it outside a CI workspace, which checkout cleans", metavar="DIR", env="GLMPERF_BASELINE_DIR"),
     Option("tolerances", _mapping, None, "regression tolerances, e.g. tok_s_p50=10%,ttft_p95_s=15%,confidence=0.95 (default 10 % each)", metavar="K=V,..."),
     Option("inconclusive", _choice("pass", "fail"), "pass", "how an inconclusive verdict or regression check counts: pass (exit 0, the verdict still says INCONCLUSIVE) or fail", metavar="pass|fail"),
     Option("repeats", positive_int, 1, "run each capacity level N times; statistics and the gate pool them", metavar="N"),
@@ -175,7 +176,7 @@ STALL_TIMEOUT_X = 10.0        # default silence timeout, in multiples of --max-g
 MIN_DERIVED_TIMEOUT_S = 60.0  # a derived limit never cuts a request sooner (a bar set near 0 is a probe, not a limit)
 GLOBAL_KEYS = {"profile", "profiles_file", "base_url", "report_dir", "quick", "images",
                "startup_timeout", "keep_running", "reuse_running", "save_baseline", "compare",
-               "baseline_store", "tolerances", "inconclusive", "min_requests"}
+               "baseline_dir", "tolerances", "inconclusive", "min_requests"}
 
 
 @dataclass(frozen=True)
@@ -316,7 +317,8 @@ def resolve(cli: Mapping[str, Any], ini: Mapping[str, Any],
             images: tuple[str, ...] = ()) -> Settings:
     """Parse what the user gave (None means "not given") into Settings; errors name the key."""
     given: dict[str, Any] = {}
-    for source in (ini, cli):  # command line last, so it wins
+    env = {o.key: os.environ[o.env] for o in OPTIONS if o.env and os.environ.get(o.env, "").strip()}
+    for source in (ini, env, cli):  # command line last, so it wins
         for key, raw in source.items():
             if raw is None or (raw is False and BY_KEY[key].flag):
                 continue

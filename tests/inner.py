@@ -29,3 +29,8 @@ def wait_for_records(path: Path, count: int, timeout_s: float = 120) -> None:
             return
         time.sleep(0.2)
     raise TimeoutError(f"{path} never held {count} records")
+
+
+def run_folder(pytester: object, report_dir: str = "out") -> Path:
+    """Where an inner run that was given ``--report-dir=<pytester.path>/out`` wrote its files."""
+    return Path(pytester.path) / report_dir / "latest"  # type: ignore[attr-defined]

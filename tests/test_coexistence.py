@@ -51,7 +51,7 @@ def test_the_suite_runs_through_the_glmperf_forms(pytester: pytest.Pytester, for
         "glmperf: --base-url, --profile belong to another plugin here; use --glmperf-base-url, --glmperf-profile",
         "glmperf PASS: sim-mtp max usable 1 (required 1)"])
     assert result.ret == 0
-    assert json.loads((out / "report.json").read_text())["targets"]["sim-mtp"]["capacity"]["max_usable"] == 1
+    assert json.loads((out / "latest" / "report.json").read_text())["targets"]["sim-mtp"]["capacity"]["max_usable"] == 1
 
 
 def test_without_them_the_short_forms_are_ours(pytester: pytest.Pytester):

@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from tests.conftest import REGISTRY
-from tests.inner import CAPACITY_TEST, wait_for_records
+from tests.inner import CAPACITY_TEST, run_folder, wait_for_records
 
 pytestmark = pytest.mark.docker
 
@@ -37,12 +37,12 @@ def test_two_images_side_by_side_with_deltas(pytester: pytest.Pytester, docker_c
         result.assert_outcomes(passed=3)  # two levels and the verdict
         result.stdout.fnmatch_lines(["*test_capacity[[]sim@glmperf-sim:latest-c1[]]*",
                                      "*test_capacity[[]sim@glmperf-sim:candidate-c1[]]*"])
-        report = json.loads((pytester.path / "out" / "report.json").read_text())
+        report = json.loads((run_folder(pytester) / "report.json").read_text())
         assert list(report["targets"]) == ["sim@glmperf-sim:latest", "sim@glmperf-sim:candidate"]
         for target in report["targets"].values():
             assert target["provenance"]["kind"] == "compose"
             assert target["provenance"]["image"]["id"] == image.id
-        markdown = (pytester.path / "out" / "report.md").read_text()
+        markdown = (run_folder(pytester) / "report.md").read_text()
         assert "## Side by side" in markdown
         assert "| c1      | tok_s_p50" in markdown and "%)" in markdown
     finally:
@@ -56,7 +56,7 @@ def test_server_killed_mid_level_fails_that_level_and_later_profiles_still_run(
     out = pytester.path / "out"
 
     def kill_when_loaded() -> None:
-        wait_for_records(out / "records.jsonl", 3)
+        wait_for_records(out / "latest" / "records.jsonl", 3)
         for container in sim_containers(docker_client):
             container.kill()
 
@@ -70,7 +70,7 @@ def test_server_killed_mid_level_fails_that_level_and_later_profiles_still_run(
     result.stdout.fnmatch_lines(["*sim at concurrency 1 is not usable:*", "*failure_rate = * > max_failure_rate*",
                                  "*server died during the level: the container of profile 'sim' is *"])
     result.stdout.fnmatch_lines(["PASSED test_cap.py::test_capacity[[]sim-hicache-c1[]]*"])
-    lines = (out / "records.jsonl").read_text().splitlines()
+    lines = (out / "latest" / "records.jsonl").read_text().splitlines()
     profiles = {json.loads(line)["profile"] for line in lines}
     assert profiles == {"sim", "sim-hicache"}
     assert not sim_containers(docker_client)
@@ -84,13 +84,13 @@ def test_ctrl_c_during_a_compose_level_leaves_partial_report_and_no_container(
                f"--report-dir={out}", "--level-duration=3000", *TINY]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        wait_for_records(out / "records.jsonl", 3)
+        wait_for_records(out / "latest" / "records.jsonl", 3)
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=120)
     finally:
         if process.poll() is None:
             process.kill()
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "latest" / "report.json").read_text())
     assert report["status"] == "interrupted"
     assert report["targets"]["sim"]["capacity"]["levels"][0]["status"] == "interrupted"
     assert not sim_containers(docker_client)

@@ -27,7 +27,7 @@ from pytest_glmperf.provenance import image_provenance
 from pytest_glmperf.regression import match_target
 from pytest_glmperf.report import RunReport, TargetReport
 from tests.conftest import REGISTRY
-from tests.inner import CAPACITY_TEST, REGRESSION_TEST, wait_for_records
+from tests.inner import CAPACITY_TEST, REGRESSION_TEST, run_folder, wait_for_records
 from tests.test_plugin import _simulator_children
 
 TINY = ["--concurrency-levels=1,2", "--require-concurrency=2", "--min-requests=2", "--level-duration=6",
@@ -50,7 +50,7 @@ def inner(pytester: pytest.Pytester, *args: str, registry: Path = REGISTRY, time
 
 def agreed(pytester: pytest.Pytester, result: pytest.RunResult) -> dict[str, Any]:
     """Assert that every channel carries the same verdict; return report.json."""
-    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
     verdict = report["verdict"]
     line = verdict["line"]
     assert line in result.stdout.str(), f"terminal lacks {line!r}:\n{result.stdout.str()[-3000:]}"
@@ -82,9 +82,9 @@ def registry_with(pytester: pytest.Pytester, name: str, base: str = "sim-hicache
 @pytest.mark.parametrize("selection", [["-k", "regression"], ["test_reg.py"]], ids=["-k regression", "file alone"])
 def test_a_comparison_alone_measures_the_levels_it_compares(pytester: pytest.Pytester, selection: list[str]):
     pytester.makepyfile(test_cap=CAPACITY_TEST, test_reg=REGRESSION_TEST)
-    saved = inner(pytester, "--save-baseline=base", "--baseline-store=store", "test_cap.py")
+    saved = inner(pytester, "--save-baseline=base", "--baseline-dir=store", "test_cap.py")
     assert saved.ret == 0, saved.stdout.str()[-2000:]
-    result = inner(pytester, "--compare=base", "--baseline-store=store", *selection)
+    result = inner(pytester, "--compare=base", "--baseline-dir=store", *selection)
     report = agreed(pytester, result)
     target = report["targets"]["sim-hicache"]
     assert [lv["concurrency"] for lv in target["capacity"]["levels"]] == [1, 2]  # measured on demand
@@ -96,8 +96,8 @@ def test_a_comparison_alone_measures_the_levels_it_compares(pytester: pytest.Pyt
 
 def test_inconclusive_comparisons_fail_the_gate_when_asked(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST, test_reg=REGRESSION_TEST)
-    inner(pytester, "--save-baseline=base", "--baseline-store=store", "test_cap.py")
-    result = inner(pytester, "--compare=base", "--baseline-store=store", "--inconclusive=fail", "test_reg.py")
+    inner(pytester, "--save-baseline=base", "--baseline-dir=store", "test_cap.py")
+    result = inner(pytester, "--compare=base", "--baseline-dir=store", "--inconclusive=fail", "test_reg.py")
     report = agreed(pytester, result)
     assert report["verdict"]["status"] == "INCONCLUSIVE" and not report["verdict"]["exit_ok"]
     assert "counted as a failure" in report["verdict"]["line"]
@@ -105,8 +105,8 @@ def test_inconclusive_comparisons_fail_the_gate_when_asked(pytester: pytest.Pyte
 
 def test_a_level_a_capacity_search_skipped_is_an_explicit_inconclusive_comparison(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST, test_reg=REGRESSION_TEST)
-    inner(pytester, "--save-baseline=base", "--baseline-store=store", "test_cap.py")
-    result = inner(pytester, "--compare=base", "--baseline-store=store", "--capacity-search", "test_reg.py")
+    inner(pytester, "--save-baseline=base", "--baseline-dir=store", "test_cap.py")
+    result = inner(pytester, "--compare=base", "--baseline-dir=store", "--capacity-search", "test_reg.py")
     report = agreed(pytester, result)
     checks = {(c["level"], c["metric"]): c for c in report["targets"]["sim-hicache"]["regression"]["checks"]}
     skipped = report["targets"]["sim-hicache"]["capacity"]["search"]["skipped"]
@@ -127,7 +127,7 @@ def test_a_required_level_left_out_is_a_usage_error_before_any_server(pytester: 
     result = inner(pytester, *args)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
-    assert not (pytester.path / "out" / "report.json").exists()  # nothing started, nothing written
+    assert not (run_folder(pytester) / "report.json").exists()  # nothing started, nothing written
 
 
 # -- 3. a server that dies between levels ---------------------------------------------------------
@@ -138,7 +138,7 @@ from pathlib import Path
 
 def pytest_runtest_logfinish(nodeid, location):
     if nodeid.endswith("[sim-hicache-c1]"):
-        log = Path("out/sim-hicache/server.log").read_text().splitlines()
+        log = Path("out/latest/sim-hicache/server.log").read_text().splitlines()
         pid = next(json.loads(line)["pid"] for line in log if line.startswith('{"event": "listening"'))
         os.kill(pid, signal.SIGKILL)
 """
@@ -173,7 +173,7 @@ def test_requests_cut_by_a_settled_search_are_not_failures(pytester: pytest.Pyte
     assert report["verdict"]["status"] == "FAIL"
     levels = report["targets"]["sim-hicache"]["capacity"]["levels"]
     assert levels and all(lv["cut_short"] and lv["failures"] == 0 for lv in levels)
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     assert {r["outcome"] for r in records} <= {"ok", "cut"} and any(r["outcome"] == "cut" for r in records)
 
 
@@ -212,11 +212,19 @@ def test_too_few_requests_is_inconclusive_and_counts_as_told(pytester: pytest.Py
 
 # -- 7. errors inside the load, and a record that cannot be written ------------------------------
 
+FULL_DISK = """
+from pathlib import Path
+
+def pytest_runtestloop(session):
+    # the run folder exists once the first server is up; records.jsonl opens with the first record
+    run = session.config.stash[__import__("pytest_glmperf.plugin").plugin.RUN_KEY]
+    (run.report_dir / "records.jsonl").symlink_to("/dev/full")  # every write: "No space left on device"
+"""
+
+
 def test_a_record_that_cannot_be_written_fails_the_run_loudly(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
-    out = pytester.path / "out"
-    out.mkdir()
-    (out / "records.jsonl").symlink_to("/dev/full")  # every write: "No space left on device"
+    pytester.makeconftest(FULL_DISK)
     report = agreed(pytester, inner(pytester, "--concurrency-levels=1", "--require-concurrency=1"))
     assert report["verdict"]["status"] == "FAIL"
     assert any("cannot write" in reason and "records.jsonl" in reason for reason in report["verdict"]["failures"])
@@ -232,15 +240,15 @@ def test_sigterm_with_a_base_url_keeps_records_and_a_partial_report(pytester: py
     command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", f"--report-dir={out}", *TINY,
                "--level-duration=600", f"--base-url={simulator}"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    wait_for_records(out / "records.jsonl", 3)
+    wait_for_records(out / "latest" / "records.jsonl", 3)
     process.send_signal(signal.SIGTERM)
     output = process.communicate(timeout=60)[0].decode(errors="replace")
     assert process.returncode == pytest.ExitCode.INTERRUPTED, output[-3000:]
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "latest" / "report.json").read_text())
     assert report["status"] == "interrupted" and report["verdict"]["status"] == "INTERRUPTED"
     assert report["verdict"]["line"] in output  # the summary was printed
     level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
-    records = (out / "records.jsonl").read_text().splitlines()
+    records = (out / "latest" / "records.jsonl").read_text().splitlines()
     assert level["status"] == "interrupted" and len(records) >= level["requests"] >= 3
     assert any(json.loads(line).get("extra", {}).get("error_kind") == "cancelled" for line in records)
 
@@ -251,7 +259,7 @@ def test_the_embedded_simulator_dies_with_a_killed_pytest(pytester: pytest.Pytes
     command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", f"--report-dir={out}", *TINY,
                "--level-duration=600"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    wait_for_records(out / "records.jsonl", 1)
+    wait_for_records(out / "latest" / "records.jsonl", 1)
     simulators = _simulator_children(process.pid)
     assert simulators
     process.kill()
@@ -298,7 +306,7 @@ def test_a_stream_gone_silent_fails_its_request_and_the_level(pytester: pytest.P
     report = agreed(pytester, result)
     level = report["targets"]["stalls"]["capacity"]["levels"][0]
     assert level["status"] == "fail" and level["failure_rate"] == 1.0
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     assert records and all("stream silent for 10 s" in r["error"] for r in records)
 
 
@@ -380,7 +388,7 @@ def test_a_third_party_server_is_measured_without_blaming_it_for_the_client(pyte
     levels = report["targets"]["sim-hicache"]["capacity"]["levels"]
     assert all(lv["failures"] == 0 and lv["cache_start"] == "as-is (no /flush_cache)" for lv in levels)
     result.stdout.fnmatch_lines(["*this server has no /flush_cache (HTTP 404)*"])
-    text = (pytester.path / "out" / "report.json").read_text() + (pytester.path / "out" / "report.md").read_text()
+    text = (run_folder(pytester) / "report.json").read_text() + (run_folder(pytester) / "report.md").read_text()
     assert "s3cret" not in text and "user:" not in text
 
 

@@ -29,7 +29,7 @@ def registry(accept_prob: float) -> str:
 def run(pytester: pytest.Pytester, accept_prob: float, out: str, *args: str) -> pytest.RunResult:
     (pytester.path / "profiles.yaml").write_text(registry(accept_prob))
     return pytester.runpytest_subprocess(
-        "--profiles-file=profiles.yaml", "--profile=gate", f"--report-dir={out}", "--baseline-store=store",
+        "--profiles-file=profiles.yaml", "--profile=gate", f"--report-dir={out}", "--baseline-dir=store",
         "--concurrency-levels=2", "--level-duration=30", "--contexts=2", "--context-tokens=1500",
         "--max-output-tokens=40", "--spike-interval=0", "--mixed-duration=8", "--mixed-contexts=2",
         "--mixed-max-output-tokens=40", "--mixed-spike-interval=4", "--revisit-interval=5",
@@ -53,15 +53,15 @@ def test_slower_server_fails_the_gate_and_a_repeat_does_not(pytester: pytest.Pyt
     repeat = run(pytester, 0.8, "again", "--compare=before")
     outcomes = repeat.parseoutcomes()
     assert outcomes.get("failed", 0) == 0, repeat.stdout.str()
-    report = json.loads((pytester.path / "again" / "report.json").read_text())
+    report = json.loads((pytester.path / "again" / "latest" / "report.json").read_text())
     outcomes = {c["outcome"] for c in report["targets"]["gate"]["regression"]["checks"]}
     assert outcomes <= {"pass", "inconclusive", "warning"}
 
     out = pytester.path / "again"
     for chart in ("capacity.svg", "timeline-gate.svg"):
-        root = ET.fromstring((out / chart).read_text())
+        root = ET.fromstring((out / "latest" / chart).read_text())
         assert root.tag.endswith("svg")
-    html = (out / "report.html").read_text()
+    html = (out / "latest" / "report.html").read_text()
     assert "<svg" in html
     assert not re.search(r'(src|href)="https?://', html)  # opens offline: nothing to fetch
     text = summary.read_text()

@@ -18,8 +18,8 @@ def test_quick_perf_suite_passes_and_writes_every_report(pytester: pytest.Pytest
     out = pytester.path / "out"
     for name in ("records.jsonl", "report.json", "report.md", "report.html", "capacity.svg",
                  "timeline-sim-hicache.svg", "sim-hicache/server.log"):
-        assert (out / name).is_file(), name
-    report = json.loads((out / "report.json").read_text())
+        assert (out / "latest" / name).is_file(), name
+    report = json.loads((out / "latest" / "report.json").read_text())
     assert report["status"] == "complete" and report["verdict"]["status"] == "PASS"
     target = report["targets"]["sim-hicache"]
     assert target["capacity"]["max_usable"] == 4

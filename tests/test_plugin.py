@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REGISTRY
-from tests.inner import CAPACITY_TEST, MIXED_TEST
+from tests.inner import CAPACITY_TEST, MIXED_TEST, run_folder
 
 TINY = ["--concurrency-levels", "1,2", "--level-duration", "6", "--contexts", "2", "--context-tokens", "2000",
         "--max-output-tokens", "48", "--spike-interval", "3", "--mixed-duration", "6", "--mixed-contexts", "2",
@@ -82,7 +82,7 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
                                  "*test_capacity[[]sim-hicache-c2[]] PASSED*",
                                  "*glmperf verdict: sim-hicache usable up to concurrency 2*"])
     out = pytester.path / "out"
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "latest" / "report.json").read_text())
     assert report["status"] == "complete"
     target = report["targets"]["sim-hicache"]
     assert [lv["concurrency"] for lv in target["capacity"]["levels"]] == [1, 2]
@@ -96,10 +96,10 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
         assert 0 <= level["server_queue"]["p50_s"] <= level["server_queue"]["p95_s"]
     mixed = target["mixed"]
     assert mixed["server_queue_p95_s"] is not None and mixed["kv_available_mean"] > 0
-    assert "server queue time P95 s" in (out / "report.md").read_text()
-    records = (out / "records.jsonl").read_text().splitlines()
+    assert "server queue time P95 s" in (out / "latest" / "report.md").read_text()
+    records = (out / "latest" / "records.jsonl").read_text().splitlines()
     assert len(records) >= sum(lv["requests"] for lv in target["capacity"]["levels"])
-    assert "## sim-hicache" in (out / "report.md").read_text()
+    assert "## sim-hicache" in (out / "latest" / "report.md").read_text()
     junit = (pytester.path / "junit.xml").read_text()
     assert 'name="glmperf_gap_p95_s"' in junit and 'name="glmperf_usable"' in junit
 
@@ -111,23 +111,23 @@ def test_every_figure_peers_report_is_in_the_report_and_the_csv(pytester: pytest
     result = run_inner(pytester, "--percentiles=50,99")
     result.assert_outcomes(passed=4)
     out = pytester.path / "out"
-    target = json.loads((out / "report.json").read_text())["targets"]["sim-hicache"]
+    target = json.loads((out / "latest" / "report.json").read_text())["targets"]["sim-hicache"]
     level = target["capacity"]["levels"][0]
     assert set(level["distributions"]) == {"ttft_s", "e2e_s", "max_gap_s", "itl_s", "tpot_s", "output_tok_s"}
     assert set(level["distributions"]["itl_s"]) == {"n", "mean", "p50", "p99"}
     assert level["distributions"]["itl_s"]["n"] > level["distributions"]["e2e_s"]["n"]  # a sample per chunk gap
     assert level["requests_per_s"] > 0 and target["mixed"]["requests_per_s"] > 0
-    markdown = (out / "report.md").read_text()
+    markdown = (out / "latest" / "report.md").read_text()
     assert "command: `" in markdown and "--percentiles=50,99" in markdown
     assert ("bar: failed <= 5%, tok/s P50 >= 4, TTFT P95 <= 180 s, gap P95 <= 8 s, each on >= 2 requests; "
             "required concurrency 2") in markdown
     assert "### Distributions" in markdown and "| c=1      | itl_s" in markdown
-    levels = list(csv.DictReader((out / "levels.csv").open()))
+    levels = list(csv.DictReader((out / "latest" / "levels.csv").open()))
     assert [(row["workload"], row["concurrency"]) for row in levels] == [("capacity", "1"), ("capacity", "2"),
                                                                         ("mixed", "3")]
     assert levels[0]["e2e_s_p99"] and levels[2]["ttft_p95_s"]
-    requests = list(csv.DictReader((out / "requests.csv").open()))
-    assert len(requests) == len((out / "records.jsonl").read_text().splitlines())
+    requests = list(csv.DictReader((out / "latest" / "requests.csv").open()))
+    assert len(requests) == len((out / "latest" / "records.jsonl").read_text().splitlines())
     assert {"ttft_s", "e2e_s", "tpot_s", "send_s", "outcome"} <= set(requests[0])
 
 
@@ -173,7 +173,7 @@ def test_interrupt_keeps_records_a_partial_report_and_no_simulator(pytester: pyt
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        records = out / "records.jsonl"
+        records = out / "latest" / "records.jsonl"
         if records.exists() and records.read_text().count("\n") >= 3:
             break
         time.sleep(0.2)
@@ -183,13 +183,13 @@ def test_interrupt_keeps_records_a_partial_report_and_no_simulator(pytester: pyt
     output = process.communicate(timeout=60)[0].decode(errors="replace")
     left = {pid: _process_state(pid) for pid in simulators if Path(f"/proc/{pid}").exists()}
     assert not left, f"simulator still there ({left}); pytest said:\n{output[-3000:]}"
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "latest" / "report.json").read_text())
     assert report["status"] == "interrupted", output[-3000:]
     levels = report["targets"]["sim-hicache"]["capacity"]["levels"]
     assert levels, f"no level in the partial report; pytest said:\n{output[-3000:]}"
     assert levels[0]["status"] == "interrupted" and levels[0]["requests"] >= 3
-    assert "interrupted" in (out / "report.md").read_text()
-    assert (out / "records.jsonl").read_text().count("\n") >= 3
+    assert "interrupted" in (out / "latest" / "report.md").read_text()
+    assert (out / "latest" / "records.jsonl").read_text().count("\n") >= 3
 
 
 HOG_CONFTEST = """
@@ -218,7 +218,7 @@ def test_starved_client_makes_the_level_invalid_not_failed(pytester: pytest.Pyte
     result.assert_outcomes(errors=1, failed=1)
     # Which symptom shows first (loop lag, CPU, concurrency) depends on the machine; each names the client.
     result.stdout.fnmatch_lines(["*MeasurementInvalid: sim-hicache at concurrency 1: measurement invalid, client*"])
-    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
     level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
     assert level["status"] == "invalid" and level["usable"] is False
 
@@ -230,10 +230,10 @@ def test_a_simulator_behind_wall_time_says_so_in_the_report(pytester: pytest.Pyt
     result = run_inner(pytester, "--concurrency-levels", "1", "--require-concurrency", "1", "--time-scale", "2000")
     result.stdout.fnmatch_lines(["*glmperf sim-hicache: simulator behind wall time in 1 window(s): * steps late*"])
     out = pytester.path / "out"
-    level = json.loads((out / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]["levels"][0]
+    level = json.loads((out / "latest" / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]["levels"][0]
     assert level["simulator"]["late_steps"] > 0
     assert level["simulator"]["lag_max_since_start_s"] > 0.1
-    assert "- c=1: the simulator delivered" in (out / "report.md").read_text()
+    assert "- c=1: the simulator delivered" in (out / "latest" / "report.md").read_text()
 
 
 def test_server_errors_mid_run_are_recorded_and_the_run_goes_on(pytester: pytest.Pytester):
@@ -248,7 +248,7 @@ def test_server_errors_mid_run_are_recorded_and_the_run_goes_on(pytester: pytest
                                            *TINY, timeout=300)
     result.assert_outcomes(failed=3)  # both levels ran to the end despite the errors
     result.stdout.fnmatch_lines(["*failure_rate = 0.* > max_failure_rate 0.05*"])
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     errors = [r for r in records if r["outcome"] == "failed"]
     assert errors and all("error in stream" in r["error"] for r in errors)
     assert any(r["outcome"] == "ok" for r in records)
@@ -272,14 +272,16 @@ def test_a_server_that_cannot_start_errors_its_tests_and_is_reported(pytester: p
     result = pytester.runpytest_subprocess("--profiles-file=profiles.yaml", "--profile=broken", "--report-dir=out",
                                            *TINY, timeout=120)
     result.assert_outcomes(errors=2, failed=1)
-    result.stdout.fnmatch_lines(["*ServerStartError: simulator for profile 'broken' did not start*",
+    result.stdout.fnmatch_lines(["*ServerStartError: simulator for profile 'broken' *",
                                  "*glmperf-sim: simulated crash*"])
-    result.stdout.fnmatch_lines(["glmperf FAIL: broken: server did not start (*did not start. exit code *)"])
+    # it dies before or just after it listens: "did not start" or "exited during start-up", with its exit code
+    result.stdout.fnmatch_lines(["glmperf FAIL: broken: server did not start (*simulator for profile 'broken' *."
+                                 " exit code *)"])
     result.stdout.no_fnmatch_line("*During handling of the above exception*")
-    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
     assert "simulated crash" in report["targets"]["broken"]["start_error"]
     assert report["verdict"]["status"] == "FAIL"
-    assert "server did not start" in (pytester.path / "out" / "report.md").read_text()
+    assert "server did not start" in (run_folder(pytester) / "report.md").read_text()
 
 
 def test_a_misspelt_sglang_flag_is_a_usage_error_before_any_server_starts(pytester: pytest.Pytester):
@@ -293,17 +295,17 @@ def test_a_misspelt_sglang_flag_is_a_usage_error_before_any_server_starts(pytest
                                            *TINY, timeout=120)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*profile 'typo': unknown SGLang flag --hicache-sise (did you mean --hicache-size?)*"])
-    assert not (pytester.path / "out" / "report.json").exists()
+    assert not (run_folder(pytester) / "report.json").exists()
 
 
 def test_repeats_run_each_level_again_and_pool_the_statistics(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "--repeats=2")
     result.assert_outcomes(passed=2)
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     repeats = {r["extra"].get("repeat") for r in records if r["scenario"] == "capacity"}
     assert repeats == {0, 1}
-    level = json.loads((pytester.path / "out" / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]
+    level = json.loads((run_folder(pytester) / "report.json").read_text())["targets"]["sim-hicache"]["capacity"]
     assert level["levels"][0]["requests"] == sum(r["scenario"] == "capacity" for r in records)
 
 
@@ -329,14 +331,14 @@ def test_warm_cache_primes_each_window_and_its_spikes_hit_the_cache(pytester: py
     result.stdout.fnmatch_lines(["*glmperf sim-hicache c=1: priming 2 contexts (--warm-cache)*",
                                  "*glmperf sim-hicache mixed: priming 3 contexts (--warm-cache)*"])
     out = pytester.path / "out"
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (out / "latest" / "records.jsonl").read_text().splitlines()]
     primes = [r for r in records if r["scenario"] == "prime"]
     # Level 1: spikes at 3 s (one in a 6 s window) + repo-0; mixed: one spike + 2 repositories.
     assert [(r["level"], r["max_tokens"]) for r in primes] == [(1, 1)] * 2 + [(None, 1)] * 3
     assert all(r["outcome"] == "ok" for r in primes)
     spikes = [r for r in records if r["kind"] == "spike"]
     assert spikes and all(r["cached_tokens"] > 0.9 * r["prompt_tokens"] for r in spikes)
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "latest" / "report.json").read_text())
     assert report["targets"]["sim-hicache"]["settings"]["cache_start"] == "warm"
     target = report["targets"]["sim-hicache"]
     assert target["capacity"]["levels"][0]["requests"] == sum(r["scenario"] == "capacity" for r in records)
@@ -346,11 +348,11 @@ def test_without_warm_cache_each_window_starts_flushed_and_spikes_are_fresh(pyte
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1")
     result.assert_outcomes(passed=2)
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     assert not [r for r in records if r["scenario"] == "prime"]
     spikes = [r for r in records if r["kind"] == "spike"]
     assert spikes and all(not r["cached_tokens"] for r in spikes)
-    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
     assert report["targets"]["sim-hicache"]["settings"]["cache_start"] == "flushed"
 
 
@@ -361,11 +363,11 @@ def test_clear_storage_makes_flushed_windows_cold_on_an_l3_server(pytester: pyte
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--profile=sim-hicache-l3", *(["--clear-storage"] if clear else []))
     result.assert_outcomes(passed=3)
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     level2 = sorted((r for r in records if r["level"] == 2 and r["kind"] == "agent"), key=lambda r: r["send_ns"])
     opening = next(r for r in level2 if r["context_id"] == 0)   # seen at level 1, then flushed
     assert (opening["cached_tokens"] == 0) if clear else (opening["cached_tokens"] > 1000)
-    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
     assert report["targets"]["sim-hicache-l3"]["settings"]["cache_start"] == ("cold" if clear else "flushed")
 
 
@@ -379,13 +381,13 @@ def test_spike_mode_decides_whether_a_spike_takes_an_agents_slot(pytester: pytes
     result = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "--spike-interval=2",
                        f"--spike-mode={mode}")
     result.assert_outcomes(passed=2)
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     spikes, agents = _busy_intervals(records, "spike"), _busy_intervals(records, "agent")
     assert len(spikes) == 2  # due at 2 and 4 s of the 6 s window
     overlapping = [(s0, s1) for s0, s1 in spikes if any(a0 < s1 and s0 < a1 for a0, a1 in agents)]
     # slot: one request in flight at level 1, spikes included; extra: beside the agent.
     assert (overlapping == []) if mode == "slot" else (overlapping == spikes)
-    report = json.loads((pytester.path / "out" / "report.json").read_text())
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
     assert report["targets"]["sim-hicache"]["settings"]["capacity"]["spike_mode"] == mode
 
 
@@ -394,7 +396,7 @@ def test_a_revisit_goes_back_to_a_context_already_worked_on(pytester: pytest.Pyt
     # One worker walking 8 contexts: at each revisit most contexts are still unopened.
     result = run_inner(pytester, "--mixed-contexts=8", "--decode-workers=1", "--revisit-interval=1.5")
     result.assert_outcomes(passed=2)
-    records = [json.loads(line) for line in (pytester.path / "out" / "records.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
     mixed = sorted((r for r in records if r["scenario"] == "mixed" and r["kind"] != "spike"),
                    key=lambda r: r["send_ns"])
     revisits = [r for r in mixed if r["kind"] == "revisit"]
@@ -419,3 +421,19 @@ def test_junit_carries_limits_status_and_the_server_without_warnings(pytester: p
     assert level["glmperf_status"] == "inconclusive" and level["glmperf_settled"] == "False"
     assert level["glmperf_limit_max_gap_p95"] == "8.0" and level["glmperf_server_version"]
     assert cases["verdict"]["glmperf_verdict"] == "INCONCLUSIVE"
+
+
+def test_each_session_keeps_its_own_run_folder_and_latest_points_at_the_newest(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    first = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1")
+    first.assert_outcomes(passed=2)
+    runs = [folder for folder in (pytester.path / "out").iterdir() if folder.name != "latest"]
+    kept = (runs[0] / "records.jsonl").read_text()
+    second = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "-k", "nothing-selected")
+    assert second.ret == pytest.ExitCode.NO_TESTS_COLLECTED  # a session that measures nothing writes nothing
+    third = run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1")
+    third.assert_outcomes(passed=2)
+    folders = sorted(folder for folder in (pytester.path / "out").iterdir() if folder.name != "latest")
+    assert len(folders) == 2 and (folders[0] / "records.jsonl").read_text() == kept
+    assert run_folder(pytester).resolve() == folders[1].resolve()
+    third.stdout.fnmatch_lines([f"glmperf report: {folders[1]}/report.md"])

@@ -77,6 +77,14 @@ def test_a_server_someone_else_runs_is_flushed_only_when_asked():
     assert resolve({"base_url": "http://127.0.0.1:1"}, {}).for_profile(PROFILE).cache_start == "as-is"
 
 
+def test_the_baseline_and_report_folders_can_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GLMPERF_BASELINE_DIR", "/srv/glmperf/baselines")
+    assert resolve({}, {"baseline_dir": ".glmperf"}).get("baseline_dir") == "/srv/glmperf/baselines"  # env > ini
+    assert resolve({"baseline_dir": "here"}, {}).get("baseline_dir") == "here"  # the command line wins
+    monkeypatch.setenv("GLMPERF_BASELINE_DIR", "")
+    assert resolve({}, {}).get("baseline_dir") == ".glmperf"
+
+
 def test_unknown_profile_lists_known_ones():
     registry = load_registry(REPO / "compose" / "profiles.yaml")
     with pytest.raises(ConfigError, match=r"unknown profile 'nope'.*sim-hicache.*sim-mtp"):
