@@ -23,26 +23,27 @@ from .workloads import SPIKE_MODES, CapacitySpec, MixedSpec
 
 def parse_levels(key: str, value: Any) -> tuple[int, ...]:
     """'1,2,4' -> (1, 2, 4); sorted, unique, positive, or a ConfigError naming the key."""
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        levels = sorted({int(str(item).strip()) for item in items if str(item).strip()})
-    except ValueError:
-        raise ConfigError(f"{key} must be a comma-separated list of integers, got {value!r}") from None
+    levels = _sorted_list(key, value, int, "integers")
     if not levels or levels[0] < 1:
         raise ConfigError(f"{key} needs at least one level and all levels >= 1, got {value!r}")
-    return tuple(levels)
+    return levels
 
 
 def parse_percentiles(key: str, value: Any) -> tuple[float, ...]:
     """'50,95,99' -> (50.0, 95.0, 99.0); each in (0, 100), or a ConfigError naming the key."""
-    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    try:
-        found = sorted({float(str(item).strip()) for item in items if str(item).strip()})
-    except ValueError:
-        raise ConfigError(f"{key} must be a comma-separated list of numbers, got {value!r}") from None
+    found = _sorted_list(key, value, float, "numbers")
     if not found or not all(0 < p < 100 for p in found):
         raise ConfigError(f"{key} needs percentiles between 0 and 100 (exclusive), got {value!r}")
-    return tuple(found)
+    return found
+
+
+def _sorted_list(key: str, value: Any, kind: type, what: str) -> tuple[Any, ...]:
+    """A comma-separated list (or a YAML list) as sorted unique numbers of ``kind``."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    try:
+        return tuple(sorted({kind(str(item).strip()) for item in items if str(item).strip()}))
+    except ValueError:
+        raise ConfigError(f"{key} must be a comma-separated list of {what}, got {value!r}") from None
 
 
 def _number(kind: type, minimum: float, strict: bool) -> Callable[[str, Any], Any]:
