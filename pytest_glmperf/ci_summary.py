@@ -9,7 +9,7 @@ reviewers look.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, WARNING, Check
 from .report import RunReport, TargetReport, levels_of
@@ -113,11 +113,6 @@ def _mixed_cell(target: TargetReport) -> str:
     if not mixed:
         return "–"
     return f"{MARKS.get(mixed.status, '')} {mixed.status}"
-
-
-def _few(items: Iterable[str], keep: int = 3) -> str:
-    items = list(items)
-    return ", ".join(items[:keep]) + (f", … {len(items) - keep} more" if len(items) > keep else "")
 
 
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -185,9 +185,7 @@ class GlmperfServer:
         def judge(error: str | None, interrupted: bool) -> LevelResult:
             stats = LevelStats.of_runs(concurrency, [(w.load.run.records, w.load.run.start_ns) for w in windows])
             agents = [r for w in windows for r in w.load.run.records if r.kind != "spike"]
-            details = {"stalls": stalls(windows, bar.max_gap_p95), "simulator": merge_pacing(w.pacing for w in windows),
-                       "server_queue": server_queue(windows), "cache_start": _one(cache),
-                       "distributions": distributions(agents, self.settings.percentiles)}
+            details = {**self._evidence(windows, bar, agents), "cache_start": _one(cache)}
             return self._result(CAPACITY, concurrency, stats, bar, windows, error, interrupted, details,
                                 require=self.settings.require_concurrency,
                                 cut_reason=next((w.load.cut_reason for w in windows if w.load.cut_reason), None))
@@ -214,14 +212,13 @@ class GlmperfServer:
         def judge(error: str | None, interrupted: bool) -> LevelResult:
             window = windows[0] if windows else None
             records = window.load.run.records if window else []
+            streams = [r for r in records if r.kind in DECODE_KINDS]
+            evidence = self._evidence(windows, bar, streams)
             table = MixedStats.of(records, window.load.run.start_ns if window else 0,
                                   window.gauges if window else {}, window.cache_deltas() if window else {},
-                                  server_queue(windows))
-            streams = [r for r in records if r.kind in DECODE_KINDS]
+                                  evidence["server_queue"])
             decode = StreamStats.of(streams)
-            details = {**table.as_dict(), "stalls": stalls(windows, bar.max_gap_p95),
-                       "distributions": distributions(streams, self.settings.percentiles),
-                       "simulator": window.pacing if window else None,
+            details = {**table.as_dict(), **evidence,
                        "gauge_series": window.gauge_samples() if window else {},
                        "run_start_ns": window.load.run.start_ns if window else None, "cache_start": _one(cache)}
             return self._result(MIXED, spec.decode_workers, decode, bar, windows, error, interrupted, details)
@@ -249,11 +246,8 @@ class GlmperfServer:
 
         def judge(error: str | None, interrupted: bool) -> LevelResult:
             records = windows[0].load.run.records if windows else []
-            details = {"stalls": stalls(windows, bar.max_gap_p95),
-                       "simulator": windows[0].pacing if windows else None, "server_queue": server_queue(windows),
-                       "distributions": distributions(records, self.settings.percentiles)}
             return self._result(name, concurrency, StreamStats.of(records), bar, windows, error, interrupted,
-                                details)
+                                self._evidence(windows, bar, records))
 
         return await cancelled_by_sigterm(self._measured(measure, judge))
 
@@ -275,6 +269,15 @@ class GlmperfServer:
             result = judge(error, interrupted)
             self._on_result(result)
         return result
+
+    def _evidence(self, windows: Sequence[Window], bar: Thresholds, judged: Sequence[RequestRecord]
+                  ) -> dict[str, Any]:
+        """What every window's report entry carries beside its statistics: the stalls and what
+        the server was doing, the simulator's pacing, the server's queue time, and the
+        distributions of the judged requests."""
+        return {"stalls": stalls(windows, bar.max_gap_p95), "simulator": merge_pacing(w.pacing for w in windows),
+                "server_queue": server_queue(windows),
+                "distributions": distributions(judged, self.settings.percentiles)}
 
     def _result(self, workload: str, concurrency: int, stats: StreamStats, bar: Thresholds,
                 windows: Sequence[Window], error: str | None, interrupted: bool, details: dict[str, Any],

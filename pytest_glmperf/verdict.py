@@ -112,8 +112,9 @@ def decide(targets: Sequence[TargetReport], claims: Claims, *, problems: Iterabl
         _regression_claims(target, claims, tally)
     tally.failures += [f"test failed: {nodeid}" for nodeid in failed_tests]
     status = INTERRUPTED if interrupted else FAIL if tally.failures else INCONCLUSIVE if tally.unsure else PASS
-    return SessionVerdict(status, tuple(tally.failures), tuple(tally.unsure),
-                          tuple(_summary(t, claims) for t in targets if _summary(t, claims)), inconclusive_fails)
+    summaries = (_summary(t, claims) for t in targets)
+    return SessionVerdict(status, tuple(tally.failures), tuple(tally.unsure), tuple(s for s in summaries if s),
+                          inconclusive_fails)
 
 
 def _capacity_claim(target: TargetReport, tally: _Tally) -> None:
