@@ -13,8 +13,9 @@ from typing import Any
 
 PASS, FAIL, INCONCLUSIVE, WARNING = "pass", "fail", "inconclusive", "warning"
 ERROR = "error"  # the comparison could not run on this session's data: never a pass
+SKIPPED = "skipped"  # neither side measured the level: --capacity-search settled without it
 
-__all__ = ["ERROR", "FAIL", "INCONCLUSIVE", "PASS", "WARNING", "Check"]
+__all__ = ["ERROR", "FAIL", "INCONCLUSIVE", "PASS", "SKIPPED", "WARNING", "Check"]
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,12 @@ NO_ENDPOINT = (404, 405, 501)
 
 @dataclass(frozen=True)
 class Target:
-    """One server configuration to test: a profile, optionally on a given image."""
+    """One server configuration to test: a profile, optionally on a given image, or a server
+    someone else runs (an external profile and its URL)."""
 
     profile: ServerProfile
     image: str | None = None
+    base_url: str | None = None
 
     @property
     def key(self) -> str:
@@ -138,8 +140,9 @@ class GlmperfServer:
     def run_mixed(self, thresholds: Thresholds | None = None) -> LevelResult:
         return run_async(self.mixed(thresholds))
 
-    def capacity_search(self, thresholds: Thresholds | None = None) -> dict[str, Any]:
-        """--capacity-search: bisect the levels, each stopped once its failure is settled.
+    def capacity_search(self, thresholds: Thresholds | None = None, expect: int | None = None) -> dict[str, Any]:
+        """--capacity-search: bisect the levels, each stopped once its failure is settled;
+        ``expect`` (a reference's max usable, 0 for none) is probed first, with the level above it.
 
         Each probed level is a result like any other (``on_result``); returns what the search did.
         """
@@ -150,7 +153,7 @@ class GlmperfServer:
             return self.run_capacity(level, thresholds, early_stop=True).usable
 
         levels = self.settings.levels
-        best = bisect_levels(levels, usable, start=self.settings.require_concurrency)
+        best = bisect_levels(levels, usable, start=self.settings.require_concurrency, expect=expect)
         return {"max_usable": best, "probed": probed, "skipped": [c for c in levels if c not in probed]}
 
     async def capacity(self, concurrency: int, early_stop: bool = False,

@@ -69,6 +69,8 @@ def _option_kwargs() -> list[tuple[str, dict[str, Any]]]:
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"default": None, "dest": f"glmperf_{option.key}", "help": _help(option)}
         kwargs.update({"action": "store_true"} if option.flag else {"metavar": option.metavar})
+        if option.many:
+            kwargs["action"] = "append"
         found.append((option.cli, kwargs))
     found.append(("--image", {"action": "append", "default": [], "dest": "glmperf_image", "metavar": "REF",
                               "help": "image for compose profiles; repeat to compare images side by side"}))
@@ -82,30 +84,67 @@ def _help(option: Option) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    cli = {o.key: config.getoption(f"glmperf_{o.key}") for o in OPTIONS}
+    cli = {o.key: _joined(config.getoption(f"glmperf_{o.key}")) for o in OPTIONS}
     ini = {o.key: config.getini(f"glmperf_{o.key}") for o in OPTIONS}
     try:
         settings = resolve(cli, ini, images=tuple(config.getoption("glmperf_image") or ()))
         config.stash[SETTINGS_KEY] = settings
-        if "profile" in settings.given or _registry_path(config, settings).is_file():
+        _check_rootdir(config, settings)
+        asked = set(settings.given) - {o.key for o in OPTIONS if o.env}  # not a store's env variable alone
+        if asked or settings.images or _registry_path(config, settings):
             _session_run(config)  # validate everything now: bad input is a usage error
     except GlmperfError as exc:
         raise pytest.UsageError(f"glmperf: {exc}") from None
 
 
-def _registry_path(config: pytest.Config, settings: Settings) -> Path:
+def _check_rootdir(config: pytest.Config, settings: Settings) -> None:
+    """pytest chooses the rootdir before any plugin declares its options, so the PATH of
+    ``--profiles-file PATH`` (a space, not ``=``) counts as a test path there and can move the
+    rootdir into another repository. Say so rather than write reports under the wrong root."""
+    args = [str(a) for a in config.invocation_params.args]
+    spelled = {f"--{p}{o.cli[1:]}" for o in OPTIONS if o.metavar and not o.flag for p in ("", "glmperf")}
+    values = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in spelled]
+    if not any((config.invocation_params.dir / v).exists() for v in values):
+        return
+    try:
+        from _pytest.config.findpaths import determine_setup  # private, hence the broad except below
+
+        meant = determine_setup(inifile=config.option.inifilename, override_ini=config.option.override_ini,
+                                args=[str(a) for a in config.option.file_or_dir],
+                                rootdir_cmd_arg=config.option.rootdir or None,
+                                invocation_dir=config.invocation_params.dir)[0]
+    except Exception:
+        return
+    if Path(meant) != config.rootpath:
+        raise ConfigError(f"pytest took an option's PATH for a test path and chose the rootdir {config.rootpath} "
+                          f"instead of {meant}: write the option with '=' (e.g. --profiles-file=PATH)")
+
+
+def _joined(value: Any) -> Any:
+    """A repeated option (``--base-url A --base-url B``) as one comma-separated value."""
+    return ",".join(value) if isinstance(value, list) else value
+
+
+def _registry_path(config: pytest.Config, settings: Settings) -> Path | None:
+    """The project's own profiles file: --profiles-file (which must exist), else
+    compose/profiles.yaml under the rootdir when there is one; None: built-in profiles only."""
     path = Path(settings.get("profiles_file"))
-    return path if path.is_absolute() else config.rootpath / path
+    path = path if path.is_absolute() else config.rootpath / path
+    if path.is_file():
+        return path
+    if "profiles_file" in settings.given:
+        raise ConfigError(f"--profiles-file {path} does not exist")
+    return None
 
 
 def _session_run(config: pytest.Config) -> GlmperfRun:
     """The session's GlmperfRun, created on first need."""
     if RUN_KEY not in config.stash:
-        from .profiles import load_registry
+        from .profiles import load_profiles
         from .session import GlmperfRun
 
         settings = config.stash[SETTINGS_KEY]
-        registry = load_registry(_registry_path(config, settings))
+        registry = load_profiles(_registry_path(config, settings))
         config.stash[RUN_KEY] = GlmperfRun(settings, registry, config.rootpath, progress=_progress_sink(config))
     return config.stash[RUN_KEY]
 
@@ -132,21 +171,15 @@ def _progress_sink(config: pytest.Config) -> Callable[[str], None]:
     return write
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """With --base-url, say that nothing answers there before any test runs."""
-    if RUN_KEY in session.config.stash:
-        try:
-            session.config.stash[RUN_KEY].check_base_url()
-        except GlmperfError as exc:
-            raise pytest.UsageError(f"glmperf: {exc}") from None
-
-
 def pytest_report_header(config: pytest.Config) -> list[str] | None:
     if RUN_KEY not in config.stash:
         return None
     run = config.stash[RUN_KEY]
     levels = ",".join(str(n) for n in next(iter(run.run_settings.values())).levels)
     header = [f"glmperf: targets={','.join(t.key for t in run.targets)} levels={levels} report-dir={run.report_root}"]
+    if run.references:
+        header.append("glmperf: compared with the reference " + ", ".join(
+            f"{later} -> {first}" for later, first in run.references.items()))
     yielded = sorted(config.stash.get(YIELDED_KEY, []))
     if yielded:
         header.append(f"glmperf: {', '.join(yielded)} belong to another plugin here; "
@@ -167,10 +200,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         levels = sorted({n for s in run.run_settings.values() for n in s.levels})
         metafunc.parametrize("glmperf_level", levels, ids=[f"c{n}" for n in levels], indirect=True)
     if "glmperf_regression" in metafunc.fixturenames:
-        from .regression import METRICS
+        from .regression import METRICS, MIXED_CHECKS
 
         levels = sorted({n for s in run.run_settings.values() for n in s.levels})
-        cases = [(n, m.name) for n in levels for m in METRICS] + [(None, "max_usable")]
+        cases = [(n, m.name) for n in levels for m in METRICS] + [(None, "max_usable")] + \
+            [(None, name) for name in MIXED_CHECKS]
         metafunc.parametrize("glmperf_regression", cases, indirect=True,
                              ids=[f"c{n}-{m}" if n else m for n, m in cases])
 
@@ -192,8 +226,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if check is not None:
             level = check[0]
         planned = target is None or level is None or level in run.run_settings[target.key].levels
-        if check is not None and run.baseline is None:
-            planned = False  # regression items exist only with --compare
+        if check is not None and not run.compares(target.key):
+            planned = False  # regression items exist only with --compare, or for a later image / URL
         (keep if planned else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -401,8 +435,9 @@ def glmperf_scenario(glmperf_server: GlmperfServer, glmperf_thresholds: Threshol
 @pytest.fixture
 def glmperf_regression(request: pytest.FixtureRequest, glmperf_run: GlmperfRun, glmperf_server: GlmperfServer
                        ) -> RegressionResult:
-    """One regression check against --compare's baseline, on this session's data (the level it
-    needs is measured now if no test measured it yet)."""
+    """One comparison with the reference (--compare's baseline, or this session's first image
+    or --base-url server), on this session's data: what it needs is measured now if no test
+    measured it yet."""
     from .results import RegressionResult
 
     level, metric = request.param

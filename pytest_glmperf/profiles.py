@@ -1,6 +1,8 @@
-"""Server profiles: which server to bring up and how, read from a YAML registry.
+"""Server profiles: which server to bring up and how, read from YAML registries.
 
-A profile is data only. Starting a server from it is `server.py`'s job.
+The built-in registry ships inside the package (the repository's ``compose/``, installed as
+``pytest_glmperf.builtin``); a project's own ``compose/profiles.yaml`` or ``--profiles-file``
+layers over it by name. A profile is data only: starting a server from it is ``server.py``'s job.
 """
 
 from __future__ import annotations
@@ -16,8 +18,16 @@ import yaml
 from .errors import ConfigError
 
 PROFILE_KINDS = ("simulated", "compose")
+EXTERNAL = "external"  # a server someone else runs (--base-url); never declared in a registry
 PROFILE_KEYS = ("kind", "description", "require_concurrency", "server_args", "env", "compose_file", "options")
 DEFAULT_REGISTRY = Path("compose") / "profiles.yaml"
+
+
+def builtin_registry_path() -> Path:
+    """The profiles.yaml shipped with the package (in a checkout: the repository's compose/)."""
+    from . import builtin
+
+    return Path(builtin.__file__).resolve().parent / "profiles.yaml"
 
 
 @dataclass(frozen=True)
@@ -36,10 +46,15 @@ class ServerProfile:
     env: Mapping[str, str] = field(default_factory=dict)
     compose_file: Path | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    source: Path | None = None  # the registry file that declared it
 
     @property
     def is_simulated(self) -> bool:
         return self.kind == "simulated"
+
+    @property
+    def is_external(self) -> bool:
+        return self.kind == EXTERNAL
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,22 +70,44 @@ class ServerProfile:
 
 @dataclass(frozen=True)
 class ProfileRegistry:
-    """All profiles declared in one registry file."""
+    """Every profile known to a session: the built-in ones and a project's, by name."""
 
-    path: Path
+    sources: tuple[Path, ...]
     profiles: Mapping[str, ServerProfile]
 
     def get(self, name: str) -> ServerProfile:
         try:
             return self.profiles[name]
         except KeyError:
-            known = ", ".join(sorted(self.profiles))
+            hint = difflib.get_close_matches(name, list(self.profiles), n=1)
             raise ConfigError(
-                f"unknown profile {name!r} (--profile); known profiles in {self.path}: {known}"
+                f"unknown profile {name!r} (--profile)" + (f", did you mean {hint[0]!r}?" if hint else "")
+                + f"; known: {', '.join(sorted(self.profiles))} (from {', '.join(map(str, self.sources))})"
             ) from None
 
     def select(self, names: Iterable[str]) -> list[ServerProfile]:
         return [self.get(name) for name in names]
+
+    def layered(self, over: ProfileRegistry) -> ProfileRegistry:
+        """This registry with ``over``'s profiles added, replacing those of the same name."""
+        return ProfileRegistry(sources=(*self.sources, *over.sources), profiles={**self.profiles, **over.profiles})
+
+
+def load_profiles(project: Path | None) -> ProfileRegistry:
+    """The built-in profiles, with a project's registry (if any) layered over them."""
+    registry = load_registry(builtin_registry_path())
+    if project is None or project.resolve() == registry.sources[0]:
+        return registry
+    return registry.layered(load_registry(project))
+
+
+def external_profile(name: str, url: str, like: ServerProfile | None = None) -> ServerProfile:
+    """A server this session does not run, named from itself; ``like`` (a --profile given
+    beside --base-url) lends its required concurrency and option defaults, not its name."""
+    return ServerProfile(
+        name=name, kind=EXTERNAL, description=f"already running at {url} (--base-url)",
+        require_concurrency=like.require_concurrency if like else None,
+        options=dict(like.options) if like else {}, source=like.source if like else None)
 
 
 def load_registry(path: Path) -> ProfileRegistry:
@@ -84,8 +121,9 @@ def load_registry(path: Path) -> ProfileRegistry:
     entries = raw.get("profiles") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise ConfigError(f"profile registry {path} needs a non-empty 'profiles:' mapping")
+    path = path.resolve()
     profiles = {name: _parse_profile(path, name, spec) for name, spec in entries.items()}
-    return ProfileRegistry(path=path, profiles=profiles)
+    return ProfileRegistry(sources=(path,), profiles=profiles)
 
 
 def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
@@ -119,4 +157,5 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
         env={str(k): str(v) for k, v in (spec.get("env") or {}).items()},
         compose_file=(path.parent / compose_file) if compose_file else None,
         options=dict(spec.get("options") or {}),
+        source=path,
     )

@@ -141,6 +141,26 @@ def redact_command(argv: Sequence[str]) -> list[str]:
     return out
 
 
+def server_name(url: str, info: Mapping[str, Any] | None) -> str:
+    """What a running server calls itself: ``<served model>@<version>`` from ``/server_info``,
+    else its address (``url_name``)."""
+    info = info or {}
+    model = info.get("served_model_name") or Path(str(info.get("model_path") or "")).name
+    version = info.get("version")
+    if not model or not version:
+        return url_name(url)
+    return _id_safe(f"{model}@{version}")
+
+
+def url_name(url: str) -> str:
+    """``host:port`` of a URL (no credentials), as a name a test id can carry."""
+    return _id_safe(urlsplit(url).netloc.rsplit("@", 1)[-1] + urlsplit(url).path.rstrip("/"))
+
+
+def _id_safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._:@+/-]", "_", text)
+
+
 # -- reading a provenance record back (every kind of server writes its own shape) -------------
 
 def image_reference(provenance: Mapping[str, Any] | None) -> str | None:

@@ -38,10 +38,13 @@ if TYPE_CHECKING:
     from .results import LevelResult
 
 CAPACITY = "capacity"
+MIXED = "mixed"
+MIXED_PREFIX = "mixed_"  # a mixed-workload check is named mixed_<metric> and has no level
 
 __all__ = [
-    "ERROR", "FAIL", "INCONCLUSIVE", "METRICS", "PASS", "WARNING", "Check", "Metric", "Tolerances",
-    "bootstrap_change", "compare_level", "compare_max_usable", "compare_reports", "match_target", "split_runs",
+    "ERROR", "FAIL", "INCONCLUSIVE", "METRICS", "MIXED_CHECKS", "PASS", "WARNING", "Check", "Metric", "Tolerances",
+    "bootstrap_change", "compare_level", "compare_max_usable", "compare_mixed", "compare_reports", "match_target",
+    "split_runs",
 ]
 
 
@@ -86,10 +89,14 @@ AGGREGATE = Metric("aggregate_tok_s", True, " tok/s", lambda r: float(r.output_t
                    reducer="rate", agents_only=False, min_requests=10)
 TTFT = Metric("ttft_p95_s", False, " s", _ok(lambda r: r.ttft_s), pct=95, floor=1.0)
 GAP = Metric("gap_p95_s", False, " s", _ok(lambda r: r.max_gap_s), pct=95, floor=0.5)
+# Failures are rare: a relative tolerance of 0 % is no tolerance, so two points of failure rate
+# are the smallest change that counts.
 FAILURES = Metric("failure_rate", False, "", lambda r: 0.0 if r.ok else 1.0, reducer="mean",
-                  agents_only=False, min_requests=10)
-METRICS: tuple[Metric, ...] = (TOK_S, AGGREGATE, TTFT, GAP)
-BY_STAT = {m.name: m for m in (*METRICS, FAILURES)}
+                  agents_only=False, min_requests=10, floor=0.02)
+METRICS: tuple[Metric, ...] = (TOK_S, AGGREGATE, TTFT, GAP, FAILURES)
+MIXED_METRICS: tuple[Metric, ...] = (TOK_S, TTFT, GAP, FAILURES)  # open-loop streams: no closed-loop rate
+MIXED_CHECKS = tuple(MIXED_PREFIX + m.name for m in MIXED_METRICS)
+BY_STAT = {m.name: m for m in METRICS}
 
 
 @dataclass(frozen=True)
@@ -107,13 +114,14 @@ class Tolerances:
     aggregate_tok_s: float = 0.10
     ttft_p95_s: float = 0.10
     gap_p95_s: float = 0.10
+    failure_rate: float = 0.10
     max_usable: float = 0.0
     confidence: float = 0.99
     resamples: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("tok_s_p50", "aggregate_tok_s", "ttft_p95_s", "gap_p95_s", "max_usable"):
+        for name in ("tok_s_p50", "aggregate_tok_s", "ttft_p95_s", "gap_p95_s", "failure_rate", "max_usable"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
                 raise ConfigError(f"tolerance {name} must be a non-negative fraction (0.1 = 10 %), got {value!r}")
@@ -198,20 +206,26 @@ class Side:
     def levels(self) -> dict[int, LevelResult]:
         return {lv.concurrency: lv for lv in self.target.levels}
 
-    def level_runs(self, level: int) -> list[list[RequestRecord]]:
-        picked = [[r for r in run if r.level == level and r.scenario == CAPACITY] for run in self.runs]
+    def result(self, level: int | None) -> LevelResult | None:
+        """A capacity level's result, or (``None``) the mixed workload's."""
+        return self.target.mixed if level is None else self.levels().get(level)
+
+    def level_runs(self, level: int | None) -> list[list[RequestRecord]]:
+        """Per run, the records of a capacity level, or (``None``) of the mixed workload."""
+        picked = [[r for r in run if (r.scenario == MIXED if level is None else
+                                      r.level == level and r.scenario == CAPACITY)] for run in self.runs]
         return [run for run in picked if run]
 
-    def samples(self, metric: Metric, level: int) -> list[Sample]:
+    def samples(self, metric: Metric, level: int | None) -> list[Sample]:
         """Per run: the per-request values of ``metric`` (and the level's occupancy, for rates)."""
         runs = self.level_runs(level)
-        found = self.levels().get(level)
+        found = self.result(level)
         reported = found.stats.as_dict().get("duration_s") if found else None
         return [_sample(metric, run, reported if len(runs) == 1 and reported else _span_s(run)) for run in runs]
 
-    def point(self, metric: Metric, level: int) -> float | None:
+    def point(self, metric: Metric, level: int | None) -> float | None:
         """The report's figure for one run; the mean of the runs' figures for several."""
-        found = self.levels().get(level)
+        found = self.result(level)
         entry = found.stats.as_dict() if found else {}
         samples = self.samples(metric, level)
         if metric.name in entry and len(samples) <= 1:
@@ -291,7 +305,7 @@ def compare_reports(current: RunReport, current_records: Records, baseline: Base
     checks: list[Check] = []
     single = len(current.targets) == 1
     for target in current.targets:
-        match, warnings = match_target(target, baseline)
+        match, warnings = match_target(target, baseline, sole=single)
         checks += warnings
         if match is None:
             continue
@@ -300,15 +314,26 @@ def compare_reports(current: RunReport, current_records: Records, baseline: Base
                                     only_target=single)
         checks.append(compare_max_usable(target, current_records, match, baseline.records, tolerances,
                                          only_target=single))
+        if target.mixed or match.mixed:
+            checks += compare_mixed(target, current_records, match, baseline.records, tolerances, only_target=single)
     return checks
 
 
-def match_target(target: TargetReport, baseline: Baseline) -> tuple[TargetReport | None, list[Check]]:
-    """The baseline's counterpart of ``target``, and warnings about how alike the two are."""
+def match_target(target: TargetReport, baseline: Baseline, sole: bool = False) -> tuple[TargetReport | None,
+                                                                                      list[Check]]:
+    """The baseline's counterpart of ``target``, and warnings about how alike the two are.
+
+    By name, else by profile; ``sole`` (the current run tests this one target) also matches a
+    baseline of one target under another name when both are servers someone else runs
+    (``--base-url prod=…`` then ``--base-url candidate=…``), which have no profile to match by."""
     targets = {t.key: t for t in baseline.report.targets}
     key = target.key
     if key in targets:
         match, warnings = targets[key], [_image_warning(target, targets[key])]
+    elif sole and len(targets) == 1 and _external(target) and _external(next(iter(targets.values()))):
+        match = next(iter(targets.values()))
+        warnings = [_warning(key, match.key, f"no baseline for {key}; compared with {match.key}, "
+                                             "the baseline's one target")]
     else:
         same = [t for t in targets.values() if t.profile == target.profile]
         if len(same) != 1:
@@ -323,11 +348,22 @@ def match_target(target: TargetReport, baseline: Baseline) -> tuple[TargetReport
     return match, [w for w in warnings if w]
 
 
+def _external(target: TargetReport) -> bool:
+    return (target.provenance or {}).get("kind") == "external"
+
+
 def compare_level(now_target: TargetReport, now_records: Records, then_target: TargetReport, then_records: Records,
                   level: int, tolerances: Tolerances, only_target: bool = False) -> list[Check]:
     """Each metric of one capacity level against the reference."""
     now, then = Side.of(now_target, now_records, only_target), Side.of(then_target, then_records, True)
     return [_metric_check(then, now, level, metric, tolerances) for metric in METRICS]
+
+
+def compare_mixed(now_target: TargetReport, now_records: Records, then_target: TargetReport, then_records: Records,
+                  tolerances: Tolerances, only_target: bool = False) -> list[Check]:
+    """Each metric of the mixed workload against the reference (checks ``mixed_<metric>``)."""
+    now, then = Side.of(now_target, now_records, only_target), Side.of(then_target, then_records, True)
+    return [_metric_check(then, now, None, metric, tolerances) for metric in MIXED_METRICS]
 
 
 def compare_max_usable(now_target: TargetReport, now_records: Records, then_target: TargetReport,
@@ -377,7 +413,8 @@ def _warning(key: str, match: str | None, reason: str) -> Check:
     return Check(key, None, "target", None, None, None, None, None, None, WARNING, reason, baseline_target=match)
 
 
-def _metric_check(then: Side, now: Side, level: int, metric: Metric, tolerances: Tolerances) -> Check:
+def _metric_check(then: Side, now: Side, level: int | None, metric: Metric, tolerances: Tolerances) -> Check:
+    """One metric of a capacity level (or, ``level`` None, of the mixed workload) against the reference."""
     base, cur = then.point(metric, level), now.point(metric, level)
     base_samples, cur_samples = then.samples(metric, level), now.samples(metric, level)
     n_base = sum(len(v) for v, _ in base_samples)
@@ -391,18 +428,19 @@ def _metric_check(then: Side, now: Side, level: int, metric: Metric, tolerances:
         low, high = (None, None) if math.isnan(low) else (low, high)
     outcome, reason = _judge(metric, then, now, level, base, cur, (low, high), (n_base, n_cur), tol)
     delta = cur - base if base is not None and cur is not None else None
-    return Check(now.key, level, metric.name, base, cur, delta, _pct(delta, base), low, high, outcome, reason,
+    name = metric.name if level is not None else MIXED_PREFIX + metric.name
+    return Check(now.key, level, name, base, cur, delta, _pct(delta, base), low, high, outcome, reason,
                  metric.unit, tol, metric.higher_is_better, tolerances.confidence, then.key, n_base, n_cur)
 
 
-def _judge(metric: Metric, then: Side, now: Side, level: int, base: float | None, cur: float | None,
+def _judge(metric: Metric, then: Side, now: Side, level: int | None, base: float | None, cur: float | None,
            ci: tuple[float | None, float | None], counts: tuple[int, int], tol: float) -> tuple[str, str]:
     """pass / fail / inconclusive / error, and why; the order of the tests is the order of the reasons."""
     absent = _current_missing(now, level, cur)
     if absent:
         return ERROR, absent
-    if level not in then.levels():
-        return INCONCLUSIVE, f"c={level} is not in the baseline"
+    if then.result(level) is None:
+        return INCONCLUSIVE, f"{_window(level)} is not in the baseline"
     if base is None:
         return INCONCLUSIVE, "metric missing in the baseline (no data)"
     n_base, n_cur = counts
@@ -426,13 +464,17 @@ def _judge(metric: Metric, then: Side, now: Side, level: int, base: float | None
                           "more requests or --repeats would settle it")
 
 
-def _current_missing(now: Side, level: int, cur: float | None) -> str | None:
+def _window(level: int | None) -> str:
+    return "the mixed workload" if level is None else f"c={level}"
+
+
+def _current_missing(now: Side, level: int | None, cur: float | None) -> str | None:
     """Why this session has no data to compare: never an inconclusive, always an error."""
-    found = now.levels().get(level)
+    found = now.result(level)
     if found is None:
-        return f"c={level} was not measured in this run"
+        return f"{_window(level)} was not measured in this run"
     if found.status in ("error", "interrupted"):
-        return f"c={level} could not be measured: {found.explain()}"
+        return f"{_window(level)} could not be measured: {found.explain()}"
     if cur is None:
         return "metric missing in this run (no data)"
     if not now.level_runs(level):

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from .checks import ERROR, FAIL, PASS, Check
+from .checks import ERROR, FAIL, PASS, SKIPPED, Check
 from .errors import InconclusiveWarning, MeasurementInvalid
 from .records import RequestRecord
 from .selfcheck import ClientHealth
@@ -235,6 +235,8 @@ class RegressionResult:
             pytest.fail(check.message(), pytrace=False)
         if check.outcome == PASS:
             return
+        if check.outcome == SKIPPED:
+            pytest.skip(check.reason)
         message = check.message()
         if self.inconclusive_fails:
             pytest.fail(f"{message} (--inconclusive=fail)", pytrace=False)

@@ -87,21 +87,28 @@ def settled_failure(progress: LevelProgress, thresholds: Thresholds) -> str | No
     return None
 
 
-def bisect_levels(levels: Sequence[int], usable: Callable[[int], bool], start: int | None = None) -> int | None:
+def bisect_levels(levels: Sequence[int], usable: Callable[[int], bool], start: int | None = None,
+                  expect: int | None = None) -> int | None:
     """Highest level for which ``usable(level)`` holds, in O(log n) probes (see the module docstring).
 
+    ``expect``: the answer a reference gave (prod's max usable, for a candidate; 0 for none): that
+    level and the one above it go first, and a candidate that matches is settled in those two probes.
     Assumes monotonicity (usable at c implies usable below c). Returns None if none is usable.
     """
     ordered = sorted(levels)
     low, high = -1, len(ordered)  # ordered[low] usable (or none), ordered[high] not (or none)
     preferred = [len(ordered) - 1] + ([ordered.index(start)] if start in ordered else [])
+    if expect is not None:  # 0: the reference had no usable level, so the lowest goes first
+        at = max([i for i, c in enumerate(ordered) if c <= expect], default=0)
+        preferred = [at] + ([at + 1] if at + 1 < len(ordered) and ordered[at] <= expect else [])
     while high - low > 1:
         candidates = [i for i in preferred if low < i < high]
         probe = candidates[0] if candidates else (low + high) // 2
         preferred = [i for i in preferred if i != probe]
         if usable(ordered[probe]):
             low = probe
-            preferred.insert(0, high - 1)  # after a pass: the top of what remains
+            if expect is None:
+                preferred.insert(0, high - 1)  # after a pass: the top of what remains
         else:
             high = probe
     return ordered[low] if low >= 0 else None

@@ -194,10 +194,9 @@ class SimulatedServer:
 class ExternalServer:
     """A server someone else runs (``--base-url``): checked for readiness, never started or stopped."""
 
-    def __init__(self, profile: ServerProfile, base_url: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, base_url: str, *, headers: dict[str, str] | None = None) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"--base-url must start with http:// or https://, got {redact_url(base_url)!r}")
-        self.profile = profile
         self.base_url = base_url.rstrip("/")
         self.headers = headers
 

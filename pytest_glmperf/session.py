@@ -13,20 +13,28 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .baseline import Baseline, load_baseline, save_baseline, slug
-from .checks import ERROR, INCONCLUSIVE, Check
+from .checks import ERROR, INCONCLUSIVE, SKIPPED, Check
 from .errors import ConfigError, GlmperfError, RecordWriteError
 from .levels import GlmperfServer, Judging, Target
 from .outputs import publish
-from .profiles import ProfileRegistry
+from .profiles import ProfileRegistry, ServerProfile, external_profile
 from .progress import Progress
-from .provenance import redact_url
+from .provenance import fetch_server_info, redact_url, server_name, url_name
 from .records import RecordLog, RequestRecord
-from .regression import METRICS, Tolerances, compare_level, compare_max_usable, match_target
+from .regression import (
+    MIXED_CHECKS,
+    Tolerances,
+    compare_level,
+    compare_max_usable,
+    compare_mixed,
+    match_target,
+)
 from .report import RunReport, TargetReport, now_iso
 from .results import CAPACITY, MIXED, LevelResult
 from .server import ExternalServer, ServerHandle, SimulatedServer
@@ -36,7 +44,6 @@ from .thresholds import Thresholds
 from .verdict import Claims, SessionVerdict, decide
 
 MAX_USABLE = "max_usable"
-REGRESSION_METRICS = tuple(m.name for m in METRICS)
 
 
 @dataclass
@@ -78,6 +85,9 @@ class GlmperfRun:
         self.baseline: Baseline | None = load_baseline(self.compare_ref, self.baseline_store) \
             if self.compare_ref else None
         self.tolerances = Tolerances.from_mapping(settings.get("tolerances") or {})
+        # Without a saved baseline, later targets of one profile (images) or of --base-url are
+        # compared with the first: candidate against prod, in one session.
+        self.references = {} if self.baseline else reference_targets(self.targets)
         self.claims = Claims()
         self.problems: list[str] = []
         self.failed_tests: list[str] = []
@@ -98,9 +108,27 @@ class GlmperfRun:
         images = self.settings.images
         if images and not all(p.kind == "compose" for p in profiles):
             raise ConfigError("--image/--images apply to compose profiles only")
-        if self.settings.get("base_url") and len(profiles) > 1:
-            raise ConfigError("--base-url tests one server: give a single --profile to label it")
+        if self.settings.base_urls:
+            return self._external_targets(profiles)
         return [Target(p, image) for p in profiles for image in (images or (None,))]
+
+    def _external_targets(self, profiles: list[ServerProfile]) -> list[Target]:
+        """--base-url servers, each named from what it says it is (or its NAME=); a --profile
+        given beside them lends its bar and options, never its name."""
+        if self.settings.images:
+            raise ConfigError("--image/--images start servers; --base-url tests servers already running")
+        if "profile" in self.settings.given and len(profiles) > 1:
+            raise ConfigError("with --base-url, --profile lends one profile's options: give a single one")
+        like = profiles[0] if "profile" in self.settings.given else None
+        found = []
+        for label, url in self.settings.base_urls:
+            server = ExternalServer(url, headers=self.auth_headers())
+            server.check_reachable()
+            found.append((label, url, server_name(url, fetch_server_info(url, headers=self.auth_headers())[1])))
+        counts = Counter(name for _, _, name in found)
+        return [Target(external_profile(label or (name if counts[name] == 1 else url_name(url)),
+                                        redact_url(url), like), base_url=url)
+                for label, url, name in found]
 
     def _check_plan(self) -> None:
         """Refuse a plan that could only pass on less than it claims, before anything starts."""
@@ -149,7 +177,7 @@ class GlmperfRun:
         flags, the selection and the report folder, and make SIGTERM behave as Ctrl-C whatever
         kind of server runs."""
         for target in self.targets:
-            if target.profile.is_simulated and not self.settings.get("base_url"):
+            if target.profile.is_simulated:
                 _check_simulated_flags(target.profile.name, target.profile.server_args)
         self.check_selection(capacity_levels)
         self._check_report_dir()
@@ -169,6 +197,10 @@ class GlmperfRun:
                     f"(required concurrency {run.require_concurrency}): select them too, or pass "
                     f"--require-concurrency {max(selected)} to gate on what is selected")
 
+    def compares(self, key: str) -> bool:
+        """Whether this target has something to be compared with (regression items run)."""
+        return self.baseline is not None or key in self.references
+
     def claim(self, claims: Claims) -> None:
         self.claims = claims
 
@@ -187,12 +219,6 @@ class GlmperfRun:
                 self.problems.append(str(exc))
                 self.progress(f"glmperf: {exc}: the run cannot pass without its records")
             raise
-
-    def check_base_url(self) -> None:
-        """With --base-url, fail before any test runs if nothing answers."""
-        url = self.settings.get("base_url")
-        if url:
-            ExternalServer(self.targets[0].profile, url, headers=self.auth_headers()).check_reachable()
 
     def auth_headers(self) -> dict[str, str]:
         key = self.settings.api_key
@@ -220,10 +246,9 @@ class GlmperfRun:
         return server
 
     def _start_handle(self, target: Target) -> ServerHandle:
-        url = self.settings.get("base_url")
         run = self.run_settings[target.key]
-        if url:
-            return ExternalServer(target.profile, url, headers=self.auth_headers())
+        if target.base_url:
+            return ExternalServer(target.base_url, headers=self.auth_headers())
         log_path = self.report_dir / slug(target.key) / "server.log"
         if target.profile.is_simulated:
             self.progress(f"starting simulator for {target.key} (time scale {run.time_scale:g})")
@@ -273,7 +298,9 @@ class GlmperfRun:
         state = self._states[server.target.key]
         if state.search is None:
             began = time.monotonic()
-            summary = server.capacity_search(thresholds)
+            reference = self._states.get(self.references.get(server.target.key, ""))
+            expect = reference.search.get("max_usable") or 0 if reference and reference.search else None
+            summary = server.capacity_search(thresholds, expect=expect)
             summary["server_time_s"] = sum(lv.stats.as_dict().get("duration_s") or 0.0 for lv in state.levels.values())
             summary["wall_s"] = round(time.monotonic() - began, 1)
             state.search = summary
@@ -297,33 +324,65 @@ class GlmperfRun:
         return state.checks[(level, metric)]
 
     def _compare(self, server: GlmperfServer, state: _TargetState, level: int | None, metric: str) -> Check:
-        assert self.baseline is not None
         key = server.target.key
-        if state.warnings is None:
-            state.match, state.warnings = match_target(self._target_report(key), self.baseline)
-        if level is None:  # max_usable needs every level (or the search)
-            for c in state.settings.levels:
-                with contextlib.suppress(LookupError):
-                    self.level(server, c)
-        else:
-            try:
+        if metric in MIXED_CHECKS and self.baseline is not None:
+            match = self._reference(key, state)[0]
+            if match is not None and match.mixed is None:  # nothing to compare with: measure nothing for it
+                return _no_check(key, level, metric, INCONCLUSIVE, "the mixed workload is not in the baseline")
+        try:
+            if metric == MAX_USABLE:  # needs every level (or the search)
+                for c in state.settings.levels:
+                    with contextlib.suppress(LookupError):
+                        self.level(server, c)
+            elif metric in MIXED_CHECKS:
+                self.mixed(server)
+            else:
                 self.level(server, level)
-            except LookupError:  # never measured on purpose: said so, and --inconclusive decides
-                return Check(key, level, metric, None, None, None, None, None, None, INCONCLUSIVE,
-                             f"c={level} was not needed by --capacity-search (max usable settled without it)")
-        if state.match is None:
-            why = next((w.reason for w in state.warnings), "no counterpart in the baseline")
-            return Check(key, level, metric, None, None, None, None, None, None, INCONCLUSIVE, why)
+        except LookupError:  # never measured on purpose: said so
+            return self._unsearched(key, state, level, metric)
+        match, records, why = self._reference(key, state)
+        if match is None:
+            return _no_check(key, level, metric, ERROR if key in self.references else INCONCLUSIVE, why)
         now = self._target_report(key)
-        records = [r for lv in now.levels for r in lv.records]
-        if level is None:
-            return compare_max_usable(now, records, state.match, self.baseline.records, self.tolerances,
-                                      only_target=True)
-        checks = compare_level(now, records, state.match, self.baseline.records, level, self.tolerances,
-                               only_target=True)
-        found = next((c for c in checks if c.metric == metric), None)
-        return found or Check(key, level, metric, None, None, None, None, None, None, ERROR,
-                              f"unknown metric {metric!r}")
+        mine = [r for lv in (*now.levels, *([now.mixed] if now.mixed else ())) for r in lv.records]
+        if metric == MAX_USABLE:
+            return compare_max_usable(now, mine, match, records, self.tolerances, only_target=True)
+        found = compare_mixed(now, mine, match, records, self.tolerances, only_target=True) \
+            if metric in MIXED_CHECKS else compare_level(now, mine, match, records, level, self.tolerances,
+                                                         only_target=True)
+        return next((c for c in found if c.metric == metric), None) or \
+            _no_check(key, level, metric, ERROR, f"unknown metric {metric!r}")
+
+    def _unsearched(self, key: str, state: _TargetState, level: int | None, metric: str) -> Check:
+        """A level this target's --capacity-search did not need: no claim when the reference has
+        none either (skipped), else inconclusive, for --inconclusive to decide."""
+        match = self._reference(key, state)[0]
+        reason = f"c={level} was not needed by --capacity-search (max usable settled without it)"
+        if match is not None and match.level(level) is None:
+            return _no_check(key, level, metric, SKIPPED, reason + f"; the reference has no c={level} either")
+        return _no_check(key, level, metric, INCONCLUSIVE, reason)
+
+    def _reference(self, key: str, state: _TargetState) -> tuple[TargetReport | None, list[RequestRecord], str]:
+        """What ``key`` is compared with: its counterpart in the saved baseline, or this session's
+        reference target as measured so far; with the records, or why there is none."""
+        if self.baseline is not None:
+            if state.warnings is None:
+                state.match, state.warnings = match_target(self._target_report(key), self.baseline,
+                                                           sole=len(self.targets) == 1)
+            why = next((w.reason for w in state.warnings), "no counterpart in the baseline")
+            return state.match, self.baseline.records, why
+        reference = self.references[key]
+        state.warnings = state.warnings or []
+        if not self._has_data(reference) or self._states[reference].start_error:
+            return None, [], f"the reference {reference} has no measurements in this session (select its tests too)"
+        return self._target_report(reference), self._all_records(reference), ""
+
+    def reference_label(self, key: str) -> str | None:
+        """How the report names what a target was compared with."""
+        if self.baseline is not None:
+            return self.baseline.described()
+        reference = self.references.get(key)
+        return f"{reference} (this session's reference target)" if reference else None
 
     def eta_s(self) -> float | None:
         """Wall seconds of planned load still to run (windows not yet measured, at each server's
@@ -349,7 +408,7 @@ class GlmperfRun:
             chars_per_token=state.chars_per_token,
             levels=tuple(state.levels[c] for c in sorted(state.levels)), search=state.search, mixed=state.mixed,
             scenarios=tuple(state.scenarios), checks=tuple(checks),
-            baseline=self.baseline.described() if self.baseline and checks else None)
+            baseline=self.reference_label(key) if checks else None)
 
     def snapshot(self) -> RunReport:
         """The report as it stands: every target that has anything to show."""
@@ -363,8 +422,8 @@ class GlmperfRun:
         return bool(state.provenance or state.start_error or state.levels or state.mixed or state.scenarios)
 
     def _notes(self) -> list[str]:
-        url = self.settings.get("base_url")
-        return [f"server under test: {redact_url(url)} (--base-url)"] if url else []
+        return [f"server under test: {redact_url(t.base_url)} (--base-url, {t.key})"
+                for t in self.targets if t.base_url]
 
     @property
     def measured_anything(self) -> bool:
@@ -408,6 +467,24 @@ class GlmperfRun:
         state = self._states[key]
         results = [*state.levels.values(), *([state.mixed] if state.mixed else []), *state.scenarios]
         return [r for result in results for r in result.records]
+
+
+def reference_targets(targets: list[Target]) -> dict[str, str]:
+    """Target key -> the key of the target it is compared with: the first of the same profile
+    (``--image prod --image candidate``), or the first ``--base-url`` server."""
+    firsts: dict[str, str] = {}
+    found = {}
+    for target in targets:
+        group = "--base-url" if target.base_url else target.profile.name
+        if group in firsts:
+            found[target.key] = firsts[group]
+        else:
+            firsts[group] = target.key
+    return found
+
+
+def _no_check(key: str, level: int | None, metric: str, outcome: str, reason: str) -> Check:
+    return Check(key, level, metric, None, None, None, None, None, None, outcome, reason)
 
 
 def _check_simulated_flags(profile: str, args: tuple[str, ...]) -> None:

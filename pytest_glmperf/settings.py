@@ -73,6 +73,22 @@ def _names(key: str, value: Any) -> tuple[str, ...]:
     return names
 
 
+def parse_base_urls(key: str, value: Any) -> tuple[tuple[str | None, str], ...]:
+    """'http://a:1,cand=http://b:2' -> ((None, 'http://a:1'), ('cand', 'http://b:2')): servers
+    someone else runs, each optionally labelled ``NAME=``; the first is the reference."""
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    found = []
+    for item in (str(i).strip() for i in items if str(i).strip()):
+        label, _, url = item.rpartition("=") if not item.startswith(("http://", "https://")) else ("", "", item)
+        if not url.startswith(("http://", "https://")) or (label and not label.replace("-", "").replace("_", "")
+                                                             .replace(".", "").isalnum()):
+            raise ConfigError(f"{key} takes URL or NAME=URL (http:// or https://), comma-separated; got {item!r}")
+        found.append((label or None, url.rstrip("/")))
+    if not found:
+        raise ConfigError(f"{key} needs at least one URL")
+    return tuple(found)
+
+
 def _flag(key: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -118,6 +134,7 @@ class Option:
     flag: bool = False
     metavar: str | None = None
     env: str | None = None  # an environment variable that sets it (below the command line, above ini)
+    many: bool = False      # a list: comma-separated, and the flag may be repeated
 
     @property
     def cli(self) -> str:
@@ -125,9 +142,9 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("profile", _names, ("sim-hicache",), "server profile(s), comma-separated; several run one after another", metavar="NAME[,NAME...]"),
-    Option("profiles_file", _text, str(DEFAULT_REGISTRY), "profile registry YAML (relative to the rootdir)", metavar="PATH"),
-    Option("base_url", _text, None, "test an already running server at URL (no lifecycle)", metavar="URL"),
+    Option("profile", _names, ("sim-hicache",), "server profile(s), comma-separated or repeated; several run one after another", metavar="NAME[,NAME...]", many=True),
+    Option("profiles_file", _text, str(DEFAULT_REGISTRY), "your own profiles YAML, layered over the built-in ones by name (relative to the rootdir; write --profiles-file=PATH)", metavar="PATH"),
+    Option("base_url", parse_base_urls, None, "test servers already running at URL, named from their /server_info (or NAME=URL); several (comma-separated or repeated) are compared with the first", metavar="[NAME=]URL", many=True),
     Option("concurrency_levels", parse_levels, (1, 2, 4, 8, 12), "capacity levels", quick=(1, 2, 4), metavar="N,N,..."),
     Option("level_duration", positive_float, 240.0, "seconds of load per capacity level", quick=90.0, metavar="S"),
     Option("contexts", positive_int, 8, "repository contexts of the capacity workload", quick=4, metavar="N"),
@@ -260,6 +277,10 @@ class Settings:
     def report_dir(self) -> Path:
         return Path(self.get("report_dir"))
 
+    @property
+    def base_urls(self) -> tuple[tuple[str | None, str], ...]:
+        return self.get("base_url") or ()
+
     def for_profile(self, profile: ServerProfile) -> RunSettings:
         """Apply the profile's own option defaults under whatever the user set."""
         unknown = set(profile.options) - (set(BY_KEY) - GLOBAL_KEYS)
@@ -301,7 +322,7 @@ class Settings:
             first_token_timeout_s=value("first_token_timeout") or _derived(FIRST_TOKEN_TIMEOUT_X * thresholds.max_ttft_p95),
             stall_timeout_s=value("stall_timeout") or _derived(STALL_TIMEOUT_X * thresholds.max_gap_p95),
             temperature=value("temperature"),
-            flush_cache=value("flush_cache") if self._flush_asked(profile) else not self.given.get("base_url"),
+            flush_cache=value("flush_cache") if self._flush_asked(profile) else not profile.is_external,
             warm_cache=value("warm_cache"),
             clear_storage=value("clear_storage"),
             capacity_search=value("capacity_search"),

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .errors import ServerStartError
 
-__all__ = ["BASE_IMAGE", "SIM_IMAGE", "ensure_base_image", "ensure_sim_image", "source_hash"]
+__all__ = ["BASE_IMAGE", "SIM_IMAGE", "build_wheel", "ensure_base_image", "ensure_sim_image", "source_hash"]
 
 BASE_IMAGE = "glmperf-base:bookworm"
 SIM_IMAGE = "glmperf-sim:latest"
@@ -132,14 +132,17 @@ def ensure_base_image(*, force: bool = False, progress: Progress | None = None) 
     return str(image.id)
 
 
+WHEEL_SOURCES = ("pytest_glmperf", "perf_tests", "compose")  # pyproject.toml maps the last two into the package
+
+
 def _source_files(root: Path) -> Iterable[Path]:
     yield root / "pyproject.toml"
     yield root / "README.md"
-    yield from sorted((root / "compose" / "sim-image").rglob("*"))
-    for path in sorted((root / "pytest_glmperf").rglob("*")):
-        if "__pycache__" in path.parts or path.suffix in {".pyc", ".pyo"}:
-            continue
-        yield path
+    for folder in WHEEL_SOURCES:
+        for path in sorted((root / folder).rglob("*")):
+            if "__pycache__" in path.parts or path.suffix in {".pyc", ".pyo"}:
+                continue
+            yield path
 
 
 def source_hash(root: Path, base_id: str) -> str:
@@ -157,9 +160,19 @@ def _source_copy(root: Path, dest: Path) -> Path:
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (root / name).is_file():
             shutil.copy(root / name, dest / name)
-    shutil.copytree(root / "pytest_glmperf", dest / "pytest_glmperf",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    for folder in WHEEL_SOURCES:
+        shutil.copytree(root / folder, dest / folder,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
     return dest
+
+
+def build_wheel(dest: Path, root: Path | None = None) -> Path:
+    """The pytest-glmperf wheel of a source checkout, built from a copy (the work tree stays clean)."""
+    root = root or repo_root()
+    with tempfile.TemporaryDirectory(prefix="glmperf-wheel-") as tmp:
+        source = _source_copy(root, Path(tmp) / "source")
+        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(dest), str(source), say=lambda _m: None)
+    return max(dest.glob("pytest_glmperf-*.whl"), key=lambda p: p.stat().st_mtime)
 
 
 def _python_tags(client, base: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
@@ -197,9 +210,7 @@ def ensure_sim_image(*, tag: str = SIM_IMAGE, force: bool = False, progress: Pro
         shutil.copy(root / "compose" / "sim-image" / "Dockerfile", context / "Dockerfile")
         wheels = context / "wheels"
         say(f"pip wheel {root} -> build context")
-        source = _source_copy(root, Path(tmp) / "source")  # never build in the work tree
-        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(wheels), str(source), say=say)
-        ours = next(wheels.glob("pytest_glmperf-*.whl"))
+        ours = build_wheel(wheels, root)
         say(f"pip download runtime dependencies for python {py_version} {machine}")
         platforms = [f"manylinux{tag_}_{machine}" for tag_ in ("2014", "_2_17", "_2_28", "_2_31", "_2_34", "_2_35")]
         _pip("download", "--quiet", "--only-binary=:all:", "--dest", str(wheels),

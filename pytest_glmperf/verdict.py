@@ -148,6 +148,7 @@ def _regression_claims(target: TargetReport, claims: Claims, tally: _Tally) -> N
             tally.failures.append(f"{where}: {check.outcome}: {check.reason or check.message()}")
         elif check.outcome == "inconclusive":
             tally.unsure.append(f"{where}: {check.reason}")
+        # "skipped": neither side measured the level (--capacity-search), so nothing was claimed
 
 
 def _summary(target: TargetReport, claims: Claims) -> str:

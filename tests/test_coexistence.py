@@ -36,7 +36,7 @@ def test_pytest_starts_with_plugins_that_declare_the_same_options(pytester: pyte
     result = pytester.runpytest_subprocess("--help")
     assert result.ret == 0, result.stderr.str()[-2000:]
     for line in ("*--base-url=url*base url for the application under test*", "*--profile *generate profiling*",
-                 "*--glmperf-base-url=URL*", "*--glmperf-profile=NAME*", "*--benchmark-*"):
+                 "*--glmperf-base-url=[[]NAME=[]]URL*", "*--glmperf-profile=NAME*", "*--benchmark-*"):
         result.stdout.fnmatch_lines([line])
 
 

@@ -89,7 +89,9 @@ def test_a_comparison_alone_measures_the_levels_it_compares(pytester: pytest.Pyt
     target = report["targets"]["sim-hicache"]
     assert [lv["concurrency"] for lv in target["capacity"]["levels"]] == [1, 2]  # measured on demand
     checks = [c for c in target["regression"]["checks"] if c["outcome"] != "warning"]
-    assert len(checks) == 9 and all(c["n_current"] > 0 for c in checks if c["level"] is not None)
+    assert len(checks) == 15 and all(c["n_current"] > 0 for c in checks if c["level"] is not None)
+    mixed = [c for c in checks if c["metric"].startswith("mixed_")]  # the baseline has none: not measured for it
+    assert len(mixed) == 4 and all(c["outcome"] == "inconclusive" for c in mixed) and target["mixed"] is None
     assert not [c for c in checks if "not measured" in c["reason"]]
     assert "nothing measured" not in report["verdict"]["line"]
 
@@ -247,7 +249,8 @@ def test_sigterm_with_a_base_url_keeps_records_and_a_partial_report(pytester: py
     report = json.loads((out / "latest" / "report.json").read_text())
     assert report["status"] == "interrupted" and report["verdict"]["status"] == "INTERRUPTED"
     assert report["verdict"]["line"] in output  # the summary was printed
-    level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
+    [target] = report["targets"].values()  # named from the server itself (glm-5.1@<version>)
+    level = target["capacity"]["levels"][0]
     records = (out / "latest" / "records.jsonl").read_text().splitlines()
     assert level["status"] == "interrupted" and len(records) >= level["requests"] >= 3
     assert any(json.loads(line).get("extra", {}).get("error_kind") == "cancelled" for line in records)
@@ -385,7 +388,8 @@ def test_a_third_party_server_is_measured_without_blaming_it_for_the_client(pyte
     report = agreed(pytester, result)
     assert time.monotonic() - began < 60  # no 60 s wait per level for a /flush_cache that does not exist
     assert report["verdict"]["status"] == "PASS"
-    levels = report["targets"]["sim-hicache"]["capacity"]["levels"]
+    assert list(report["targets"]) == [third_party]  # no /server_info: named by its address, no credentials
+    levels = report["targets"][third_party]["capacity"]["levels"]
     assert all(lv["failures"] == 0 and lv["cache_start"] == "as-is (no /flush_cache)" for lv in levels)
     result.stdout.fnmatch_lines(["*this server has no /flush_cache (HTTP 404)*"])
     text = (run_folder(pytester) / "report.json").read_text() + (run_folder(pytester) / "report.md").read_text()

@@ -289,3 +289,15 @@ def test_same_conditions_add_no_warning():
     report, records = run(20, levels=(1,), settings=settings)
     checks = compare_reports(report, records, Baseline("b", base_report, base_records))
     assert not [c for c in checks if c.outcome == WARNING]
+
+
+def test_one_target_is_compared_with_a_baseline_of_one_target_under_another_name():
+    """Two --base-url servers labelled differently (prod, then candidate) still compare, with a warning."""
+    external = {"kind": "external", "base_url": "http://127.0.0.1:30001"}
+    base_report, base_records = run(40, target="prod", provenance=external)
+    report, records = run(41, target="candidate", slow=1.6, provenance=external)
+    checks = compare_reports(report, records, Baseline("prod", base_report, base_records))
+    [warning] = [c for c in checks if c.outcome == WARNING]
+    assert "compared with prod, the baseline's one target" in warning.reason
+    assert by_metric(checks, "tok_s_p50")[0].outcome == FAIL
+    assert {c.metric for c in checks} >= {"failure_rate", "max_usable"}

@@ -13,10 +13,20 @@ def finished(gap_s: float, e2e_s: float = 20.0) -> RequestRecord:
                          completion_tokens=2)
 
 
-def probes(levels, best, start=None):
+def probes(levels, best, start=None, expect=None):
     seen = []
-    answer = bisect_levels(levels, lambda c: seen.append(c) or (best is not None and c <= best), start)
+    answer = bisect_levels(levels, lambda c: seen.append(c) or (best is not None and c <= best), start, expect)
     return answer, seen
+
+
+def test_a_candidate_that_matches_its_reference_is_settled_in_two_probes():
+    levels = [1, 2, 4, 8, 12]
+    assert probes(levels, 4, start=4, expect=4) == (4, [4, 8])   # prod's answer, then the level above
+    assert probes(levels, 12, start=4, expect=12) == (12, [12])
+    assert probes(levels, None, start=4, expect=0) == (None, [1])  # prod had none usable
+    for best in [None, *levels]:  # a candidate unlike its reference still gets the right answer
+        for expect in [0, *levels]:
+            assert probes(levels, best, start=4, expect=expect)[0] == best
 
 
 def test_search_probes_top_then_required_then_top_of_what_remains():

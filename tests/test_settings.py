@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pytest_glmperf.errors import ConfigError
-from pytest_glmperf.profiles import ServerProfile, load_registry
+from pytest_glmperf.profiles import ServerProfile, external_profile, load_registry
 from pytest_glmperf.settings import resolve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,10 +71,27 @@ def test_timeouts_follow_from_the_bar_unless_given():
 
 
 def test_a_server_someone_else_runs_is_flushed_only_when_asked():
+    external = external_profile("glm-5.1@0.5.6", "http://127.0.0.1:1", like=PROFILE)
     assert resolve({}, {}).for_profile(PROFILE).flush_cache is True
-    assert resolve({"base_url": "http://127.0.0.1:1"}, {}).for_profile(PROFILE).flush_cache is False
-    assert resolve({"base_url": "http://127.0.0.1:1", "flush_cache": "true"}, {}).for_profile(PROFILE).flush_cache
-    assert resolve({"base_url": "http://127.0.0.1:1"}, {}).for_profile(PROFILE).cache_start == "as-is"
+    assert resolve({"base_url": "http://127.0.0.1:1"}, {}).for_profile(external).flush_cache is False
+    assert resolve({"base_url": "http://127.0.0.1:1", "flush_cache": "true"}, {}).for_profile(external).flush_cache
+    assert resolve({"base_url": "http://127.0.0.1:1"}, {}).for_profile(external).cache_start == "as-is"
+    assert external.require_concurrency == PROFILE.require_concurrency  # a --profile lends its bar, not its name
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("http://a:1", ((None, "http://a:1"),)),
+    ("http://a:1/,candidate=http://b:2", ((None, "http://a:1"), ("candidate", "http://b:2"))),
+    (["prod=https://x/v1", "http://y:3"], (("prod", "https://x/v1"), (None, "http://y:3"))),
+])
+def test_base_urls_take_optional_names(value, expected):
+    assert resolve({"base_url": value}, {}).base_urls == expected
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:30000", "prod=ftp://x", "my prod=http://x", ","])
+def test_a_base_url_that_is_not_one_is_refused(value):
+    with pytest.raises(ConfigError, match="base_url"):
+        resolve({"base_url": value}, {})
 
 
 def test_the_baseline_and_report_folders_can_come_from_the_environment(monkeypatch):
