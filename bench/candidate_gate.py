@@ -36,8 +36,8 @@ SUITE = ["perf_tests/test_capacity.py", "perf_tests/test_mixed.py", "perf_tests/
 
 def start_simulator(port: int, profile: str, extra: list[str], time_scale: float, log: Path) -> subprocess.Popen:
     flags = yaml.safe_load((ROOT / "compose" / "profiles.yaml").read_text())["profiles"][profile]["server_args"]
-    command = [sys.executable, "-m", "pytest_glmperf.simulator", "--host", "127.0.0.1", "--port", str(port),
-               "--time-scale", str(time_scale), *flags, *extra]
+    command = [sys.executable, "-m", "pytest_glmperf.simulator", *flags, *extra, "--time-scale", str(time_scale),
+               "--host", "127.0.0.1", "--port", str(port)]  # last: a twin's flags say 0.0.0.0:8000
     process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT)
     import httpx
 

@@ -81,6 +81,7 @@ class GlmperfServer:
         self.time_scale = float(self.server_info.get("sim_time_scale") or 1.0)
         self._contexts: ContextFactory | None = None
         self._flush_missing = False
+        self._field_primed = False
         self._provenance: dict[str, Any] | None = None
 
     @property
@@ -311,7 +312,20 @@ class GlmperfServer:
 
     async def prepare_cache(self, client: StreamingClient, contexts: ContextFactory, keys: list[str],
                             context_tokens: int, label: str, level: int | None = None) -> str:
-        """Before a window: prime it (--warm-cache), else flush unless told not to; says which."""
+        """Before a window: prime it (--warm-cache), else flush unless told not to; says which.
+        In --field-mode the first window is preceded by the seen levels' texts, and none is flushed."""
+        seen = self.settings.field_seen_levels
+        if seen is not None:
+            spec = self.settings.capacity
+            texts = list(dict.fromkeys(k for c in seen for k in capacity_prompts(spec, c))) \
+                if level is not None else keys  # the mixed run: its own texts, as the field's ran on seen ones
+            if level is None or not self._field_primed:
+                what = f"levels {','.join(map(str, seen))}" if level is not None else "the mixed workload"
+                self._say(label, f"showing the server {len(texts)} texts of {what} (--field-mode)")
+                async with heartbeat(self._progress(label), "priming"):
+                    await prime(self._load(client, contexts, "prime", level=level), texts, context_tokens)
+                self._field_primed = self._field_primed or level is not None
+            return self.settings.cache_start
         if self.settings.warm_cache:
             self._say(label, f"priming {len(keys)} contexts (--warm-cache)")
             async with heartbeat(self._progress(label), "priming"):

@@ -19,7 +19,9 @@ from .errors import ConfigError
 
 PROFILE_KINDS = ("simulated", "compose")
 EXTERNAL = "external"  # a server someone else runs (--base-url); never declared in a registry
-PROFILE_KEYS = ("kind", "description", "require_concurrency", "server_args", "env", "compose_file", "options")
+PROFILE_KEYS = ("kind", "description", "require_concurrency", "server_args", "env", "compose_file", "options",
+                "extends", "extra_args")
+Entries = dict[str, tuple[Path, dict[str, Any]]]  # name -> (the file that declares it, its raw spec)
 DEFAULT_REGISTRY = Path("compose") / "profiles.yaml"
 
 
@@ -94,11 +96,14 @@ class ProfileRegistry:
 
 
 def load_profiles(project: Path | None) -> ProfileRegistry:
-    """The built-in profiles, with a project's registry (if any) layered over them."""
-    registry = load_registry(builtin_registry_path())
-    if project is None or project.resolve() == registry.sources[0]:
-        return registry
-    return registry.layered(load_registry(project))
+    """The built-in profiles, with a project's registry (if any) layered over them by name; a
+    project's profile may extend a built-in one."""
+    builtin = builtin_registry_path().resolve()
+    entries, sources = _entries(builtin), [builtin]
+    if project is not None and project.resolve() != builtin:
+        entries.update(_entries(project))
+        sources.append(project.resolve())
+    return _build(entries, tuple(sources))
 
 
 def external_profile(name: str, url: str, like: ServerProfile | None = None) -> ServerProfile:
@@ -111,7 +116,11 @@ def external_profile(name: str, url: str, like: ServerProfile | None = None) -> 
 
 
 def load_registry(path: Path) -> ProfileRegistry:
-    """Read and validate a profile registry; every error names the file and the profile."""
+    """Read and validate one registry file; every error names the file and the profile."""
+    return _build(_entries(path), (path.resolve(),))
+
+
+def _entries(path: Path) -> Entries:
     if not path.is_file():
         raise ConfigError(f"profile registry not found: {path} (set --profiles-file)")
     try:
@@ -121,9 +130,34 @@ def load_registry(path: Path) -> ProfileRegistry:
     entries = raw.get("profiles") if isinstance(raw, dict) else None
     if not isinstance(entries, dict) or not entries:
         raise ConfigError(f"profile registry {path} needs a non-empty 'profiles:' mapping")
-    path = path.resolve()
-    profiles = {name: _parse_profile(path, name, spec) for name, spec in entries.items()}
-    return ProfileRegistry(sources=(path,), profiles=profiles)
+    return {str(name): (path.resolve(), spec) for name, spec in entries.items()}
+
+
+def _build(entries: Entries, sources: tuple[Path, ...]) -> ProfileRegistry:
+    profiles = {name: _parse_profile(path, name, _resolved(entries, name)) for name, (path, _) in entries.items()}
+    return ProfileRegistry(sources=sources, profiles=profiles)
+
+
+def _resolved(entries: Entries, name: str, chain: tuple[str, ...] = ()) -> Any:
+    """A spec with its ``extends:`` applied: the base's keys, this profile's on top, and its
+    ``extra_args`` after the base's flags (a repeated flag: the last one counts, as in SGLang)."""
+    path, spec = entries[name]
+    if not isinstance(spec, dict) or spec.get("extends") is None:
+        return spec
+    where, base = f"profile {name!r} in {path}", str(spec["extends"])
+    if base not in entries or base in (*chain, name):
+        raise ConfigError(f"{where}: extends {base!r}, which is " + ("part of a cycle" if base in entries
+                          else f"not a profile; known: {', '.join(sorted(entries))}"))
+    if not isinstance(spec.get("extra_args", []), list):
+        raise ConfigError(f"{where}: extra_args must be a list of flags")
+    inherited = dict(_resolved(entries, base, (*chain, name)))
+    base_path = entries[base][0]
+    if inherited.get("compose_file"):  # relative to the file that declared it
+        inherited["compose_file"] = str(base_path.parent / inherited["compose_file"])
+    merged = {**inherited, **{k: v for k, v in spec.items() if k not in ("extends", "extra_args")}}
+    merged["server_args"] = [*merged.get("server_args", []), *spec.get("extra_args", [])]
+    merged["env"] = {**(inherited.get("env") or {}), **(spec.get("env") or {})}
+    return merged
 
 
 def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
@@ -135,6 +169,8 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
         hint = difflib.get_close_matches(unknown[0], PROFILE_KEYS, n=1)
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                           + f"; a profile takes {', '.join(PROFILE_KEYS)}")
+    if "extra_args" in spec:
+        raise ConfigError(f"{where}: extra_args adds flags to the profile it extends: give 'extends' too")
     for key, kind_of, what in (("server_args", list, "a list of flags"), ("env", dict, "a mapping"),
                                ("options", dict, "a mapping of option: value")):
         if spec.get(key) is not None and not isinstance(spec[key], kind_of):

@@ -187,9 +187,13 @@ def conditions_line(settings: dict[str, Any]) -> str:
     interval, mode = capacity.get("spike_interval_s"), capacity.get("spike_mode", "slot")
     spikes = (f"a spike every {interval:g} s " + ("in an agent's slot" if mode == "slot" else "beside the agents")
               if interval else "no spikes")
+    cache_start = str(settings.get("cache_start", "flushed"))
+    if cache_start.startswith("field"):  # --field-mode: 'field (levels 1,2,4 seen, no flush)'
+        return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
+                f" · the field's mode: {cache_start[len('field ('):-1]} (--field-mode)")
     start = {"warm": "primed with its contexts and spikes", "flushed": "flushed",
              "cold": "flushed (L3 storage cleared too)", "as-is": "left as it was",
-             }.get(settings.get("cache_start", "flushed"), "?")
+             }.get(cache_start, "?")
     return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
             f" · cache {start} before each window")
 

@@ -97,8 +97,10 @@ class SimulatedServer:
         self._pump: threading.Thread | None = None
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "pytest_glmperf.simulator", "--host", "127.0.0.1", "--port", "0",
-                "--time-scale", str(self.time_scale), "--sim-exit-with-parent", *self.profile.server_args]
+        """The profile's SGLang flags, then where to listen: 127.0.0.1 and a free port, whatever
+        the profile's own --host/--port say (a twin carries its compose file's 0.0.0.0:8000)."""
+        return [sys.executable, "-m", "pytest_glmperf.simulator", *self.profile.server_args,
+                "--time-scale", str(self.time_scale), "--sim-exit-with-parent", "--host", "127.0.0.1", "--port", "0"]
 
     def start(self) -> SimulatedServer:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("profile", _names, ("sim-hicache",), "server profile(s), comma-separated or repeated; several run one after another", metavar="NAME[,NAME...]", many=True),
+    Option("profile", _names, ("sim-hicache-mixed-chunk",), "server profile(s), comma-separated; several run one after another", metavar="NAME[,NAME...]"),
     Option("profiles_file", _text, str(DEFAULT_REGISTRY), "your own profiles YAML, layered over the built-in ones by name (relative to the rootdir; write --profiles-file=PATH)", metavar="PATH"),
     Option("base_url", parse_base_urls, None, "test servers already running at URL, named from their /server_info (or NAME=URL); several (comma-separated or repeated) are compared with the first", metavar="[NAME=]URL", many=True),
     Option("concurrency_levels", parse_levels, (1, 2, 4, 8, 12), "capacity levels", quick=(1, 2, 4), metavar="N,N,..."),
@@ -174,6 +174,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("report_dir", _text, "perf-report", "where each session writes its own run folder (<DIR>/<started>, with <DIR>/latest pointing at the newest)", metavar="DIR", env="GLMPERF_REPORT_DIR"),
     Option("flush_cache", _flag, True, "POST /flush_cache before each level and the mixed run (with --base-url only when set: a shared server's cache serves others too)", metavar="BOOL"),
     Option("clear_storage", _flag, False, "with the flush, also POST /hicache/storage-backend/clear: an L3 disk tier keeps what earlier windows wrote (clears a shared backend for every server on it)", flag=True),
+    Option("field_mode", _flag, False, "run as the field's scripts did: the server has already seen the repositories and spike texts of --field-seen-levels (sent once before the first level) and of the mixed workload (before it), and no window is flushed", flag=True),
+    Option("field_seen_levels", parse_levels, (1, 2, 4), "--field-mode: the levels whose texts the server saw before (an earlier, shorter run)", metavar="N,N,..."),
     Option("warm_cache", _flag, False, "instead of flushing, send every context and spike text of a window once before it (a server that has seen these repositories)", flag=True),
     Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
     Option("quick", _flag, False, "small preset: levels 1,2,4, 90 s levels of 128-token answers (enough requests for --min-requests), 20k-token contexts (about a minute on the simulator)", flag=True),
@@ -216,6 +218,7 @@ class RunSettings:
     warm_cache: bool = False
     clear_storage: bool = False
     capacity_search: bool = False
+    field_seen_levels: tuple[int, ...] | None = None  # --field-mode
     repeats: int = 1
     percentiles: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 
@@ -241,6 +244,8 @@ class RunSettings:
     def cache_start(self) -> str:
         """How each window finds the server's prefix cache: "warm" (primed), "cold" (flushed,
         L3 storage cleared), "flushed" or "as-is"."""
+        if self.field_seen_levels is not None:
+            return f"field (levels {','.join(map(str, self.field_seen_levels))} seen, no flush)"
         if self.warm_cache:
             return "warm"
         if not self.flush_cache:
@@ -322,13 +327,28 @@ class Settings:
             first_token_timeout_s=value("first_token_timeout") or _derived(FIRST_TOKEN_TIMEOUT_X * thresholds.max_ttft_p95),
             stall_timeout_s=value("stall_timeout") or _derived(STALL_TIMEOUT_X * thresholds.max_gap_p95),
             temperature=value("temperature"),
-            flush_cache=value("flush_cache") if self._flush_asked(profile) else not profile.is_external,
+            flush_cache=(value("flush_cache") if self._flush_asked(profile) else not profile.is_external)
+            and not value("field_mode"),
             warm_cache=value("warm_cache"),
             clear_storage=value("clear_storage"),
             capacity_search=value("capacity_search"),
+            field_seen_levels=self._field(profile, value),
             repeats=value("repeats"),
             percentiles=value("percentiles"),
         )
+
+
+    def _field(self, profile: ServerProfile, value: Callable[[str], Any]) -> tuple[int, ...] | None:
+        """--field-mode's seen levels; the cache options it replaces may not be set beside it."""
+        if not value("field_mode"):
+            return None
+        clash = [key for key in ("warm_cache", "clear_storage") if value(key)]
+        if value("flush_cache") and self._flush_asked(profile):
+            clash.append("flush_cache")
+        if clash:
+            raise ConfigError(f"--field-mode never flushes and primes the seen levels itself: drop "
+                              f"{', '.join(BY_KEY[k].cli for k in clash)}")
+        return value("field_seen_levels")
 
 
 def _derived(limit_s: float) -> float:

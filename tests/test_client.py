@@ -36,7 +36,7 @@ class Simulator:
     """``python -m pytest_glmperf.simulator`` in a child process on a free port."""
 
     def __init__(self, *args: str, log: Path) -> None:
-        cmd = [sys.executable, "-m", "pytest_glmperf.simulator", "--port", "0", *args]
+        cmd = [sys.executable, "-m", "pytest_glmperf.simulator", *args, "--host", "127.0.0.1", "--port", "0"]
         self.log = log
         self._log_file = log.open("w")
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log_file,

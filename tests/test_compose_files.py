@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -60,34 +61,35 @@ def test_gpu_profiles_follow_the_field_report(name: str, extra: str, container: 
         assert service["environment"]["SGLANG_ENABLE_SPEC_V2"] == "1"
 
 
-@pytest.mark.parametrize(("sim", "name", "extra"), [
-    ("sim-hicache", "compose-hicache.yaml", ["--enable-mixed-chunk"]),
-    ("sim-mtp", "compose.yaml", []),
-])
-def test_sim_profiles_take_the_gpu_profiles_flags(sim: str, name: str, extra: list[str]) -> None:
-    """The simulated profiles are the field's SGLang flags; a flag beyond them is named (and
-    explained) in the profile's description."""
-    profile = load_registry(COMPOSE / "profiles.yaml").get(sim)
-    command = _service(name)["command"].replace("${SGLANG_GPU_COUNT:-8}", "8").split()
-    field = command[command.index("--model-path"):]
-    for flag in ("--host", "--port"):   # where the container listens, not an engine setting
-        i = field.index(flag)
-        del field[i:i + 2]
-    assert [arg for arg in profile.server_args if arg not in extra] == field
-    assert all(flag in profile.description for flag in extra)
+def _defaults(text: str) -> str:
+    """A compose value with each ${VAR:-default} at its default, as Compose resolves it unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", text)
 
 
-def test_sim_profile_runs_the_simulator_with_the_hicache_flags() -> None:
-    service = _service("compose-sim.yaml")
+@pytest.mark.parametrize(("twin", "name"), [("sim-hicache", "compose-hicache.yaml"), ("sim-mtp", "compose.yaml")])
+def test_a_twin_carries_exactly_its_compose_profiles_flags(twin: str, name: str) -> None:
+    """Flag for flag, with no exception: what the simulator predicts is for the server the
+    compose file starts (it listens on 127.0.0.1 and a free port whatever --host says)."""
+    profile = load_registry(COMPOSE / "profiles.yaml").get(twin)
+    service = _service(name)
+    command = shlex.split(_defaults(service["command"]))
+    assert command[:3] == ["python3", "-m", "sglang.launch_server"]
+    assert list(profile.server_args) == command[3:]
+    sglang_env = {k: str(v) for k, v in service["environment"].items() if k.startswith("SGLANG_")}
+    assert dict(profile.env) == sglang_env
+
+
+def test_a_what_if_is_its_twin_and_one_named_change() -> None:
     registry = load_registry(COMPOSE / "profiles.yaml")
-    sim_args = list(registry.get("sim-hicache").server_args)
-    command = shlex.split(service["command"])
-    assert command[:9] == ["python3", "-m", "pytest_glmperf.simulator", "--host", "0.0.0.0", "--port", "8000",
-                           "--time-scale", "${GLMPERF_TIME_SCALE:-10}"]
-    assert command[9:-1] == sim_args and command[-1] == "${GLMPERF_SIM_ARGS:-}"
-    assert service["image"] == "${GLMPERF_SIM_IMAGE:-glmperf-sim:latest}" and service["pull_policy"] == "never"
-    assert service["init"] is True and service["stop_grace_period"] == "10m"
-    assert registry.get("sim").compose_file == COMPOSE / "compose-sim.yaml"
+    raw = yaml.safe_load((COMPOSE / "profiles.yaml").read_text())["profiles"]
+    what_ifs = {name: spec for name, spec in raw.items() if spec.get("extends")}
+    assert set(what_ifs) == {"sim-hicache-mixed-chunk", "sim-hicache-mtp", "sim-hicache-400g", "sim-hicache-l3"}
+    for name, spec in what_ifs.items():
+        twin = registry.get(spec["extends"])
+        profile = registry.get(name)
+        assert list(profile.server_args) == [*twin.server_args, *map(str, spec["extra_args"])]
+        assert spec["description"].startswith("What-if")  # and it names the change: a flag or its value
+        assert any(str(arg).lstrip("-") in spec["description"] for arg in spec["extra_args"][:2]), name
 
 
 @pytest.mark.docker

@@ -30,7 +30,8 @@ from tests.conftest import REGISTRY
 from tests.inner import CAPACITY_TEST, REGRESSION_TEST, run_folder, wait_for_records
 from tests.test_plugin import _simulator_children
 
-TINY = ["--concurrency-levels=1,2", "--require-concurrency=2", "--min-requests=2", "--level-duration=6",
+TINY = ["--profile=sim-hicache", "--concurrency-levels=1,2", "--require-concurrency=2", "--min-requests=2",
+        "--level-duration=6",
         "--contexts=2", "--context-tokens=2000", "--max-output-tokens=48", "--spike-interval=3",
         "--mixed-duration=6", "--mixed-contexts=2", "--mixed-max-output-tokens=48", "--mixed-spike-interval=3",
         "--revisit-interval=4", "--time-scale=20", "-p", "no:cacheprovider"]

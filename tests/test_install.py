@@ -65,7 +65,7 @@ def test_the_built_in_quick_suite_runs_from_an_empty_folder(venv_python: Path, t
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "glmperf PASS" in result.stdout, result.stdout[-2000:]
     report = json.loads((tmp_path / "perf-report" / "latest" / "report.json").read_text())
-    assert list(report["targets"]) == ["sim-hicache"]
+    assert list(report["targets"]) == ["sim-hicache-mixed-chunk"]
     assert report["verdict"]["status"] == "PASS"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["perf-report"]  # nothing else written here
 

@@ -18,7 +18,9 @@ import pytest
 from tests.conftest import REGISTRY
 from tests.inner import CAPACITY_TEST, MIXED_TEST, run_folder
 
-TINY = ["--concurrency-levels", "1,2", "--level-duration", "6", "--contexts", "2", "--context-tokens", "2000",
+TWIN = ["--profile", "sim-hicache"]  # the tests' profile, named: the default is the mixed-chunk what-if
+TINY = ["--concurrency-levels", "1,2", "--level-duration", "6", "--contexts", "2",
+        "--context-tokens", "2000",
         "--max-output-tokens", "48", "--spike-interval", "3", "--mixed-duration", "6", "--mixed-contexts", "2",
         "--mixed-max-output-tokens", "48", "--mixed-spike-interval", "3", "--revisit-interval", "4",
         "--time-scale", "20", "--require-concurrency", "2", "--min-requests", "2", "-p", "no:cacheprovider"]
@@ -26,7 +28,7 @@ TINY = ["--concurrency-levels", "1,2", "--level-duration", "6", "--contexts", "2
 
 def run_inner(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(f"--profiles-file={REGISTRY}", f"--report-dir={pytester.path / 'out'}",
-                                         *TINY, *args, timeout=300)
+                                         *TWIN, *TINY, *args, timeout=300)
 
 
 def test_help_lists_every_option_with_its_default(pytester: pytest.Pytester):
@@ -70,6 +72,22 @@ def test_unreachable_base_url_is_reported_before_tests(pytester: pytest.Pytester
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--base-url http://127.0.0.1:9 is unreachable*"])
     result.stdout.no_fnmatch_line("*test_capacity*")
+
+
+def test_field_mode_shows_the_seen_levels_once_and_never_flushes(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "--field-mode", "--field-seen-levels=1")
+    result.stdout.fnmatch_lines(["*showing the server * texts of levels 1 (--field-mode)*"])
+    assert result.stdout.str().count("(--field-mode)") == 1  # before the first level only
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
+    target = report["targets"]["sim-hicache"]
+    assert target["settings"]["cache_start"] == "field (levels 1 seen, no flush)"
+    assert {lv["cache_start"] for lv in target["capacity"]["levels"]} == {"field (levels 1 seen, no flush)"}
+    markdown = (run_folder(pytester) / "report.md").read_text()
+    assert "the field's mode: levels 1 seen, no flush (--field-mode)" in markdown
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
+    first = next(r for r in records if r["scenario"] == "capacity" and r["level"] == 1)
+    assert first["cached_tokens"] > 1000  # c=1's repository was there before it ran: a hit from the start
 
 
 def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
@@ -169,7 +187,7 @@ def test_interrupt_keeps_records_a_partial_report_and_no_simulator(pytester: pyt
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     out = pytester.path / "out"
     command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", f"--report-dir={out}",
-               *TINY, "--level-duration", "600"]
+               *TWIN, *TINY, "--level-duration", "600"]
     process = subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -119,3 +119,41 @@ def test_registry_errors_name_file_and_profile(tmp_path):
     bad.write_text("profiles: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_registry(bad)
+
+
+def _registry(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_profile_extends_another_with_one_change(tmp_path: Path):
+    from pytest_glmperf.profiles import load_profiles
+
+    path = _registry(tmp_path, "profiles:\n  bigger:\n    extends: sim-hicache\n    description: 400 GB\n"
+                               "    extra_args: [--hicache-size, '400']\n    require_concurrency: 2\n")
+    registry = load_profiles(path)  # a project's profile extends a built-in one
+    base, bigger = registry.get("sim-hicache"), registry.get("bigger")
+    assert bigger.server_args == (*base.server_args, "--hicache-size", "400")
+    assert (bigger.kind, bigger.require_concurrency, bigger.source) == ("simulated", 2, path.resolve())
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("profiles:\n  a:\n    extends: nope\n", "extends 'nope', which is not a profile"),
+    ("profiles:\n  a:\n    extends: b\n  b:\n    extends: a\n", "part of a cycle"),
+    ("profiles:\n  a:\n    kind: simulated\n    extra_args: [--x]\n", "give 'extends' too"),
+])
+def test_a_bad_extends_names_the_profile(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_registry(_registry(tmp_path, text))
+
+
+def test_field_mode_never_flushes_and_refuses_the_options_it_replaces():
+    run = resolve({"field_mode": True}, {}).for_profile(PROFILE)
+    assert run.flush_cache is False and run.field_seen_levels == (1, 2, 4)
+    assert run.cache_start == "field (levels 1,2,4 seen, no flush)"
+    seen = resolve({"field_mode": True, "field_seen_levels": "1,2"}, {}).for_profile(PROFILE).field_seen_levels
+    assert seen == (1, 2)
+    for clash in ({"warm_cache": True}, {"flush_cache": "true"}):
+        with pytest.raises(ConfigError, match="--field-mode never flushes"):
+            resolve({"field_mode": True, **clash}, {}).for_profile(PROFILE)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pytest_glmperf.profiles import load_registry
 from pytest_glmperf.simulator.config import (
     ACCEPTED_UNMODELLED,
     check_server_args,
@@ -219,11 +220,10 @@ def test_check_server_args_takes_the_command_line_without_starting_anything() ->
 
 def test_every_shipped_simulated_profile_and_the_sim_compose_command_parse() -> None:
     root = Path(__file__).resolve().parents[2] / "compose"
-    profiles = yaml.safe_load((root / "profiles.yaml").read_text())["profiles"]
-    simulated = {name: spec for name, spec in profiles.items() if spec["kind"] == "simulated"}
+    simulated = [p for p in load_registry(root / "profiles.yaml").profiles.values() if p.is_simulated]
     assert simulated
-    for name, spec in simulated.items():
-        assert check_server_args([str(arg) for arg in spec["server_args"]]) == (), name
+    for profile in simulated:  # what-ifs included, with the flags they add to what they extend
+        assert check_server_args(list(profile.server_args)) == (), profile.name
     command = yaml.safe_load((root / "compose-sim.yaml").read_text())["services"]["sglang"]["command"]
     command = re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", command)   # ${VAR:-default}: the default
     argv = shlex.split(command)
