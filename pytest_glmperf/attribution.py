@@ -17,7 +17,7 @@ from typing import Any
 
 from .records import RequestRecord
 
-__all__ = ["attribute_stalls"]
+__all__ = ["attribute_stalls", "stall_line"]
 
 QUEUE, RUNNING = "num_queue_reqs", "num_running_reqs"
 HOST_USED = "hicache_host_used_tokens"
@@ -145,6 +145,24 @@ def _explain(entry: dict[str, Any]) -> str:
     if not prefills:
         causes.insert(0, "no other request was in prefill")
     return f"{head} while " + "; ".join(causes) + "." if causes else head + "."
+
+
+def stall_line(entry: Mapping[str, Any]) -> str:
+    """A stall where a reviewer reads first (a failing test's message, report.md), in one line:
+    '12.3 s at 41 s: 2 prefills of 101k tokens in flight, queue 3'."""
+    prefills = entry.get("in_prefill") or []
+    sizes = [p["prompt_tokens"] for p in prefills if p.get("prompt_tokens")]
+    parts = ["no prefill in flight"] if not prefills else [
+        f"{len(prefills)} prefill{'s' if len(prefills) > 1 else ''}"
+        + (f" of up to {max(sizes) / 1000:.0f}k tokens" if sizes else "") + " in flight"]
+    gauges = entry.get("gauges") or {}
+    if QUEUE in gauges:
+        parts.append(f"queue {_fmt(_peak(gauges[QUEUE]))}")
+    loaded = sum(v for k, v in (entry.get("load_back") or {}).items() if "load_back" in k and v)
+    if loaded:
+        parts.append(f"{_fmt(loaded)} tokens loaded back")
+    return f"{entry['gap_s']:.1f} s at {entry['gap_start_s']:.0f} s ({entry['kind']} {entry['request_id']}): " \
+           + ", ".join(parts)
 
 
 def _peak(gauge: dict[str, Any]) -> float:

@@ -82,3 +82,11 @@ def test_simulator_time_scale_gives_model_seconds():
     fast = stream("decode-0", "decode", 0.0, 0.05, [0.05, 0.1, 1.3], scale=10.0)
     stall = attribute_stalls([fast], {}, bar_s=8.0, run_start_ns=START)[0]
     assert stall["gap_s"] == pytest.approx(12.0) and stall["gap_start_s"] == pytest.approx(1.0)
+
+
+def test_a_stall_reads_in_one_line_where_a_reviewer_looks_first():
+    from pytest_glmperf.attribution import stall_line
+
+    [stall] = attribute_stalls(workload(), GAUGES, bar_s=8.0, run_start_ns=START)
+    assert stall_line(stall) == ("12.0 s at 10 s (decode decode-0): 3 prefills of up to 100k tokens in flight, "
+                                 "queue 3, 60,000 tokens loaded back")

@@ -156,8 +156,11 @@ def test_broken_bar_fails_naming_threshold_and_xfails_beyond_required(pytester: 
     result.stdout.fnmatch_lines([
         "*sim-hicache at concurrency 1 is not usable:*",
         "*gap_p95_s = * s > max_gap_p95 1e-06 s*",
+        "*stall * s at * s (agent *): * in flight*",  # the worst stalls, one line each, in the failure
         "*XFAIL*c2*beyond required capacity (c=2 > 1)*",
     ])
+    markdown = (run_folder(pytester) / "report.md").read_text()
+    assert markdown.count("  - stall ") >= 2  # listed under each level that broke the bar
 
 
 def _simulator_children(parent: int) -> list[int]:
