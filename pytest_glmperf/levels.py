@@ -34,7 +34,7 @@ from .settings import RunSettings
 from .stats import DECODE_KINDS, LevelStats, MixedStats, StreamStats, distributions
 from .teardown import cancelled_by_sigterm, run_async
 from .thresholds import Thresholds
-from .windows import Window, server_queue, stalls
+from .windows import Window, server_counters, server_gauges, server_queue, stalls
 from .workloads import FAILURE_PAUSE_S, Load, capacity_prompts, mixed_prompts, prime, run_capacity_level, run_mixed
 
 FLUSH_RETRY_S = 60.0  # wall seconds a refused /flush_cache (SGLang: busy) is retried before a window
@@ -189,7 +189,8 @@ class GlmperfServer:
         def judge(error: str | None, interrupted: bool) -> LevelResult:
             stats = LevelStats.of_runs(concurrency, [(w.load.run.records, w.load.run.start_ns) for w in windows])
             agents = [r for w in windows for r in w.load.run.records if r.kind != "spike"]
-            details = {**self._evidence(windows, bar, agents), "cache_start": _one(cache)}
+            details = {**self._evidence(windows, bar, agents), "cache_start": _one(cache),
+                       "cache": server_counters(windows), "gauges": server_gauges(windows)}
             return self._result(CAPACITY, concurrency, stats, bar, windows, error, interrupted, details,
                                 require=self.settings.require_concurrency,
                                 cut_reason=next((w.load.cut_reason for w in windows if w.load.cut_reason), None))

@@ -267,6 +267,7 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
     out = ["### Capacity", "", level_table(capacity["levels"]), "",
            f"max usable concurrency: **{_fmt(capacity.get('max_usable'), '{}')}**"
            f" ({_fmt(capacity.get('max_usable_aggregate_tok_s'), '{:.2f}')} tok/s aggregate)", ""]
+    out += _server_table(capacity["levels"])
     for lv in capacity["levels"]:
         if lv.get("explain") and not lv.get("usable"):
             out.append(f"- c={lv['concurrency']}: {lv['explain']}")
@@ -274,6 +275,29 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
         if note := pacing_note(lv.get("simulator")):
             out.append(f"- c={lv['concurrency']}: {note}")
     return [*out, ""]
+
+
+SERVER_GAUGE_COLUMNS = [("num_queue_reqs", "mean", "queue mean"), ("num_queue_reqs", "p95", "queue P95"),
+                        ("num_running_reqs", "mean", "running mean"), ("token_usage", "mean", "KV usage mean")]
+SERVER_COUNTER_COLUMNS = [("cached_device_tokens", "cached device"), ("cached_host_tokens", "cached host"),
+                          ("evicted_tokens", "evicted"), ("load_back_tokens", "loaded back"),
+                          ("retracted_requests", "retracted"), ("prompt_tokens", "prompt tokens"),
+                          ("generation_tokens", "gen tokens")]
+
+
+def _server_table(levels: list[dict[str, Any]]) -> list[str]:
+    """What the server did during each level: gauge summaries and counter deltas (from /metrics)."""
+    if not any(lv.get("cache") or lv.get("gauges") for lv in levels):
+        return []
+    rows = []
+    for lv in levels:
+        gauges, cache = lv.get("gauges") or {}, lv.get("cache") or {}
+        rows.append([lv["concurrency"],
+                     *(_fmt((gauges.get(name) or {}).get(stat), "{:.2f}") for name, stat, _ in SERVER_GAUGE_COLUMNS),
+                     *(_fmt(cache.get(key), "{:,.0f}") for key, _ in SERVER_COUNTER_COLUMNS)])
+    headers = ["c", *(title for *_, title in SERVER_GAUGE_COLUMNS), *(title for _, title in SERVER_COUNTER_COLUMNS)]
+    return ["Server during each level (gauges sampled, counter deltas):", "",
+            tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
 
 
 def _worst_stalls(window: dict[str, Any]) -> list[str]:

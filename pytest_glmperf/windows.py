@@ -8,7 +8,7 @@ explained by what the server was doing, its queue time, the simulator's pacing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -67,6 +67,25 @@ class Window:
         deltas = counter_deltas(self.before, self.after)
         deltas["host_used_after_tokens"] = host_used_after(self.after)
         return deltas
+
+
+def server_counters(windows: Sequence[Window]) -> dict[str, float | None]:
+    """The server's counter deltas summed over a level's windows (its repeats), and its host
+    tier's use after the last: cache hits by tier, evictions, load-backs, retractions, tokens."""
+    per_window = [w.cache_deltas() for w in windows]
+    keys = dict.fromkeys(k for deltas in per_window for k in deltas)
+    summed: dict[str, float | None] = {}
+    for key in keys:
+        values = [d.get(key) for d in per_window if d.get(key) is not None]
+        summed[key] = (values[-1] if key == "host_used_after_tokens" else sum(values)) if values else None
+    return summed
+
+
+def server_gauges(windows: Sequence[Window]) -> dict[str, dict[str, float | None]]:
+    """Each sampled gauge (running, queue, KV usage, …) summarised over all of a level's windows."""
+    names = dict.fromkeys(name for w in windows for name in w.gauges)
+    return {name: GaugeSeries(name, [s for w in windows for s in w.gauges.get(name, GaugeSeries(name)).samples])
+            .summary() for name in names}
 
 
 def stalls(windows: Iterable[Window], bar_gap_s: float) -> dict[str, Any]:

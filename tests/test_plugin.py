@@ -111,10 +111,16 @@ def test_levels_pass_and_reports_are_written(pytester: pytest.Pytester):
         assert set(window["simulator"]) == {"late_steps", "lag_max_since_start_s"}
     for level in target["capacity"]["levels"]:  # the server's own queue time, request by request
         assert level["server_queue"]["count"] == level["requests"]
+        # what the server did during the level, as the mixed run has it: counter deltas and gauges
+        assert level["cache"]["generation_tokens"] >= level["completion_tokens"] > 0
+        assert level["cache"]["prompt_tokens"] > 0 and level["cache"]["cached_device_tokens"] is not None
+        assert level["gauges"]["num_running_reqs"]["samples"] > 0
+        assert 0 < level["gauges"]["num_running_reqs"]["max"] <= level["concurrency"] + 1
         assert 0 <= level["server_queue"]["p50_s"] <= level["server_queue"]["p95_s"]
     mixed = target["mixed"]
     assert mixed["server_queue_p95_s"] is not None and mixed["kv_available_mean"] > 0
     assert "server queue time P95 s" in (out / "latest" / "report.md").read_text()
+    assert "| c   | queue mean   | queue P95   | running mean   |" in (out / "latest" / "report.md").read_text()
     records = (out / "latest" / "records.jsonl").read_text().splitlines()
     assert len(records) >= sum(lv["requests"] for lv in target["capacity"]["levels"])
     assert "## sim-hicache" in (out / "latest" / "report.md").read_text()
