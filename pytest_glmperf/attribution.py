@@ -17,7 +17,9 @@ from typing import Any
 
 from .records import RequestRecord
 
-__all__ = ["attribute_stalls", "stall_line"]
+__all__ = ["attribute_stalls", "stall_line", "worst_stall_lines"]
+
+STALLS_SHOWN = 3  # worst stalls named in a failing level's message and in report.md
 
 QUEUE, RUNNING = "num_queue_reqs", "num_running_reqs"
 HOST_USED = "hicache_host_used_tokens"
@@ -145,6 +147,11 @@ def _explain(entry: dict[str, Any]) -> str:
     if not prefills:
         causes.insert(0, "no other request was in prefill")
     return f"{head} while " + "; ".join(causes) + "." if causes else head + "."
+
+
+def worst_stall_lines(stalls: Mapping[str, Any] | None, most: int = STALLS_SHOWN) -> list[str]:
+    """A window's longest gaps above the bar (its ``stalls`` block), one line each."""
+    return [stall_line(entry) for entry in ((stalls or {}).get("worst") or [])[:most]]
 
 
 def stall_line(entry: Mapping[str, Any]) -> str:

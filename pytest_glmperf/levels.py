@@ -317,26 +317,32 @@ class GlmperfServer:
         In --field-mode the first window is preceded by the seen levels' texts, and none is flushed."""
         seen = self.settings.field_seen_levels
         if seen is not None:
-            spec = self.settings.capacity
-            texts = list(dict.fromkeys(k for c in seen for k in capacity_prompts(spec, c))) \
-                if level is not None else keys  # the mixed run: its own texts, as the field's ran on seen ones
-            if level is None or not self._field_primed:
-                what = f"levels {','.join(map(str, seen))}" if level is not None else "the mixed workload"
-                self._say(label, f"showing the server {len(texts)} texts of {what} (--field-mode)")
-                async with heartbeat(self._progress(label), "priming"):
-                    await prime(self._load(client, contexts, "prime", level=level), texts, context_tokens)
-                self._field_primed = self._field_primed or level is not None
+            if level is None:  # the mixed run: its own texts, as the field's ran on seen ones
+                await self._prime(client, contexts, keys, context_tokens, label, level,
+                                  f"showing the server {len(keys)} texts of the mixed workload (--field-mode)")
+            elif not self._field_primed:  # the capacity levels: the seen levels' texts, once
+                texts = list(dict.fromkeys(k for c in seen for k in capacity_prompts(self.settings.capacity, c)))
+                await self._prime(client, contexts, texts, context_tokens, label, level,
+                                  f"showing the server {len(texts)} texts of levels "
+                                  f"{','.join(map(str, seen))} (--field-mode)")
+                self._field_primed = True
             return self.settings.cache_start
         if self.settings.warm_cache:
-            self._say(label, f"priming {len(keys)} contexts (--warm-cache)")
-            async with heartbeat(self._progress(label), "priming"):
-                await prime(self._load(client, contexts, "prime", level=level), keys, context_tokens)
+            await self._prime(client, contexts, keys, context_tokens, label, level,
+                              f"priming {len(keys)} contexts (--warm-cache)")
             return "primed"
         if not self.settings.flush_cache:
             return "as-is"
         if self.settings.clear_storage and await _post(client, "/hicache/storage-backend/clear") != 200:
             self._say("cache", "/hicache/storage-backend/clear refused (no HiCache on this server); flushing only")
         return await self.flush_cache(client)
+
+    async def _prime(self, client: StreamingClient, contexts: ContextFactory, texts: list[str], context_tokens: int,
+                     label: str, level: int | None, saying: str) -> None:
+        """Send each text once before a window, so the server has seen it."""
+        self._say(label, saying)
+        async with heartbeat(self._progress(label), "priming"):
+            await prime(self._load(client, contexts, "prime", level=level), texts, context_tokens)
 
     async def flush_cache(self, client: StreamingClient) -> str:
         """POST /flush_cache, retried while SGLang refuses it (it answers 400 until idle, HiCache

@@ -30,6 +30,7 @@ import numpy as np
 from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, WARNING, Check, _conf, _num, _signed
 from .errors import ConfigError
 from .records import RequestRecord
+from .results import CAPACITY, MIXED
 from .thresholds import Thresholds
 
 if TYPE_CHECKING:
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
     from .report import RunReport, TargetReport
     from .results import LevelResult
 
-CAPACITY = "capacity"
-MIXED = "mixed"
 MIXED_PREFIX = "mixed_"  # a mixed-workload check is named mixed_<metric> and has no level
 
 __all__ = [

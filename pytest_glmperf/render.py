@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
-from .attribution import stall_line
+from .attribution import worst_stall_lines
 from .report import RunReport
-from .results import STALLS_SHOWN
 
 if TYPE_CHECKING:
     from .results import LevelResult
@@ -271,7 +270,7 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
     for lv in capacity["levels"]:
         if lv.get("explain") and not lv.get("usable"):
             out.append(f"- c={lv['concurrency']}: {lv['explain']}")
-            out += [f"  - stall {line}" for line in _worst_stalls(lv)]
+            out += [f"  - stall {line}" for line in worst_stall_lines(lv.get("stalls"))]
         if note := pacing_note(lv.get("simulator")):
             out.append(f"- c={lv['concurrency']}: {note}")
     return [*out, ""]
@@ -300,10 +299,6 @@ def _server_table(levels: list[dict[str, Any]]) -> list[str]:
             tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
 
 
-def _worst_stalls(window: dict[str, Any]) -> list[str]:
-    """A window's longest gaps above the bar, one line each (attribution.stall_line)."""
-    return [stall_line(entry) for entry in ((window.get("stalls") or {}).get("worst") or [])[:STALLS_SHOWN]]
-
 
 def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
     if not mixed:
@@ -314,7 +309,7 @@ def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
     out = ["### Mixed coding-agent workload", "",
            tabulate(rows, headers=["metric", "value"], tablefmt="github", disable_numparse=True), "",
            f"decode streams: {mixed.get('status', '–')}: {mixed.get('explain', '–')}", ""]
-    stalls = _worst_stalls(mixed) if not mixed.get("usable") else []
+    stalls = worst_stall_lines(mixed.get("stalls")) if not mixed.get("usable") else []
     out += [*(f"- stall {line}" for line in stalls), ""] if stalls else []
     if note := pacing_note(mixed.get("simulator")):
         out += [f"Mixed run: {note}.", ""]

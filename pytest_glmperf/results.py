@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from .attribution import worst_stall_lines
 from .checks import ERROR, FAIL, PASS, SKIPPED, Check
 from .errors import InconclusiveWarning, MeasurementInvalid
 from .records import RequestRecord
@@ -27,7 +28,6 @@ from .thresholds import Thresholds, Verdict
 
 CAPACITY, MIXED = "capacity", "mixed"
 STATUSES = ("pass", "fail", "xfail", "inconclusive", "invalid", "interrupted", "error")
-STALLS_SHOWN = 3  # worst stalls named in a failing level's message and in report.md
 
 
 @dataclass(frozen=True)
@@ -136,15 +136,8 @@ class LevelResult:
             lines.append(f"  {self._too_few()}")
         if self.server_note:
             lines.append(f"  server died during the level: {self.server_note}")
-        lines += [f"  stall {line}" for line in self.worst_stalls()]
+        lines += [f"  stall {line}" for line in worst_stall_lines(self.details.get("stalls"))]
         return "\n".join(lines)
-
-    def worst_stalls(self, most: int = STALLS_SHOWN) -> list[str]:
-        """The longest gaps above the bar, one line each, with what the server was doing then."""
-        from .attribution import stall_line
-
-        stalls = self.details.get("stalls") or {}
-        return [stall_line(entry) for entry in (stalls.get("worst") or [])[:most]]
 
     def raise_if_invalid(self) -> None:
         """The client was the bottleneck: neither pass nor fail, an error with the reason."""
