@@ -3,12 +3,13 @@
     python bench/suite_vs_brief.py [--quick] [--report-dir DIR] [--write-docs]
                                    [--profile sim-mtp] [--time-scale 30] [-- PYTEST_ARGS...]
 
-Runs ``pytest perf_tests --profile sim-hicache,sim-mtp`` (5 levels x 240 s + 600 s mixed per
-profile, in model time, each window on a flushed cache), then the same suite with
-``--warm-cache`` (every context and spike text sent once before each window: the condition the
-field's hicache run evidently had, docs/simulator.md), and prints the brief's mixed table beside
-both, the cache counter deltas, and the per-level capacity verdicts, with the wall time and
-achieved time scale. ``--no-warm`` skips the warm run. ``--write-docs`` replaces the table
+Runs ``pytest perf_tests --profile sim-hicache,sim-mtp`` (the twins of the compose profiles;
+5 levels x 240 s, extended while short of requests, + 600 s mixed per profile, in model time,
+each window on a flushed cache), then the same suite in the field's mode (``--field-mode``: the
+texts of levels 1, 2 and 4 and of the mixed run seen before, no flush: how the published results
+were measured, docs/simulator.md), and prints the brief's mixed table beside both, the cache
+counter deltas, and the per-level capacity verdicts beside the published ones, with the wall
+time and achieved time scale. ``--no-field`` skips the field-mode run. ``--write-docs`` replaces the table
 between the markers in docs/simulator.md (only from a full run of both profiles at the
 default time scale). ``--profile`` and ``--time-scale`` are for quick iteration; arguments
 after ``--`` go to pytest unchanged.
@@ -33,6 +34,7 @@ from engine_replay import BRIEF_MIXED_RUN_S, TP_SIZE, little_reading  # noqa: E4
 
 from pytest_glmperf.render import pacing_windows  # noqa: E402
 from pytest_glmperf.scrape import merge_pacing  # noqa: E402
+from pytest_glmperf.settings import BY_KEY  # noqa: E402
 from pytest_glmperf.simulator.driver import LAG_WARN_S  # noqa: E402
 
 BEGIN, END = "<!-- calibration:begin -->", "<!-- calibration:end -->"
@@ -62,7 +64,7 @@ BRIEF_LEVEL_TOK_S = {"sim-hicache": {4: 110.39, 12: 134.70}, "sim-mtp": {1: 44.8
 TARGETED = ("client_tok_s", "ttft_p50_s", "ttft_p95_s", "gap_p50_s", "gap_p95_s")
 
 
-DEFAULT_TIME_SCALE = 10.0
+DEFAULT_TIME_SCALE = BY_KEY["time_scale"].default
 
 
 def run_suite(report_dir: Path, quick: bool, profiles: str = "sim-hicache,sim-mtp",
@@ -92,37 +94,37 @@ def _delta(got: float | None, want: float) -> tuple[str, float | None]:
     return ("–" if off is None else f"{off:+.0%}"), off
 
 
-def mixed_table(report: dict, warm: dict | None = None) -> str:
-    """The brief's mixed table beside the suite's (flushed) run and, if given, the warm run."""
+def mixed_table(report: dict, field: dict | None = None) -> str:
+    """The brief's mixed table beside the suite's (flushed) run and, if given, the field-mode run."""
     rows = []
     for profile, brief in BRIEF_MIXED.items():
         if profile not in report["targets"]:
             continue
         for key, want in brief.items():
             row = [profile, key, fmt(want)]
-            for run in (report, warm) if warm else (report,):
+            for run in (report, field) if field else (report,):
                 got = _mixed(run, profile).get(key)
                 text, off = _delta(got, want)
                 flag = "" if key not in TARGETED else ("ok" if off is not None and abs(off) <= 0.25 else "OFF")
                 row += [fmt(got), text, flag]
             rows.append(row)
     headers = ["profile", "metric", "brief", "flushed", "delta", "±25 %"]
-    if warm:
-        headers += ["warm", "delta", "±25 %"]
+    if field:
+        headers += ["field", "delta", "±25 %"]
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
-def cache_table(report: dict, warm: dict | None = None) -> str:
+def cache_table(report: dict, field: dict | None = None) -> str:
     rows = []
     for profile, brief in BRIEF_CACHE.items():
         if profile not in report["targets"]:
             continue
-        runs = (report, warm) if warm else (report,)
+        runs = (report, field) if field else (report,)
         rows += [[profile, key, f"{want:,}"] + [fmt((_mixed(run, profile).get("cache") or {}).get(key)) for run in runs]
                  for key, want in brief.items()]
         rows.append([profile, "device_gain_tokens", BRIEF_DEVICE_GAIN[profile]]
                     + [fmt(device_gain(_mixed(run, profile).get("cache") or {})) for run in runs])
-    headers = ["profile", "counter delta", "brief", "flushed"] + (["warm"] if warm else [])
+    headers = ["profile", "counter delta", "brief", "flushed"] + (["field"] if field else [])
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
@@ -132,7 +134,7 @@ def device_gain(cache: dict) -> float | None:
 
     Whatever is prefilled, answered (cache_finished_req keeps it) or loaded back stays until
     evicted, so a run that starts on a flushed cache ends up near a full pool, and one that
-    starts warm (pool already full) near zero.
+    starts field (pool already full) near zero.
     """
     if cache.get("prompt_tokens") is None or cache.get("evicted_tokens") is None:
         return None
@@ -141,12 +143,12 @@ def device_gain(cache: dict) -> float | None:
     return computed + ((cache.get("load_back_tokens") or 0) - cache["evicted_tokens"]) / TP_SIZE
 
 
-def capacity_table(report: dict, warm: dict | None = None, names: tuple[str, ...] = ("flushed", "warm")) -> str:
+def capacity_table(report: dict, field: dict | None = None, names: tuple[str, ...] = ("flushed", "field")) -> str:
     """Per profile and run: the highest usable level, each level's verdict and aggregate tok/s,
     and the brief's aggregate tok/s where it gives one."""
     rows = []
     for profile, want in BRIEF_MAX_USABLE.items():
-        for name, run in zip(names, (report, warm), strict=False):
+        for name, run in zip(names, (report, field), strict=False):
             if run is None or profile not in run["targets"]:
                 continue
             capacity = (run["targets"].get(profile) or {}).get("capacity") or {}
@@ -163,7 +165,7 @@ def capacity_table(report: dict, warm: dict | None = None, names: tuple[str, ...
                     tablefmt="github")
 
 
-def little_table(report: dict, warm: dict | None = None) -> str:
+def little_table(report: dict, field: dict | None = None) -> str:
     """Each mixed run read through Little's law (engine_replay.little_reading): how many
     answers decoded at a time and how fast, beside the gauge's num_running_reqs mean and
     the server's measured queue time (sglang:queue_time_seconds), which checks the
@@ -173,7 +175,7 @@ def little_table(report: dict, warm: dict | None = None) -> str:
         if profile not in report["targets"]:
             continue
         runs = [("brief", brief["client_tok_s"], brief["queue_mean"], BRIEF_MIXED_RUN_S.get(profile), None, None)]
-        for name, run in (("flushed", report), ("warm", warm)):
+        for name, run in (("flushed", report), ("field", field)):
             mixed = _mixed(run, profile) if run else {}
             if mixed.get("client_tok_s") is not None:
                 runs.append((name, mixed["client_tok_s"], mixed["queue_mean"], mixed["duration_s"],
@@ -219,29 +221,29 @@ def main() -> None:
                         help="simulated profile(s), comma-separated (default both)")
     parser.add_argument("--time-scale", type=float, default=None,
                         help=f"simulator time scale (default the plugin's, {DEFAULT_TIME_SCALE:g})")
-    parser.add_argument("--no-warm", action="store_true", help="skip the --warm-cache run")
+    parser.add_argument("--no-field", action="store_true", help="skip the --field-mode run")
     parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
     args = parser.parse_args()
     if args.write_docs and (args.quick or args.profile != "sim-hicache,sim-mtp"
                             or args.time_scale not in (None, DEFAULT_TIME_SCALE)):
         parser.error("--write-docs needs the full run: both profiles, default time scale, no --quick")
-    warm_dir = args.report_dir / "warm"
-    wall = warm_wall = None
+    field_dir = args.report_dir / "field"
+    wall = field_wall = None
     if not args.no_run:
         wall = run_suite(args.report_dir, args.quick, args.profile, args.time_scale, args.pytest_args)
-        if not args.no_warm:
-            warm_wall = run_suite(warm_dir, args.quick, args.profile, args.time_scale,
-                                  ["--warm-cache", *args.pytest_args])
+        if not args.no_field:
+            field_wall = run_suite(field_dir, args.quick, args.profile, args.time_scale,
+                                   ["--field-mode", *args.pytest_args])
     report = json.loads((args.report_dir / "latest" / "report.json").read_text())
-    warm_file = warm_dir / "latest" / "report.json"
-    warm = json.loads(warm_file.read_text()) if not args.no_warm and warm_file.exists() else None
+    field_file = field_dir / "latest" / "report.json"
+    field = json.loads(field_file.read_text()) if not args.no_field and field_file.exists() else None
     scale = next(iter(report["targets"].values()))["settings"]["time_scale"]
     timing = f" · wall {wall:.0f} s for both profiles" if wall else ""
-    timing += f" + {warm_wall:.0f} s for the warm run" if warm_wall else ""
+    timing += f" + {field_wall:.0f} s in the field's mode" if field_wall else ""
     text = "\n\n".join([
         f"Suite: `python bench/suite_vs_brief.py{' --quick' if args.quick else ''}` · time scale {scale:g}" + timing,
-        mixed_table(report, warm), little_table(report, warm), cache_table(report, warm),
-        capacity_table(report, warm),
+        mixed_table(report, field), little_table(report, field), cache_table(report, field),
+        capacity_table(report, field),
         lag_note(args.report_dir / "latest", report, scale)])
     print(text)
     if args.write_docs:

@@ -25,16 +25,22 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
+from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, SKIPPED, WARNING, Check
 from .records import RequestRecord
 
-__all__ = ["DEFAULT_GAUGES", "assign_lanes", "capacity_chart", "timeline_chart"]
+__all__ = ["DEFAULT_GAUGES", "assign_lanes", "capacity_chart", "changes_chart", "timeline_chart"]
 
 DEFAULT_GAUGES = ("num_queue_reqs", "num_running_reqs", "gen_throughput")
 MAX_TICK_BINS = 1500          # chunk ticks kept per lane: about one per horizontal pixel
 MAX_STALL_LABELS = 40
 KIND_COLORS = {"decode": "#1f77b4", "agent": "#1f77b4", "revisit": "#9467bd", "spike": "#ff7f0e"}
 LANE_ORDER = ("decode", "agent", "revisit", "spike")
-STALL_COLOR, OK_SHADE, BAR_COLOR = "#d62728", "#2ca02c", "#555555"
+STALL_COLOR, OK_SHADE, BAR_COLOR, REFERENCE_COLOR = "#d62728", "#2ca02c", "#555555", "#8c8c8c"
+# The unit of each gauge SGLang exports (docs/metrics.md), for the timeline's panels.
+GAUGE_UNITS = {"num_queue_reqs": "requests", "num_running_reqs": "requests", "gen_throughput": "tok/s",
+               "token_usage": "fraction of KV pool", "hicache_host_used_tokens": "tokens",
+               "spec_accept_length": "tokens per step", "kv_available_tokens": "tokens",
+               "kv_evictable_tokens": "tokens"}
 PANELS = (  # (panel id, report field, title, threshold key, threshold is an upper bound)
     ("tok_s", "tok_s_p50", "per-request tok/s P50", "min_tok_s_p50", False),
     ("ttft", "ttft_p95_s", "TTFT P95 (s)", "max_ttft_p95", True),
@@ -74,13 +80,19 @@ def _capacity_series(reports: Mapping[str, Mapping[str, Any]]) -> list[tuple[str
     return [(name, entry) for name, entry in series if (entry.get("capacity") or {}).get("levels")]
 
 
-def capacity_chart(reports: Mapping[str, Mapping[str, Any]], thresholds: Mapping[str, float]) -> str:
+def capacity_chart(reports: Mapping[str, Mapping[str, Any]], thresholds: Mapping[str, float],
+                   references: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     """Three panels over concurrency (tok/s P50 with aggregate, TTFT P95, gap P95), targets overlaid.
 
     Threshold lines are drawn and the side of each that is usable is shaded; hollow markers are
     levels that were not usable, and a dotted vertical line marks each target's max usable level.
+    ``references`` (legend label -> an entry with "capacity") are what the targets were compared
+    with, drawn grey and dashed underneath. A panel whose data lie far below its limit gets a
+    log axis, so a 2 s TTFT does not lie flat on zero under a 180 s bar.
     """
     series = _capacity_series(reports)
+    shadows = [(name, entry) for name, entry in (references or {}).items()
+               if (entry.get("capacity") or {}).get("levels")]
     fig = Figure(figsize=(8.5, 9.5), layout="constrained")
     axes = fig.subplots(3, 1, sharex=True)
     if not series:
@@ -88,50 +100,69 @@ def capacity_chart(reports: Mapping[str, Mapping[str, Any]], thresholds: Mapping
         return _render(fig, "capacity")
     colors = [f"C{i % 10}" for i in range(len(series))]
     aggregate_axis = axes[0].twinx()
+    for name, entry in shadows:
+        _plot_target(axes, aggregate_axis, name, entry, REFERENCE_COLOR, reference=True)
     for (name, entry), color in zip(series, colors, strict=True):
         _plot_target(axes, aggregate_axis, name, entry, color)
-    for ax, (panel, _, title, key, upper) in zip(axes, PANELS, strict=True):
-        ax.set_ylabel(title)
-        _threshold(ax, panel, thresholds.get(key), upper)
+    everything = [*series, *shadows]
+    for ax, (panel, field, title, key, upper) in zip(axes, PANELS, strict=True):
+        values = [lv.get(field) for _, entry in everything for lv in entry["capacity"]["levels"]]
+        _scale_to_data(ax, panel, title, [float(v) for v in values if v is not None], thresholds.get(key), upper)
     aggregate_axis.set_ylabel("aggregate tok/s (dashed)")
     aggregate_axis.set_ylim(bottom=0)
-    _concurrency_axis(axes[-1], [lv["concurrency"] for _, e in series for lv in e["capacity"]["levels"]])
-    _capacity_legend(axes[0], series, colors)
+    _concurrency_axis(axes[-1], [lv["concurrency"] for _, e in everything for lv in e["capacity"]["levels"]])
+    _capacity_legend(axes[0], series, colors, [name for name, _ in shadows])
     fig.suptitle("Capacity by concurrency")
     return _render(fig, "capacity")
 
 
 def _plot_target(axes: Sequence[Axes], aggregate_axis: Axes, name: str, entry: Mapping[str, Any],
-                 color: str) -> None:
+                 color: str, reference: bool = False) -> None:
     levels = sorted(entry["capacity"]["levels"], key=lambda lv: lv["concurrency"])
     xs = [lv["concurrency"] for lv in levels]
     usable = [bool(lv.get("usable")) for lv in levels]
+    kind = "reference" if reference else "capacity"
+    style = {"linestyle": "--", "marker": "s", "alpha": 0.7, "zorder": 1} if reference else {"marker": "o"}
     for ax, (panel, field, _, _, _) in zip(axes, PANELS, strict=True):
         ys = [_nan(lv.get(field)) for lv in levels]
-        (line,) = ax.plot(xs, ys, color=color, marker="o", label=name)
-        line.set_gid(f"capacity-{panel}-{_ident(name)}")
+        (line,) = ax.plot(xs, ys, color=color, label=name, **style)
+        line.set_gid(f"{kind}-{panel}-{_ident(name)}")
         bad = [(x, y) for x, y, ok in zip(xs, ys, usable, strict=True) if not ok]
-        if bad:
+        if bad and not reference:
             ax.plot(*zip(*bad, strict=True), linestyle="none", marker="o", markersize=9, markerfacecolor="white",
                     markeredgecolor=color, gid=f"capacity-{panel}-unusable-{_ident(name)}")
         best = entry["capacity"].get("max_usable")
-        if best:
+        if best and not reference:
             ax.axvline(best, color=color, linestyle=":", linewidth=1, gid=f"capacity-{panel}-max-{_ident(name)}")
+    if reference:
+        return
     (agg,) = aggregate_axis.plot(xs, [_nan(lv.get("aggregate_tok_s")) for lv in levels], color=color,
                                  linestyle="--", marker=".", label=f"{name} aggregate")
     agg.set_gid(f"capacity-aggregate-{_ident(name)}")
 
 
-def _threshold(ax: Axes, panel: str, limit: float | None, upper: bool) -> None:
-    """The bar as a red line, and the usable side of it shaded green."""
+LOG_AXIS_RATIO = 5.0  # a limit this many times above the data's top gets a log axis
+
+
+def _scale_to_data(ax: Axes, panel: str, title: str, values: Sequence[float], limit: float | None,
+                   upper: bool) -> None:
+    """Axis limits that show the data and the bar; log scale where the bar is far above the data."""
+    finite = [v for v in values if math.isfinite(v)]
+    top_data = max(finite, default=0.0)
+    log = bool(limit and upper and finite and min(finite) > 0 and limit > LOG_AXIS_RATIO * top_data)
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(min(finite) / 2, limit * 2)
+        title += " · log scale"
+    else:
+        ax.set_ylim(0, max(top_data, limit or 0.0) * 1.15 or 1.0)
+    ax.set_ylabel(title)
     if limit is None:
         return
+    low, high = ax.get_ylim()
     ax.axhline(limit, color=STALL_COLOR, linestyle="--", linewidth=1.2, gid=f"capacity-{panel}-threshold")
-    high = ax.get_ylim()[1]
-    top = max(high, limit * 1.15, 1e-9)
-    ax.set_ylim(0, top)
-    band = (0, limit) if upper else (limit, top)
-    ax.axhspan(*band, color=OK_SHADE, alpha=0.08, gid=f"capacity-{panel}-usable-region")
+    ax.axhspan(*((low, limit) if upper else (limit, high)), color=OK_SHADE, alpha=0.08,
+               gid=f"capacity-{panel}-usable-region")
     ax.text(1.0, limit, f" bar {limit:g}", transform=ax.get_yaxis_transform(), va="center", ha="left",
             color=STALL_COLOR, fontsize=8)
 
@@ -146,9 +177,11 @@ def _concurrency_axis(ax: Axes, levels: Iterable[int]) -> None:
     ax.set_xlabel("concurrency (agents)")
 
 
-def _capacity_legend(ax: Axes, series: Sequence[tuple[str, Any]], colors: Sequence[str]) -> None:
+def _capacity_legend(ax: Axes, series: Sequence[tuple[str, Any]], colors: Sequence[str],
+                     references: Sequence[str] = ()) -> None:
     handles: list[Any] = [Line2D([], [], color=c, marker="o", label=name) for (name, _), c in zip(
         series, colors, strict=True)]
+    handles += [Line2D([], [], color=REFERENCE_COLOR, marker="s", linestyle="--", label=name) for name in references]
     handles += [Line2D([], [], color="grey", linestyle="--", label="aggregate tok/s (right axis)"),
                 Line2D([], [], color="grey", marker="o", markerfacecolor="white", linestyle="none",
                        label="level not usable"),
@@ -160,6 +193,68 @@ def _capacity_legend(ax: Axes, series: Sequence[tuple[str, Any]], colors: Sequen
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+# -- changes against the reference -------------------------------------------------------------
+
+OUTCOME_COLORS = {PASS: "#2ca02c", FAIL: "#d62728", INCONCLUSIVE: "#ff7f0e", ERROR: "#7f7f7f", SKIPPED: "#c7c7c7"}
+
+
+def changes_chart(checks: Sequence[Check], title: str = "Changes against the reference") -> str:
+    """One row per (window, metric): the interval of the change in % of the reference as a bar, the
+    measured change as a dot, coloured by outcome, over the band the tolerance allows (green).
+
+    A check without an interval (too few requests, an error) keeps its row, marked and labelled,
+    so the picture never hides what could not be compared.
+    """
+    rows = [c for c in checks if c.outcome != WARNING]
+    fig = Figure(figsize=(9, 0.34 * max(len(rows), 1) + 1.6), layout="constrained")
+    ax = fig.subplots()
+    if not rows:
+        ax.text(0.5, 0.5, "no comparisons", ha="center", transform=ax.transAxes)
+        return _render(fig, "changes")
+    spans = [_pct_interval(c) for c in rows]
+    # Scaled to the data, and at least to the tightest tolerance: a floor far wider than the
+    # data (1 s on a 0.1 s TTFT is +900 %) just shades the whole allowed side.
+    data = [abs(v) for span in spans if span for v in span] + [abs(c.delta_pct) for c in rows
+                                                               if c.delta_pct is not None]
+    tightest = min((limit for c in rows if (limit := c.limit_pct()) is not None), default=10.0)
+    reach = max(max((v for v in data if math.isfinite(v)), default=0.0), tightest) * 1.25 or 10.0
+    for y, (check, span) in enumerate(zip(rows, spans, strict=True)):
+        ident = _ident(f"{check.level}-{check.metric}")
+        if (limit := check.limit_pct()) is not None:
+            left, right = (-limit, reach) if check.higher_is_better else (-reach, limit)
+            ax.barh(y, right - left, left=left, height=0.8, color=OK_SHADE, alpha=0.15, gid=f"changes-allowed-{ident}")
+        color = OUTCOME_COLORS.get(check.outcome, BAR_COLOR)
+        if span:
+            ax.hlines(y, *span, color=color, linewidth=6, gid=f"changes-interval-{ident}-{check.outcome}")
+        if check.delta_pct is not None:
+            ax.plot(check.delta_pct, y, marker="o", color="black", markersize=4, gid=f"changes-point-{ident}")
+        if not span:
+            why = "reference 0, no % change" if check.baseline == 0 and check.ci_low is not None else "no interval"
+            ax.text(0, y, f"  {check.outcome}: {why}", va="center", fontsize=7, color=color)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlim(-reach, reach)
+    ax.set_yticks(range(len(rows)), [_row_label(c) for c in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set_xlabel("change against the reference (% of its value)")
+    ax.set_title(title, fontsize=10)
+    shown = dict.fromkeys(c.outcome for c in rows)
+    handles: list[Any] = [Patch(color=OUTCOME_COLORS.get(o, BAR_COLOR), label=o) for o in shown]
+    handles += [Patch(color=OK_SHADE, alpha=0.3, label="allowed by the tolerance"),
+                Line2D([], [], color="black", marker="o", linestyle="none", markersize=4, label="measured change")]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _render(fig, "changes")
+
+
+def _pct_interval(check: Check) -> tuple[float, float] | None:
+    if check.ci_low is None or check.ci_high is None or not check.baseline:
+        return None
+    return check.ci_low / abs(check.baseline) * 100, check.ci_high / abs(check.baseline) * 100
+
+
+def _row_label(check: Check) -> str:
+    return f"{check.window} {check.metric.removeprefix('mixed_')}"
 
 
 # -- timeline ----------------------------------------------------------------------------------
@@ -222,7 +317,7 @@ def timeline_chart(records: Sequence[RequestRecord], gauges: Mapping[str, Sequen
         times, values = zip(*gauges[name], strict=True)
         (line,) = ax.step(times, values, where="post", color=BAR_COLOR, linewidth=1)
         line.set_gid(f"timeline-gauge-{_ident(name)}")
-        ax.set_ylabel(name, fontsize=8)
+        ax.set_ylabel(f"{name}\n({GAUGE_UNITS.get(name, 'value')})", fontsize=8)
         ax.set_ylim(bottom=0)
     axes[-1].set_xlabel("model seconds since the run started")
     axes[0].set_xlim(0, max(span, 1e-9))

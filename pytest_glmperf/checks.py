@@ -53,19 +53,59 @@ class Check:
             f"{self.target} {self.metric}"
         if self.baseline is None or self.current is None or self.outcome == ERROR:
             return f"{head}: {self.outcome}: {self.reason}"
-        parts = [_num(self.delta_pct, "{:+.1f} %") if self.delta_pct is not None else f"{_num(self.delta)}"]
+        parts = [fmt_num(self.delta_pct, "{:+.1f} %") if self.delta_pct is not None else f"{fmt_num(self.delta)}"]
         if self.ci_low is not None and self.ci_high is not None:
-            parts.append(f"{_conf(self.confidence)} CI of change {_signed(self.ci_low)}..{_signed(self.ci_high)}"
-                         f"{self.unit}")
-        change = f"{_num(self.baseline)}{self.unit} -> {_num(self.current)}{self.unit} ({', '.join(parts)})"
-        tol = self._tolerance_text()
+            interval = f"{fmt_signed(self.ci_low)}..{fmt_signed(self.ci_high)}{self.unit}"
+            parts.append(f"{fmt_conf(self.confidence)} CI of change {interval}")
+        change = f"{fmt_num(self.baseline)}{self.unit} -> {fmt_num(self.current)}{self.unit} ({', '.join(parts)})"
+        tol = self.tolerance_text()
         if self.outcome == FAIL:
             return f"{head}: {change} exceeds tolerance {tol}" + (f": {self.reason}" if self.reason else "")
         if self.outcome == PASS:
             return f"{head}: {change} within tolerance {tol}"
         return f"{head}: {change} {self.outcome}: {self.reason}"
 
-    def _tolerance_text(self) -> str:
+    @property
+    def window(self) -> str:
+        """Where the check looked: 'c=4', 'mixed' or 'all levels' (max usable)."""
+        if self.level is not None:
+            return f"c={self.level}"
+        return "mixed" if self.metric.startswith("mixed_") else "all levels"
+
+    def why(self) -> str:
+        """The outcome's reason in words, also where the gate needed none (a clear pass or fail)."""
+        if self.reason:
+            return self.reason
+        if self.outcome == PASS:
+            return f"the whole {fmt_conf(self.confidence)} interval lies within the tolerance"
+        if self.outcome == FAIL:
+            return f"the whole {fmt_conf(self.confidence)} interval lies beyond the tolerance"
+        return ""
+
+    @property
+    def floor(self) -> float:
+        """The smallest change that counts for this metric, in its unit (regression.Metric.floor)."""
+        from .regression import BY_STAT  # numpy only once a comparison is shown
+
+        metric = BY_STAT.get(self.metric.removeprefix("mixed_"))
+        return metric.floor if metric else 0.0
+
+    def limit_pct(self) -> float | None:
+        """The tolerance as a % of the baseline, with the metric's floor applied: how far the
+        change may go in the bad direction."""
+        if self.tolerance is None or not self.baseline:
+            return None
+        return max(self.tolerance * abs(self.baseline), self.floor) / abs(self.baseline) * 100
+
+    def allowed_text(self) -> str:
+        """The tolerance as the gate applied it: '+10 %', or '+10 % (floor +0.5 s)' where the floor is wider."""
+        text = self.tolerance_text()
+        if self.tolerance is not None and self.floor > self.tolerance * abs(self.baseline or 0.0):
+            sign = "-" if self.higher_is_better else "+"
+            text += f" (floor {sign}{self.floor:g}{self.unit})"
+        return text
+
+    def tolerance_text(self) -> str:
         if self.tolerance is None:
             return "–"
         if self.tolerance == 0:
@@ -81,7 +121,7 @@ class Check:
         return cls(**{item.name: data[item.name] for item in fields(cls) if item.name in data})
 
 
-def _num(value: float | None, pattern: str | None = None) -> str:
+def fmt_num(value: float | None, pattern: str | None = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, int) and not pattern:
@@ -92,11 +132,11 @@ def _num(value: float | None, pattern: str | None = None) -> str:
     return f"{value:.0f}" if magnitude >= 100 else f"{value:.1f}" if magnitude >= 10 else f"{value:.2f}"
 
 
-def _conf(confidence: float) -> str:
+def fmt_conf(confidence: float) -> str:
     """0.95 -> '95 %' (the report's spacing)."""
     return f"{confidence * 100:g} %"
 
 
-def _signed(value: float) -> str:
-    text = _num(value)
+def fmt_signed(value: float) -> str:
+    text = fmt_num(value)
     return text if text.startswith("-") else f"+{text}"

@@ -37,11 +37,13 @@ _XML_PROLOGUE = re.compile(r"<\?xml[^>]*\?>\s*|<!DOCTYPE[^>]*>\s*", re.IGNORECAS
 
 
 def write_html(report_dir: Path, markdown_text: str, svgs: Mapping[str, str]) -> Path:
-    """Write ``report_dir/report.html`` (replaced atomically) and return its path."""
-    body, used = markdown_to_html(markdown_text, svgs)
+    """Write ``report_dir/report.html`` (replaced atomically) and return its path.
+
+    A link to a chart (``[timeline](timeline-x-c8.svg)``) jumps to that chart inside the page."""
+    body, used = markdown_to_html(_link_charts(markdown_text, svgs), svgs)
     rest = [name for name in svgs if name not in used]
     if rest:
-        body += "\n<h2>Charts</h2>\n" + "\n".join(_figure(name, svgs[name]) for name in rest)
+        body += "\n<h2>Charts</h2>\n" + "\n".join(_figure(name, svgs[name], name) for name in rest)
     title = next((line[2:].strip() for line in markdown_text.splitlines() if line.startswith("# ")),
                  "pytest-glmperf report")
     page = (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -76,7 +78,7 @@ def markdown_to_html(text: str, svgs: Mapping[str, str] | None = None) -> tuple[
             i += 1
         elif (match := _IMAGE_LINE.match(line.strip())) and (name := _chart(match.group("src"), svgs)):
             used.add(name)
-            out.append(_figure(match.group("alt") or name, svgs[name]))
+            out.append(_figure(match.group("alt") or name, svgs[name], name))
             i += 1
         else:
             i = _paragraph(lines, i, out)
@@ -92,8 +94,21 @@ def _chart(src: str, svgs: Mapping[str, str]) -> str | None:
     return None
 
 
-def _figure(caption: str, svg: str) -> str:
-    return f"<figure>\n{_XML_PROLOGUE.sub('', svg).strip()}\n<figcaption>{html.escape(caption)}</figcaption>\n</figure>"
+def _figure(caption: str, svg: str, name: str) -> str:
+    return (f"<figure id=\"{_anchor(name)}\">\n{_XML_PROLOGUE.sub('', svg).strip()}\n"
+            f"<figcaption>{html.escape(caption)}</figcaption>\n</figure>")
+
+
+def _anchor(name: str) -> str:
+    return "chart-" + re.sub(r"[^A-Za-z0-9_-]+", "-", name.removesuffix(".svg"))
+
+
+def _link_charts(text: str, svgs: Mapping[str, str]) -> str:
+    """Links (not images) whose target is one of the page's charts point at it within the page."""
+    def inside(match: re.Match[str]) -> str:
+        name = _chart(match.group(2), svgs)
+        return f"[{match.group(1)}](#{_anchor(name)})" if name else match.group(0)
+    return re.sub(r"(?<!!)\[([^\]]+)\]\(([^)\s]+)\)", inside, text)
 
 
 def _is_table(lines: list[str], i: int) -> bool:

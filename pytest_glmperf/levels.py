@@ -172,17 +172,18 @@ class GlmperfServer:
                     cache.append(await self.prepare_cache(client, contexts, capacity_prompts(spec, concurrency),
                                                           spec.context_tokens, label, level=concurrency))
                     load = self._load(client, contexts, CAPACITY, level=concurrency, repeat=repeat)
-                    check = stop_check(concurrency, bar, spec.level_duration_s, self.time_scale,
-                                       lambda load=load: list(load.active.values()),
-                                       lambda load=load: load.run.records,
-                                       lambda load=load: load.run.start_ns) if early_stop else None
+                    settled = stop_check(concurrency, bar, spec.longest_s, self.time_scale,
+                                         lambda load=load: list(load.active.values()),
+                                         lambda load=load: load.run.records,
+                                         lambda load=load: load.run.start_ns)
                     window = Window(load, spec.in_flight_kinds, concurrency, spec.level_duration_s)
                     windows.append(window)
                     where = self._whereabouts(f"level {self.settings.levels.index(concurrency) + 1} of "
                                               f"{len(self.settings.levels)}" if concurrency in self.settings.levels
                                               else "")
                     async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
-                        await run_capacity_level(load, spec, concurrency, self._progress(label, where), check)
+                        await run_capacity_level(load, spec, concurrency, self._progress(label, where),
+                                                 settled if early_stop else None, settled=settled)
                     if load.cut_reason:
                         break
 
@@ -190,7 +191,10 @@ class GlmperfServer:
             stats = LevelStats.of_runs(concurrency, [(w.load.run.records, w.load.run.start_ns) for w in windows])
             agents = [r for w in windows for r in w.load.run.records if r.kind != "spike"]
             details = {**self._evidence(windows, bar, agents), "cache_start": _one(cache),
-                       "cache": server_counters(windows), "gauges": server_gauges(windows)}
+                       "cache": server_counters(windows), "gauges": server_gauges(windows),
+                       # the first window's, for its timeline chart (outputs.write_charts)
+                       "gauge_series": windows[0].gauge_samples() if windows else {},
+                       "run_start_ns": windows[0].load.run.start_ns if windows else None}
             return self._result(CAPACITY, concurrency, stats, bar, windows, error, interrupted, details,
                                 require=self.settings.require_concurrency,
                                 cut_reason=next((w.load.cut_reason for w in windows if w.load.cut_reason), None))

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .baseline import slug
+from .checks import WARNING
 from .ci_summary import append_github_summary, github_summary
 from .records import RequestRecord, read_records
-from .render import render_markdown
-from .report import RunReport, atomic_write, write_json
+from .render import changes_chart_name, level_timeline_name, render_markdown
+from .report import RunReport, TargetReport, atomic_write, write_json
+from .results import CAPACITY, LevelResult
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
@@ -33,7 +35,8 @@ def publish(report_dir: Path, report: RunReport, *, final: bool = False,
         svgs, notes = write_charts(report_dir, report, records)
         report = report.but(notes=(*report.notes, *notes))
     write_json(report_dir / REPORT_JSON, report)
-    markdown = render_markdown(report) + ("\n" + chart_links(svgs) + "\n" if svgs else "")
+    markdown = render_markdown(report, charts=svgs)
+    markdown += "\n" + chart_links(svgs, markdown) + "\n" if svgs else ""
     atomic_write(report_dir / REPORT_MD, markdown)
     if final:
         from .htmlreport import write_html
@@ -72,6 +75,9 @@ def _level_row(target: str, entry: dict[str, Any]) -> dict[str, Any]:
         row.update({key: entry["decode_streams"].get(key) for key in LEVEL_FIELDS if key in entry["decode_streams"]})
     for figure, values in (entry.get("distributions") or {}).items():
         row.update({f"{figure}_{stat}": value for stat, value in values.items()})
+    row.update({f"server_{key}": value for key, value in (entry.get("cache") or {}).items()})
+    for gauge, summary in (entry.get("gauges") or {}).items():
+        row.update({f"server_{gauge}_{stat}": value for stat, value in (summary or {}).items()})
     return row
 
 
@@ -96,32 +102,63 @@ def _write_rows(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> N
 
 def write_charts(report_dir: Path, report: RunReport,
                  records: Sequence[RequestRecord] | None = None) -> tuple[dict[str, str], list[str]]:
-    """capacity.svg (all targets overlaid) and timeline-<target>.svg per mixed run: the SVGs
-    written, and notes for the report (charts skipped, and why)."""
+    """The report's charts, as SVG files beside it: capacity.svg (all targets overlaid, with what
+    they were compared with), changes-<target>.svg per compared target, and a timeline per mixed
+    run and per capacity level that was not usable. Returns the SVGs written and notes for the
+    report (charts skipped, and why)."""
     try:
-        from .charts import capacity_chart, timeline_chart
+        from .charts import capacity_chart, changes_chart, timeline_chart
     except ImportError as exc:  # matplotlib missing: the rest of the report stands
         return {}, [f"charts skipped: {exc}"]
     svgs: dict[str, str] = {}
     thresholds = next((t.settings.get("thresholds") for t in report.targets if t.settings), None) or {}
+    gap_bar = thresholds.get("max_gap_p95", 8.0)
     if any(t.levels for t in report.targets):
-        svgs["capacity.svg"] = capacity_chart({t.key: t.as_dict() for t in report.targets}, thresholds)
+        svgs["capacity.svg"] = capacity_chart({t.key: t.as_dict() for t in report.targets}, thresholds,
+                                              references=_references(report))
+    for target in report.targets:
+        if [c for c in target.checks if c.outcome != WARNING]:
+            svgs[changes_chart_name(target.key)] = changes_chart(
+                target.checks, f"{target.key} against {target.baseline or 'the reference'}")
     if records is None:
         path = report_dir / "records.jsonl"
         records = read_records(path) if path.exists() else []
     for target in report.targets:
-        mixed = target.mixed
-        start = mixed.details.get("run_start_ns") if mixed else None
-        if not mixed or not start:
-            continue
-        mine = [r for r in records if r.profile == target.key and r.scenario == "mixed"]
-        svgs[f"timeline-{slug(target.key)}.svg"] = timeline_chart(
-            mine, mixed.details.get("gauge_series") or {}, thresholds.get("max_gap_p95", 8.0), run_start_ns=start)
+        mine = [r for r in records if r.profile == target.key]
+        for window, name in _timeline_windows(target):
+            start = window.details.get("run_start_ns")
+            shown = [r for r in mine if r.scenario == window.workload and r.level == window_level(window)
+                     and not r.extra.get("repeat")]
+            svgs[name] = timeline_chart(shown, window.details.get("gauge_series") or {}, gap_bar, run_start_ns=start)
     for name, svg in svgs.items():
         (report_dir / name).write_text(svg, encoding="utf-8")
     return svgs, []
 
 
-def chart_links(svgs: dict[str, str]) -> str:
-    """Markdown image lines for report.md / report.html."""
-    return "\n".join(f"![{Path(name).stem}]({name})" for name in svgs)
+def _timeline_windows(target: TargetReport) -> list[tuple[LevelResult, str]]:
+    """The windows that get a timeline: the mixed run, and each capacity level not usable."""
+    found = [(target.mixed, f"timeline-{slug(target.key)}.svg")] if target.mixed else []
+    found += [(lv, level_timeline_name(target.key, lv.concurrency)) for lv in target.levels if not lv.usable]
+    return [(window, name) for window, name in found if window.details.get("run_start_ns")]
+
+
+def window_level(window: LevelResult) -> int | None:
+    """The ``level`` its records carry: a capacity level's concurrency, None for the mixed run."""
+    return window.concurrency if window.workload == CAPACITY else None
+
+
+def _references(report: RunReport) -> dict[str, dict[str, Any]]:
+    """What each target was compared with, unless that is another target of this report (already drawn)."""
+    keys = {t.key for t in report.targets}
+    found = {}
+    for target in report.targets:
+        reference = target.reference or {}
+        drawn = reference.get("target") in keys - {target.key}
+        if reference.get("capacity") and not drawn:
+            found[f"reference of {target.key}: {reference.get('target')}"] = {"capacity": reference["capacity"]}
+    return found
+
+
+def chart_links(svgs: dict[str, str], markdown: str = "") -> str:
+    """Markdown image lines for report.md / report.html: the charts not already placed in ``markdown``."""
+    return "\n".join(f"![{Path(name).stem}]({name})" for name in svgs if f"]({name})" not in markdown)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, WARNING, Check, _conf, _num, _signed
+from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, WARNING, Check, fmt_conf, fmt_num, fmt_signed
 from .errors import ConfigError
 from .records import RequestRecord
 from .results import CAPACITY, MIXED
@@ -386,7 +386,8 @@ def _image_warning(now: TargetReport, then: TargetReport) -> Check | None:
 # spike_mode existed).
 CONDITIONS = (("cache_start", None, "flushed"), ("spike_mode", "capacity", "extra"),
               ("spike_interval_s", "capacity", None), ("level_duration_s", "capacity", None),
-              ("context_tokens", "capacity", None), ("max_output_tokens", "capacity", None))
+              ("context_tokens", "capacity", None), ("max_output_tokens", "capacity", None),
+              ("min_agent_requests", "capacity", 0), ("max_level_duration_s", "capacity", None))
 
 
 def _conditions_warning(now: TargetReport, then: TargetReport) -> Check | None:
@@ -459,7 +460,7 @@ def _judge(metric: Metric, then: Side, now: Side, level: int | None, base: float
         return PASS, ""
     return INCONCLUSIVE, ("interval too wide: the CI of the change straddles the tolerance "
                           f"({'-' if metric.higher_is_better else '+'}{tol * 100:g} % = "
-                          f"{_signed(-limit if metric.higher_is_better else limit)}{metric.unit}); "
+                          f"{fmt_signed(-limit if metric.higher_is_better else limit)}{metric.unit}); "
                           "more requests or --repeats would settle it")
 
 
@@ -544,7 +545,8 @@ def _settled(side: Side, level: int, tolerances: Tolerances) -> tuple[bool, str]
         low, high = _interval(metric, samples, tolerances, side.key, level)
         beyond = low > check.limit if check.upper else high < check.limit
         relation = ("beyond" if beyond else "straddles") + f" {check.key} {check.limit:g}{check.unit}"
-        text = f"{check.stat} {_conf(tolerances.confidence)} CI {_num(low)}..{_num(high)}{check.unit} {relation}"
+        interval = f"{fmt_num(low)}..{fmt_num(high)}{check.unit}"
+        text = f"{check.stat} {fmt_conf(tolerances.confidence)} CI {interval} {relation}"
         if beyond:
             return True, text
         details.append(text)

@@ -7,13 +7,27 @@ report re-renders the same.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 
 from .attribution import worst_stall_lines
-from .report import RunReport
+from .baseline import slug
+from .checks import (
+    ERROR,
+    FAIL,
+    INCONCLUSIVE,
+    PASS,
+    SKIPPED,
+    WARNING,
+    Check,
+    fmt_conf,
+    fmt_num,
+    fmt_signed,
+)
+from .ci_summary import MARKS
+from .report import RunReport, TargetReport
 
 if TYPE_CHECKING:
     from .results import LevelResult
@@ -188,18 +202,22 @@ def conditions_line(settings: dict[str, Any]) -> str:
     interval, mode = capacity.get("spike_interval_s"), capacity.get("spike_mode", "slot")
     spikes = (f"a spike every {interval:g} s " + ("in an agent's slot" if mode == "slot" else "beside the agents")
               if interval else "no spikes")
+    window = f"levels {levels} x {capacity.get('level_duration_s', 0):g} s"
+    longest, needed = capacity.get("max_level_duration_s"), capacity.get("min_agent_requests")
+    if needed and longest and longest > capacity.get("level_duration_s", 0):
+        window += f" (up to {longest:g} s until {needed} agent requests)"
     cache_start = str(settings.get("cache_start", "flushed"))
     if cache_start.startswith("field"):  # --field-mode: 'field (levels 1,2,4 seen, no flush)'
-        return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
+        return (f"workload: {window}, {spikes}"
                 f" · the field's mode: {cache_start[len('field ('):-1]} (--field-mode)")
     start = {"warm": "primed with its contexts and spikes", "flushed": "flushed",
              "cold": "flushed (L3 storage cleared too)", "as-is": "left as it was",
              }.get(cache_start, "?")
-    return (f"workload: levels {levels} x {capacity.get('level_duration_s', 0):g} s, {spikes}"
-            f" · cache {start} before each window")
+    return f"workload: {window}, {spikes} · cache {start} before each window"
 
 
-def render_markdown(report: RunReport) -> str:
+def render_markdown(report: RunReport, charts: Collection[str] = ()) -> str:
+    """report.md; ``charts`` names the chart files written beside it, linked where they belong."""
     data = report.as_dict()
     out = ["# pytest-glmperf report", "",
            f"status: **{report.status}** · started {report.started_at} · host {report.host}", ""]
@@ -220,9 +238,10 @@ def render_markdown(report: RunReport) -> str:
             out += [conditions_line(target.settings), "", bar_line(target.settings, target.levels), ""]
         if target.start_error:
             out += [f"**server did not start**: {target.start_error}", ""]
-        out += _capacity_section(entry["capacity"])
+        out += _capacity_section(entry["capacity"], target.key, charts)
         out += _mixed_section(entry.get("mixed"))
         out += _scenario_section(entry.get("scenarios") or [])
+        out += comparison_section(target, charts)
         out += _distribution_section(entry)
     if len(report.targets) > 1:
         out += ["## Side by side", ""]
@@ -260,7 +279,7 @@ def _distribution_section(target: dict[str, Any]) -> list[str]:
     return ["### Distributions (successful requests; model seconds, tok/s)", "", table, ""]
 
 
-def _capacity_section(capacity: dict[str, Any]) -> list[str]:
+def _capacity_section(capacity: dict[str, Any], key: str, charts: Collection[str]) -> list[str]:
     if not capacity["levels"]:
         return []
     out = ["### Capacity", "", level_table(capacity["levels"]), "",
@@ -269,7 +288,9 @@ def _capacity_section(capacity: dict[str, Any]) -> list[str]:
     out += _server_table(capacity["levels"])
     for lv in capacity["levels"]:
         if lv.get("explain") and not lv.get("usable"):
-            out.append(f"- c={lv['concurrency']}: {lv['explain']}")
+            timeline = level_timeline_name(key, lv["concurrency"])
+            link = f" ([timeline]({timeline}))" if timeline in charts else ""
+            out.append(f"- c={lv['concurrency']}: {lv['explain']}{link}")
             out += [f"  - stall {line}" for line in worst_stall_lines(lv.get("stalls"))]
         if note := pacing_note(lv.get("simulator")):
             out.append(f"- c={lv['concurrency']}: {note}")
@@ -298,6 +319,73 @@ def _server_table(levels: list[dict[str, Any]]) -> list[str]:
     return ["Server during each level (gauges sampled, counter deltas):", "",
             tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
 
+
+
+def level_timeline_name(key: str, concurrency: int) -> str:
+    """The file of a capacity level's timeline chart (drawn for levels that were not usable)."""
+    return f"timeline-{slug(key)}-c{concurrency}.svg"
+
+
+def changes_chart_name(key: str) -> str:
+    """The file of a target's chart of changes against its reference."""
+    return f"changes-{slug(key)}.svg"
+
+
+def comparison_section(target: TargetReport, charts: Collection[str] = ()) -> list[str]:
+    """Every check against the reference: values, change, interval, tolerance, outcome and why."""
+    checks = [c for c in target.checks if c.outcome != WARNING]
+    warnings = [c for c in target.checks if c.outcome == WARNING]
+    if not checks and not warnings:
+        return []
+    out = [f"### Compared with {target.baseline or 'the reference'}", ""]
+    if target.reference:
+        out += [reference_line(target.reference), ""]
+    counts = ", ".join(f"{n} {outcome}" for outcome in (FAIL, ERROR, INCONCLUSIVE, PASS, SKIPPED)
+                       if (n := sum(c.outcome == outcome for c in checks)))
+    if checks:
+        out += [f"{len(checks)} checks: {counts}", ""]
+        rows = [[c.window, c.metric.removeprefix("mixed_"), _value(c.baseline, c.unit), _value(c.current, c.unit),
+                 _change(c), _interval(c), c.allowed_text(), f"{MARKS.get(c.outcome, '')} {c.outcome}",
+                 c.why()] for c in sorted(checks, key=_check_order)]
+        headers = ["window", "metric", "reference", "this run", "change",
+                   f"{fmt_conf(checks[0].confidence)} CI of change", "tolerance", "outcome", "why"]
+        out += [tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), ""]
+    out += [f"- {MARKS[WARNING]} {c.message()}" for c in warnings] + ([""] if warnings else [])
+    if changes_chart_name(target.key) in charts:
+        out += [f"![changes against the reference]({changes_chart_name(target.key)})", ""]
+    return out
+
+
+def reference_line(reference: Mapping[str, Any]) -> str:
+    """'reference: prod@img · server version 0.5.6 · image ref (sha256:…) · measured 2026-12-01T10:00'."""
+    parts = [f"reference: {reference.get('target') or '?'}",
+             f"server version {reference.get('server_version') or '?'}"]
+    if reference.get("image"):
+        ident = reference.get("image_digest") or (reference.get("image_id") or "")[:19]
+        parts.append(f"image {reference['image']}" + (f" ({ident})" if ident else ""))
+    parts.append(f"measured {reference.get('measured_at') or '?'}")
+    return " · ".join(parts)
+
+
+def _check_order(check: Check) -> tuple[int, int, str]:
+    rank = {FAIL: 0, ERROR: 0, INCONCLUSIVE: 1}.get(check.outcome, 2)
+    return (10**6 if check.level is None else check.level, rank, check.metric)
+
+
+def _value(value: float | None, unit: str) -> str:
+    return "–" if value is None else f"{fmt_num(value)}{unit}"
+
+
+def _change(check: Check) -> str:
+    if check.delta_pct is not None:
+        return f"{check.delta_pct:+.1f} %"
+    return "–" if check.delta is None else fmt_signed(check.delta) + check.unit
+
+
+def _interval(check: Check) -> str:
+    if check.ci_low is None or check.ci_high is None:
+        return "–"
+    return f"{fmt_signed(check.ci_low)}..{fmt_signed(check.ci_high)}{check.unit}"
 
 
 def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
@@ -336,6 +424,9 @@ def render_terminal(report: RunReport, write: Sink) -> None:
         if capacity["levels"]:
             write(f"glmperf {name}: capacity (max usable: {_fmt(capacity.get('max_usable'), '{}')})")
             write(level_table(capacity["levels"], fmt="simple"))
+            for lv in capacity["levels"]:
+                for line in worst_stall_lines(lv.get("stalls")) if not lv.get("usable") else ():
+                    write(f"  c={lv['concurrency']} stall {line}")
         mixed = target.get("mixed")
         if mixed:
             write(f"glmperf {name}: mixed workload ({mixed.get('status', '–')}: {mixed.get('explain', '–')})")

@@ -48,6 +48,7 @@ class TargetReport:
     scenarios: tuple[LevelResult, ...] = ()
     checks: tuple[Check, ...] = ()              # --compare / candidate-vs-reference checks
     baseline: str | None = None                 # what the checks compared with
+    reference: Mapping[str, Any] | None = None  # that reference's provenance (reference_provenance)
 
     @property
     def profile(self) -> str:
@@ -96,7 +97,8 @@ class TargetReport:
                          "search": self.search},
             "mixed": self.mixed.as_dict() if self.mixed else None,
             "scenarios": [s.as_dict() for s in self.scenarios],
-            "regression": {"baseline": self.baseline, "checks": [c.as_dict() for c in self.checks]}
+            "regression": {"baseline": self.baseline, "reference": self.reference,
+                           "checks": [c.as_dict() for c in self.checks]}
             if self.checks or self.baseline else None,
         }
 
@@ -113,7 +115,7 @@ class TargetReport:
             scenarios=tuple(LevelResult.from_dict(key, s, s.get("workload") or "scenario")
                             for s in data.get("scenarios") or ()),
             checks=tuple(Check.from_dict(c) for c in regression.get("checks") or ()),
-            baseline=regression.get("baseline"),
+            baseline=regression.get("baseline"), reference=regression.get("reference"),
         )
 
     def but(self, **changes: Any) -> TargetReport:
@@ -162,6 +164,22 @@ class RunReport:
 
     def but(self, **changes: Any) -> RunReport:
         return replace(self, **changes)
+
+
+def reference_provenance(target: TargetReport, measured_at: str | None) -> dict[str, Any]:
+    """What a reviewer needs to trust the other side of a comparison: which target, which build
+    (server version, image and its digest) and when it was measured."""
+    image = (target.provenance or {}).get("image")
+    digests = image.get("repo_digests") if isinstance(image, Mapping) else None
+    levels = [{key: lv.as_dict().get(key) for key in REFERENCE_LEVEL_KEYS} for lv in target.levels]
+    return {"target": target.key, "server_version": target.server_version, "image": target.image,
+            "image_id": target.image_id, "image_digest": digests[0] if digests else None,
+            "measured_at": measured_at,
+            "capacity": {"levels": levels, "max_usable": target.max_usable} if levels else None}
+
+
+# What of the reference's levels a report keeps, to draw them under this run's (charts.capacity_chart).
+REFERENCE_LEVEL_KEYS = ("concurrency", "status", "usable", "tok_s_p50", "ttft_p95_s", "gap_p95_s", "aggregate_tok_s")
 
 
 def write_json(path: Path, report: RunReport) -> None:

@@ -35,7 +35,7 @@ from .regression import (
     compare_mixed,
     match_target,
 )
-from .report import RunReport, TargetReport, now_iso
+from .report import RunReport, TargetReport, now_iso, reference_provenance
 from .results import CAPACITY, MIXED, LevelResult
 from .server import ExternalServer, ServerHandle, SimulatedServer
 from .settings import RunSettings, Settings
@@ -384,6 +384,20 @@ class GlmperfRun:
         reference = self.references.get(key)
         return f"{reference} (this session's reference target)" if reference else None
 
+    def _reference_provenance(self, key: str, state: _TargetState) -> dict[str, Any] | None:
+        """The reference's build and date, for the report's comparison section."""
+        if self.baseline is not None:
+            if state.match is None:
+                return None
+            return reference_provenance(state.match, self.baseline.report.started_at or None)
+        reference = self.references.get(key)
+        if reference is None or not self._has_data(reference):
+            return None
+        mine = self._states[reference]
+        windows = [*mine.levels.values(), *([mine.mixed] if mine.mixed else [])]
+        started = min((w.started_at for w in windows if w.started_at), default=self._started_at)
+        return reference_provenance(self._target_report(reference), started)
+
     def eta_s(self) -> float | None:
         """Wall seconds of planned load still to run (windows not yet measured, at each server's
         time scale); drains, prefills and start-ups come on top. None when nothing is planned."""
@@ -408,7 +422,8 @@ class GlmperfRun:
             chars_per_token=state.chars_per_token,
             levels=tuple(state.levels[c] for c in sorted(state.levels)), search=state.search, mixed=state.mixed,
             scenarios=tuple(state.scenarios), checks=tuple(checks),
-            baseline=self.reference_label(key) if checks else None)
+            baseline=self.reference_label(key) if checks else None,
+            reference=self._reference_provenance(key, state) if checks else None)
 
     def snapshot(self) -> RunReport:
         """The report as it stands: every target that has anything to show."""

@@ -147,6 +147,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("base_url", parse_base_urls, None, "test servers already running at URL, named from their /server_info (or NAME=URL); several (comma-separated or repeated) are compared with the first", metavar="[NAME=]URL", many=True),
     Option("concurrency_levels", parse_levels, (1, 2, 4, 8, 12), "capacity levels", quick=(1, 2, 4), metavar="N,N,..."),
     Option("level_duration", positive_float, 240.0, "seconds of load per capacity level", quick=90.0, metavar="S"),
+    Option("max_level_duration", positive_float, None, "a level whose agents finished fewer than --min-requests requests by --level-duration goes on (spikes too) until they have, up to S seconds (default 4x --level-duration; equal to it: never extend)", metavar="S"),
     Option("contexts", positive_int, 8, "repository contexts of the capacity workload", quick=4, metavar="N"),
     Option("context_tokens", positive_int, 100_000, "tokens per context (both workloads)", quick=20_000, metavar="N"),
     Option("max_output_tokens", positive_int, 1024, "output tokens per capacity request", quick=128, metavar="N"),
@@ -164,7 +165,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_ttft_p95", parse_threshold, 180.0, "usable: TTFT P95 seconds at most", metavar="S"),
     Option("max_gap_p95", parse_threshold, 8.0, "usable: per-request max chunk gap P95 seconds at most", metavar="S"),
     Option("require_concurrency", positive_int, None, "level that must be usable (default: the profile's); higher levels xfail", metavar="N"),
-    Option("time_scale", positive_float, 10.0, "simulator only: model time runs K times faster than wall time", metavar="K"),
+    Option("time_scale", positive_float, 15.0, "simulator only: model time runs K times faster than wall time", metavar="K"),
     Option("request_timeout", positive_float, 1800.0, "seconds before a request counts as failed (model time)", metavar="S"),
     Option("first_token_timeout", positive_float, None, "seconds (model time) a request may wait for its first token before it fails (default: twice --max-ttft-p95, at least 60)", metavar="S"),
     Option("stall_timeout", positive_float, None, "seconds (model time) a stream may stay silent once tokens flow before it fails (default: ten times --max-gap-p95, at least 60)", metavar="S"),
@@ -191,6 +192,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("reuse_running", _flag, False, "use an already healthy server of the profile", flag=True),
 )
 BY_KEY = {option.key: option for option in OPTIONS}
+LEVEL_EXTENSION_X = 4.0       # default --max-level-duration, in multiples of --level-duration
 FIRST_TOKEN_TIMEOUT_X = 2.0   # default first-token timeout, in multiples of --max-ttft-p95
 STALL_TIMEOUT_X = 10.0        # default silence timeout, in multiples of --max-gap-p95
 MIN_DERIVED_TIMEOUT_S = 60.0  # a derived limit never cuts a request sooner (a bar set near 0 is a probe, not a limit)
@@ -311,7 +313,9 @@ class Settings:
                 contexts=value("contexts"), context_tokens=value("context_tokens"),
                 max_output_tokens=value("max_output_tokens"),
                 level_duration_s=value("level_duration"), spike_interval_s=value("spike_interval"),
-                spike_output_tokens=value("spike_output_tokens"), spike_mode=value("spike_mode")),
+                spike_output_tokens=value("spike_output_tokens"), spike_mode=value("spike_mode"),
+                min_agent_requests=self.get("min_requests"),
+                max_level_duration_s=value("max_level_duration") or LEVEL_EXTENSION_X * value("level_duration")),
             mixed=MixedSpec(
                 contexts=value("mixed_contexts"), context_tokens=value("context_tokens"),
                 decode_workers=value("decode_workers"),

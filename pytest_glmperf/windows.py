@@ -53,7 +53,7 @@ class Window:
             self.gauges = await sampler.stop()
             self.after = await MetricsSnapshot.take(client.metrics_text)
             run = self.load.run
-            span = (run.start_ns, run.start_ns + int(self.load.clock.to_wall(self.window_s) * 1e9))
+            span = (run.start_ns, run.start_ns + int(self.load.clock.to_wall(run.load_s or self.window_s) * 1e9))
             self.health = monitor.health([r for r in run.records if r.kind in self.kinds], span,
                                          self.target_concurrency)
 

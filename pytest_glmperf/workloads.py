@@ -59,13 +59,27 @@ class CapacitySpec:
     spike_interval_s: float = 25.0
     spike_output_tokens: int = 64
     spike_mode: str = "slot"
+    # A level whose agents finished fewer than ``min_agent_requests`` requests by
+    # ``level_duration_s`` goes on (spikes too) until they have, up to ``max_level_duration_s``:
+    # a 240 s level at c=1 holds ~5 agent requests, too few for any P95 (docs/metrics.md).
+    min_agent_requests: int = 0
+    max_level_duration_s: float | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "contexts", "context_tokens", "max_output_tokens", "level_duration_s",
                   "spike_output_tokens")
-        _non_negative(self, "spike_interval_s")
+        _non_negative(self, "spike_interval_s", "min_agent_requests")
         if self.spike_mode not in SPIKE_MODES:
             raise ConfigError(f"spike_mode must be one of {', '.join(SPIKE_MODES)}, got {self.spike_mode!r}")
+        if self.max_level_duration_s is not None and self.max_level_duration_s < self.level_duration_s:
+            raise ConfigError(f"max_level_duration ({self.max_level_duration_s:g} s) must be at least "
+                              f"level_duration ({self.level_duration_s:g} s)")
+
+    @property
+    def longest_s(self) -> float:
+        """The longest a level's load can run: its duration, or its extension's end."""
+        return max(self.level_duration_s, self.max_level_duration_s or 0.0) if self.min_agent_requests \
+            else self.level_duration_s
 
     @property
     def in_flight_kinds(self) -> tuple[str, ...]:
@@ -106,6 +120,7 @@ class WorkloadRun:
     start_ns: int
     records: list[RequestRecord] = field(default_factory=list)
     end_ns: int | None = None
+    load_s: float | None = None  # model seconds the window sent load, when it was extended
 
 
 Progress = Callable[[str], None]
@@ -253,9 +268,17 @@ async def prime(load: Load, keys: list[str], context_tokens: int) -> WorkloadRun
 
 async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
                              progress: Progress | None = None,
-                             stop_check: Callable[[], str | None] | None = None) -> WorkloadRun:
-    """N closed-loop agents for one level window, plus periodic long-prefill spikes."""
-    deadline = load.begin() + spec.level_duration_s
+                             stop_check: Callable[[], str | None] | None = None,
+                             settled: Callable[[], str | None] | None = None) -> WorkloadRun:
+    """N closed-loop agents for one level window, plus periodic long-prefill spikes.
+
+    The window lasts ``level_duration_s``, or longer while its agents are short of
+    ``min_agent_requests`` finished requests (up to ``max_level_duration_s``) and ``settled``
+    (the settled-failure reason, search.stop_check) gives none; once it ends it stays ended, so
+    agents and spikes stop on the same decision. ``stop_check`` cuts the window at once.
+    """
+    start = load.begin()
+    window = LevelWindow(load, spec, start, settled)
     due: collections.deque[int] = collections.deque()  # spikes an agent sends next ("slot")
 
     def spike(n: int) -> Awaitable[RequestRecord]:
@@ -263,7 +286,7 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
 
     async def agent(i: int) -> None:
         context = i % spec.contexts
-        while load.clock.now() < deadline:
+        while window.open():
             if due:
                 record = await spike(due.popleft())
             else:
@@ -273,8 +296,10 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
                 await load.clock.sleep(FAILURE_PAUSE_S)
 
     async def spikes() -> None:
-        for n in _firings(spec.spike_interval_s, spec.level_duration_s):
-            await load.clock.sleep_until(deadline - spec.level_duration_s + n * spec.spike_interval_s)
+        for n in _firings(spec.spike_interval_s, spec.longest_s):
+            await load.clock.sleep_until(start + n * spec.spike_interval_s)
+            if not window.open():
+                return
             if spec.spike_mode == "slot":
                 due.append(n)
             else:
@@ -283,8 +308,52 @@ async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
     for i in range(concurrency):
         load.spawn(agent(i))  # type: ignore[arg-type]
     load.spawn(spikes())  # type: ignore[arg-type]
-    await _report_until_drained(load, spec.level_duration_s, progress, stop_check)
+    await _report_until_drained(load, window, progress, stop_check)
+    load.run.load_s = window.load_s()
     return load.run
+
+
+class LevelWindow:
+    """When a capacity level's load stops: at its duration, or once an extension has its requests."""
+
+    def __init__(self, load: Load, spec: CapacitySpec, start: float,
+                 settled: Callable[[], str | None] | None = None) -> None:
+        self.load, self.spec, self.settled = load, spec, settled
+        self.deadline, self.longest = start + spec.level_duration_s, start + spec.longest_s
+        self.start = start
+        self.closed = False
+        self.closed_at: float | None = None
+
+    def agent_requests(self) -> int:
+        return sum(r.kind == "agent" and r.counted for r in self.load.run.records)
+
+    def open(self) -> bool:
+        """Whether agents may still send; False for good once it has been False."""
+        if not self.closed:
+            now = self.load.clock.now()
+            short = now >= self.deadline and self.agent_requests() < self.spec.min_agent_requests
+            needed = short and not (self.settled and self.settled())  # a settled failure needs no more
+            self.closed = now >= self.longest or (now >= self.deadline and not needed)
+            if self.closed:
+                self.closed_at = max(self.deadline, min(now, self.longest))
+        return not self.closed
+
+    def load_s(self) -> float:
+        """How long the window sent load (model seconds): at least its duration."""
+        return max(self.spec.level_duration_s, min(self.load.clock.now(), self.longest) - self.start) \
+            if self.closed_at is None else self.closed_at - self.start
+
+    @property
+    def extended(self) -> bool:
+        return self.load.clock.now() >= self.deadline and not self.closed
+
+    def progress(self) -> str:
+        extended = self.extended
+        line = self.load.summary(self.longest - self.start if extended else self.spec.level_duration_s)
+        if extended:
+            line += (f"  extended: {self.agent_requests()}/{self.spec.min_agent_requests} agent requests, "
+                     f"until {self.longest - self.start:.0f} s at most")
+        return line
 
 
 def background_events(spec: MixedSpec, spike: Callable[[int], None], revisit: Callable[[int], None],
@@ -339,7 +408,7 @@ async def run_mixed(load: Load, spec: MixedSpec, progress: Progress | None = Non
     return load.run
 
 
-async def _report_until_drained(load: Load, window_s: float, progress: Progress | None,
+async def _report_until_drained(load: Load, window: float | LevelWindow, progress: Progress | None,
                                 stop_check: Callable[[], str | None] | None = None) -> None:
     """Drain the load, printing a progress line and polling ``stop_check`` about once a wall second."""
     drained = asyncio.ensure_future(load.drain())
@@ -347,7 +416,7 @@ async def _report_until_drained(load: Load, window_s: float, progress: Progress 
         while not drained.done():
             await asyncio.wait({drained}, timeout=1.0)
             if progress:
-                progress(load.summary(window_s))
+                progress(window.progress() if isinstance(window, LevelWindow) else load.summary(window))
             reason = stop_check() if stop_check and load.cut_reason is None else None
             if reason:
                 load.cut(reason)

@@ -12,6 +12,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+from pytest_glmperf.checks import fmt_signed
 from tests.conftest import REGISTRY
 from tests.inner import CAPACITY_TEST, MIXED_TEST, REGRESSION_TEST
 
@@ -45,10 +46,13 @@ def test_slower_server_fails_the_gate_and_a_repeat_does_not(pytester: pytest.Pyt
     saved.assert_outcomes(passed=3)  # two tests and the verdict: regression items exist only with --compare
     assert (pytester.path / "store" / "before").is_dir()
 
-    slowed = run(pytester, 0.05, "slow", "--compare=before")
+    # The upgrade, under a gap bar it breaks too, so its level has stalls to explain.
+    slowed = run(pytester, 0.05, "slow", "--compare=before", "--max-gap-p95=0.01")
     slowed.stdout.fnmatch_lines(["*gate c=2 tok_s_p50: * tok/s -> * tok/s (-*) exceeds tolerance -10 %*"])
     slowed.stdout.fnmatch_lines(["FAILED test_reg.py::test_regression[[]gate-c2-tok_s_p50[]]*"])
+    slowed.stdout.fnmatch_lines(["  c=2 stall * s at * s (agent *): *"])  # the terminal names the worst stalls
     assert slowed.ret == pytest.ExitCode.TESTS_FAILED
+    check_the_evidence_a_reviewer_reads(pytester.path / "slow" / "latest")
 
     repeat = run(pytester, 0.8, "again", "--compare=before")
     outcomes = repeat.parseoutcomes()
@@ -66,3 +70,49 @@ def test_slower_server_fails_the_gate_and_a_repeat_does_not(pytester: pytest.Pyt
     assert not re.search(r'(src|href)="https?://', html)  # opens offline: nothing to fetch
     text = summary.read_text()
     assert text.count("### pytest-glmperf") == 3 and "gate" in text
+
+
+def check_the_evidence_a_reviewer_reads(out):
+    """report.md, the charts and report.html (in Chromium) of a run compared with a saved baseline."""
+    report = json.loads((out / "report.json").read_text())
+    regression = report["targets"]["gate"]["regression"]
+    reference = regression["reference"]  # the other side's build and date
+    assert reference["target"] == "gate" and reference["server_version"] and reference["measured_at"]
+    assert [lv["concurrency"] for lv in reference["capacity"]["levels"]] == [2]
+    tok = next(c for c in regression["checks"] if (c["level"], c["metric"]) == (2, "tok_s_p50"))
+    assert tok["outcome"] == "fail"
+
+    md = (out / "report.md").read_text()
+    assert "### Compared with before (saved " in md
+    assert f"reference: gate · server version {reference['server_version']} · measured " in md
+    assert re.search(r"\n\| window +\| metric +\| reference +\| this run +\| change +\| 99 % CI of change +\| "
+                     r"tolerance +\| outcome +\| why +\|\n", md)
+    row = next(line for line in md.splitlines() if line.startswith("| c=2 ") and "| tok_s_p50 " in line)
+    interval = f"{fmt_signed(tok['ci_low'])}..{fmt_signed(tok['ci_high'])} tok/s"
+    assert f"{tok['delta_pct']:+.1f} %" in row and interval in row
+    assert "| -10 % " in row and "❌ fail" in row and "lies beyond the tolerance" in row
+    gap = next(line for line in md.splitlines() if line.startswith("| c=2 ") and "| gap_p95_s " in line)
+    assert "+10 % (floor +0.5 s)" in gap  # the tolerance as the gate applied it
+    assert "![changes against the reference](changes-gate.svg)" in md
+    changes = (out / "changes-gate.svg").read_text()
+    assert 'id="changes-interval-2-tok_s_p50-fail"' in changes and 'id="changes-allowed-2-tok_s_p50"' in changes
+    # The failing level: its worst stalls, one line each, and a link to its timeline.
+    assert "- c=2: " in md and "([timeline](timeline-gate-c2.svg))" in md
+    assert re.search(r"\n  - stall \d+\.\d+ s at \d+ s \(agent ", md)
+    timeline = (out / "timeline-gate-c2.svg").read_text()
+    assert 'id="timeline-stalls"' in timeline and "(requests)" in timeline  # gauges carry units
+    capacity = (out / "capacity.svg").read_text()
+    assert 'id="reference-tok_s-reference_of_gate_gate"' in capacity  # the baseline, under the run
+    assert "TTFT P95 (s) · log scale" in capacity  # sub-second TTFTs under a 180 s bar stay visible
+
+    from tests.browser import rendered_text, screenshot
+
+    page = out / "report.html"
+    dom = rendered_text(page)
+    assert "Compared with before (saved " in dom and "lies beyond the tolerance" in dom
+    assert 'href="#chart-timeline-gate-c2"' in dom and 'id="chart-timeline-gate-c2"' in dom
+    shot = screenshot(page, "report-compared-with-baseline.png")
+    from matplotlib.image import imread
+
+    pixels = imread(shot)
+    assert pixels.shape[1] == 1280 and pixels.std() > 0.05  # a page was drawn, not a blank
