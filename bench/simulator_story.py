@@ -1,6 +1,6 @@
 """What the simulator tells a HiCache user, in one table (the README's "What the simulator knows").
 
-    python bench/simulator_story.py [--time-scale 10] [--markdown]
+    python bench/simulator_story.py [--time-scale K] [--markdown]
 
 Runs the capacity suite (``perf_tests/test_capacity.py``, default levels and windows) three
 ways and prints, per level, usable or not with the gap P95 that decides it:
@@ -24,6 +24,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from pytest_glmperf.settings import BY_KEY  # noqa: E402
+
 WAYS = (
     ("twin `sim-hicache`, fresh repositories", "sim-hicache", []),
     ("twin `sim-hicache`, field's mode (`--field-mode`)", "sim-hicache", ["--field-mode"]),
@@ -48,7 +51,7 @@ def cell(level: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--time-scale", type=float, default=10.0)
+    parser.add_argument("--time-scale", type=float, default=BY_KEY["time_scale"].default)
     args = parser.parse_args()
     rows, walls = [], []
     with tempfile.TemporaryDirectory(prefix="glmperf-story-") as tmp:

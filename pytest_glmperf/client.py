@@ -25,13 +25,14 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
 from .records import OK, RequestRecord
+from .scrape import merge_expositions
 from .sse import ERROR_KINDS, _fail, _StreamParser
 from .sse import _http_error_text as _http_error_text  # re-exported for the parser tests
 from .transport import _PROBE, _Probe, _StampedStream, _Transport
@@ -81,7 +82,8 @@ class StreamingClient:
                  api_key: str | None = None, model: str | None = None,
                  request_timeout_s: float = 1800.0, connect_timeout_s: float = 10.0,
                  first_token_timeout_s: float | None = None,
-                 stall_timeout_s: float | None = None) -> None:
+                 stall_timeout_s: float | None = None,
+                 metrics_sources: Mapping[str, str] | None = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         for name, value in (("time_scale", time_scale), ("request_timeout_s", request_timeout_s),
@@ -102,6 +104,8 @@ class StreamingClient:
         self.stall_timeout_s = stall_timeout_s
         self._api_key = api_key
         self._http: httpx.AsyncClient | None = None
+        # A fleet: each worker's (and the router's) /metrics URL by name, scraped as one.
+        self.metrics_sources = dict(metrics_sources or {})
 
     def __repr__(self) -> str:
         key = "'***'" if self._api_key else "None"
@@ -189,9 +193,16 @@ class StreamingClient:
         return await self._answers_200("GET", "/health_generate", timeout_s)
 
     async def metrics_text(self, *, timeout_s: float = 10.0) -> str | None:
-        """The Prometheus text of /metrics, or None when the server has none or is down."""
+        """The Prometheus text of /metrics, or None when the server has none or is down; for a
+        fleet, every source's, merged with each sample labelled by its source (scrape.py)."""
+        if self.metrics_sources:
+            texts = await asyncio.gather(*(self._scrape(url, timeout_s) for url in self.metrics_sources.values()))
+            return merge_expositions(dict(zip(self.metrics_sources, texts, strict=True)))
+        return await self._scrape("/metrics", timeout_s)
+
+    async def _scrape(self, url: str, timeout_s: float) -> str | None:
         try:
-            response = await self.http.get("/metrics", timeout=timeout_s)
+            response = await self.http.get(url, timeout=timeout_s)
         except httpx.HTTPError:
             return None
         return response.text if response.status_code == 200 else None

@@ -34,7 +34,16 @@ from .settings import RunSettings
 from .stats import DECODE_KINDS, LevelStats, MixedStats, StreamStats, distributions
 from .teardown import cancelled_by_sigterm, run_async
 from .thresholds import Thresholds
-from .windows import Window, server_counters, server_gauges, server_queue, stalls
+from .windows import (
+    Window,
+    router_counters,
+    routing_locality,
+    server_counters,
+    server_gauges,
+    server_queue,
+    stalls,
+    worker_breakdown,
+)
 from .workloads import FAILURE_PAUSE_S, Load, capacity_prompts, mixed_prompts, prime, run_capacity_level, run_mixed
 
 FLUSH_RETRY_S = 60.0  # wall seconds a refused /flush_cache (SGLang: busy) is retried before a window
@@ -75,7 +84,8 @@ class GlmperfServer:
         self._on_result, self._on_record, self._progress_sink = on_result, on_record, progress
         self._eta_s = eta_s
         self.judging, self._api_key = judging, api_key
-        _, info = fetch_server_info(self.base_url, headers=self._headers())
+        # A fleet's router answers about itself: the time scale and flags are its workers'.
+        _, info = fetch_server_info(getattr(handle, "info_url", self.base_url), headers=self._headers())
         self.server_info = info or {}
         # A simulator says how fast its model time runs; a real server runs at 1.
         self.time_scale = float(self.server_info.get("sim_time_scale") or 1.0)
@@ -122,7 +132,8 @@ class GlmperfServer:
         async with StreamingClient(self.base_url, concurrency=concurrency, time_scale=self.time_scale,
                                    api_key=self._api_key, request_timeout_s=settings.request_timeout_s,
                                    first_token_timeout_s=settings.first_token_timeout_s,
-                                   stall_timeout_s=settings.stall_timeout_s) as client:
+                                   stall_timeout_s=settings.stall_timeout_s,
+                                   metrics_sources=getattr(self.handle, "metrics_sources", None)) as client:
             async with heartbeat(self._progress("connections"), "opening connections"):
                 await client.warm_up()
             yield client
@@ -284,9 +295,13 @@ class GlmperfServer:
         """What every window's report entry carries beside its statistics: the stalls and what
         the server was doing, the simulator's pacing, the server's queue time, and the
         distributions of the judged requests."""
-        return {"stalls": stalls(windows, bar.max_gap_p95), "simulator": merge_pacing(w.pacing for w in windows),
-                "server_queue": server_queue(windows),
-                "distributions": distributions(judged, self.settings.percentiles)}
+        evidence = {"stalls": stalls(windows, bar.max_gap_p95), "simulator": merge_pacing(w.pacing for w in windows),
+                    "server_queue": server_queue(windows),
+                    "distributions": distributions(judged, self.settings.percentiles),
+                    "routing": routing_locality(r for w in windows for r in w.load.run.records)}
+        if workers := worker_breakdown(windows):  # a fleet behind a router
+            evidence.update(workers=workers, router=router_counters(windows))
+        return evidence
 
     def _result(self, workload: str, concurrency: int, stats: StreamStats, bar: Thresholds,
                 windows: Sequence[Window], error: str | None, interrupted: bool, details: dict[str, Any],

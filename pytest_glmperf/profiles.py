@@ -17,10 +17,10 @@ import yaml
 
 from .errors import ConfigError
 
-PROFILE_KINDS = ("simulated", "compose")
+PROFILE_KINDS = ("simulated", "compose", "router")
 EXTERNAL = "external"  # a server someone else runs (--base-url); never declared in a registry
 PROFILE_KEYS = ("kind", "description", "require_concurrency", "server_args", "env", "compose_file", "options",
-                "extends", "extra_args")
+                "extends", "extra_args", "router_args", "workers")
 Entries = dict[str, tuple[Path, dict[str, Any]]]  # name -> (the file that declares it, its raw spec)
 DEFAULT_REGISTRY = Path("compose") / "profiles.yaml"
 
@@ -49,6 +49,9 @@ class ServerProfile:
     compose_file: Path | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     source: Path | None = None  # the registry file that declared it
+    # kind router: sglang-router's flags, and its workers (simulated profile names or URLs)
+    router_args: tuple[str, ...] = ()
+    workers: tuple[str, ...] = ()
 
     @property
     def is_simulated(self) -> bool:
@@ -57,6 +60,10 @@ class ServerProfile:
     @property
     def is_external(self) -> bool:
         return self.kind == EXTERNAL
+
+    @property
+    def is_router(self) -> bool:
+        return self.kind == "router"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +74,7 @@ class ServerProfile:
             "server_args": list(self.server_args),
             "compose_file": str(self.compose_file) if self.compose_file else None,
             "options": dict(self.options),
+            **({"router_args": list(self.router_args), "workers": list(self.workers)} if self.is_router else {}),
         }
 
 
@@ -135,7 +143,24 @@ def _entries(path: Path) -> Entries:
 
 def _build(entries: Entries, sources: tuple[Path, ...]) -> ProfileRegistry:
     profiles = {name: _parse_profile(path, name, _resolved(entries, name)) for name, (path, _) in entries.items()}
+    for profile in profiles.values():
+        _check_workers(profile, profiles)
     return ProfileRegistry(sources=sources, profiles=profiles)
+
+
+def _check_workers(profile: ServerProfile, profiles: Mapping[str, ServerProfile]) -> None:
+    """A router's workers are simulated profiles of this registry or URLs of running servers."""
+    if not profile.is_router:
+        return
+    where = f"profile {profile.name!r} in {profile.source}"
+    for name in profile.workers:
+        if name.startswith(("http://", "https://")):
+            continue
+        worker = profiles.get(name)
+        if worker is None or not worker.is_simulated:
+            simulated = ", ".join(sorted(n for n, p in profiles.items() if p.is_simulated))
+            raise ConfigError(f"{where}: worker {name!r} is not a simulated profile or an http(s) URL; "
+                              f"simulated profiles: {simulated}")
 
 
 def _resolved(entries: Entries, name: str, chain: tuple[str, ...] = ()) -> Any:
@@ -172,7 +197,9 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
     if "extra_args" in spec:
         raise ConfigError(f"{where}: extra_args adds flags to the profile it extends: give 'extends' too")
     for key, kind_of, what in (("server_args", list, "a list of flags"), ("env", dict, "a mapping"),
-                               ("options", dict, "a mapping of option: value")):
+                               ("options", dict, "a mapping of option: value"),
+                               ("router_args", list, "a list of sglang-router flags"),
+                               ("workers", list, "a list of simulated profile names or URLs")):
         if spec.get(key) is not None and not isinstance(spec[key], kind_of):
             raise ConfigError(f"{where}: {key} must be {what}, not {type(spec[key]).__name__}")
     kind = spec.get("kind")
@@ -181,6 +208,9 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
     compose_file = spec.get("compose_file")
     if kind == "compose" and not compose_file:
         raise ConfigError(f"{where}: a compose profile needs 'compose_file'")
+    if (kind == "router") != bool(spec.get("workers")):
+        raise ConfigError(f"{where}: " + ("a router profile needs 'workers'" if kind == "router"
+                                          else "'workers' belong to a router profile (kind: router)"))
     require = spec.get("require_concurrency")
     if require is not None and (not isinstance(require, int) or require < 1):
         raise ConfigError(f"{where}: require_concurrency must be a positive integer")
@@ -194,4 +224,6 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
         compose_file=(path.parent / compose_file) if compose_file else None,
         options=dict(spec.get("options") or {}),
         source=path,
+        router_args=tuple(str(arg) for arg in spec.get("router_args", ())),
+        workers=tuple(str(worker) for worker in spec.get("workers", ())),
     )

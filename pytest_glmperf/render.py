@@ -286,6 +286,7 @@ def _capacity_section(capacity: dict[str, Any], key: str, charts: Collection[str
            f"max usable concurrency: **{_fmt(capacity.get('max_usable'), '{}')}**"
            f" ({_fmt(capacity.get('max_usable_aggregate_tok_s'), '{:.2f}')} tok/s aggregate)", ""]
     out += _server_table(capacity["levels"])
+    out += _workers_table([(f"c={lv['concurrency']}", lv) for lv in capacity["levels"]])
     for lv in capacity["levels"]:
         if lv.get("explain") and not lv.get("usable"):
             timeline = level_timeline_name(key, lv["concurrency"])
@@ -388,6 +389,39 @@ def _interval(check: Check) -> str:
     return f"{fmt_signed(check.ci_low)}..{fmt_signed(check.ci_high)}{check.unit}"
 
 
+WORKER_COLUMNS = [("requests", "requests"), ("prompt_tokens", "prompt tokens"),
+                  ("cached_device_tokens", "cached device"), ("cached_host_tokens", "cached host"),
+                  ("evicted_tokens", "evicted"), ("load_back_tokens", "loaded back"),
+                  ("generation_tokens", "gen tokens")]
+
+
+def _workers_table(windows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A fleet behind a router: each worker's share of every window, and how local the routing was."""
+    rows, notes = [], []
+    for name, window in windows:
+        for worker, figures in (window.get("workers") or {}).items():
+            counters, gauges = figures.get("counters") or {}, figures.get("gauges") or {}
+            rows.append([name, worker, *(_fmt(counters.get(key), "{:,.0f}") for key, _ in WORKER_COLUMNS),
+                         _fmt((gauges.get("num_running_reqs") or {}).get("mean"), "{:.2f}"),
+                         _fmt((gauges.get("num_queue_reqs") or {}).get("mean"), "{:.2f}")])
+        if window.get("workers") and (line := routing_line(window.get("routing"))):
+            notes.append(f"- {name}: {line}")
+    if not rows:
+        return []
+    headers = ["window", "worker", *(title for _, title in WORKER_COLUMNS), "running mean", "queue mean"]
+    return ["Workers behind the router (counter deltas, gauge means):", "",
+            tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True), "", *notes,
+            *([""] if notes else [])]
+
+
+def routing_line(routing: Mapping[str, Any] | None) -> str | None:
+    """'34 of 40 follow-ups (85 %) found their repository cached where they landed; cached-token share 83 %'."""
+    if not routing or not routing.get("follow_ups"):
+        return None
+    return (f"{routing['local']} of {routing['follow_ups']} follow-ups ({routing['locality']:.0%}) found their "
+            f"repository cached where they landed; cached-token share {_fmt(routing.get('cached_share'), '{:.0%}')}")
+
+
 def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
     if not mixed:
         return []
@@ -399,6 +433,7 @@ def _mixed_section(mixed: dict[str, Any] | None) -> list[str]:
            f"decode streams: {mixed.get('status', '–')}: {mixed.get('explain', '–')}", ""]
     stalls = worst_stall_lines(mixed.get("stalls")) if not mixed.get("usable") else []
     out += [*(f"- stall {line}" for line in stalls), ""] if stalls else []
+    out += _workers_table([("mixed", mixed)])
     if note := pacing_note(mixed.get("simulator")):
         out += [f"Mixed run: {note}.", ""]
     return out

@@ -12,7 +12,7 @@ import asyncio
 import functools
 import math
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -46,6 +46,27 @@ CACHE_COUNTERS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 Fetch = Callable[[], Awaitable[str | None]]
+FRACTION_GAUGES = ("token_usage",)
+# A fleet's expositions are merged into one, each sample labelled with the worker it came from.
+WORKER_LABEL = "glmperf_worker"
+ROUTER_SOURCE = "router"  # the router's own exposition (smg_* metrics), not a worker
+_SAMPLE_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?([ \t].*)$", re.MULTILINE)
+
+
+def merge_expositions(texts: Mapping[str, str | None]) -> str | None:
+    """Several servers' /metrics as one text, every sample labelled ``glmperf_worker="<name>"``.
+
+    Sums over the fleet stay what ``MetricsSnapshot.value(name)`` gives; one worker's figures
+    are ``value(name, glmperf_worker=name)``. None when no server answered."""
+    parts = []
+    for worker, text in texts.items():
+        if not text:
+            continue
+        label = f'{WORKER_LABEL}="{worker}"'
+        parts.append(_SAMPLE_LINE.sub(
+            lambda m, label=label: f"{m.group(1)}{{{m.group(2) + ',' if m.group(2) else ''}{label}}}{m.group(3)}",
+            text if text.endswith("\n") else text + "\n"))
+    return "".join(parts) or None
 
 
 @dataclass
@@ -84,6 +105,11 @@ class MetricsSnapshot:
         matches = [v for lab, v in self.series.get(name, ()) if _contains(lab, labels)]
         return sum(matches) if matches else None
 
+    def workers(self) -> list[str]:
+        """The fleet's workers this scrape has samples of (merge_expositions), in order seen."""
+        return list(dict.fromkeys(labels[WORKER_LABEL] for samples in self.series.values() for labels, _ in samples
+                                  if labels.get(WORKER_LABEL, ROUTER_SOURCE) != ROUTER_SOURCE))
+
     def buckets(self, name: str) -> dict[float, float]:
         """Histogram ``name``'s cumulative counts by upper bound, summed over label sets."""
         counts: dict[float, float] = {}
@@ -95,11 +121,13 @@ class MetricsSnapshot:
 
 
 def counter_deltas(before: MetricsSnapshot | None, after: MetricsSnapshot | None,
-                   keys: Iterable[str] = CACHE_COUNTERS) -> dict[str, float | None]:
-    """Counter increases over a window, keyed like report.json's cache block."""
+                   keys: Iterable[str] = CACHE_COUNTERS, worker: str | None = None) -> dict[str, float | None]:
+    """Counter increases over a window, keyed like report.json's cache block (one fleet
+    worker's with ``worker``)."""
     deltas: dict[str, float | None] = {}
     for key in keys:
         name, labels = CACHE_COUNTERS[key]
+        labels = {**labels, WORKER_LABEL: worker} if worker is not None else labels
         old = before.value(name, **labels) if before else None
         new = after.value(name, **labels) if after else None
         if new is None:
@@ -193,7 +221,8 @@ class GaugeSampler:
         self.fetch, self.clock = fetch, clock
         self.interval_s = interval_s
         self.min_wall_interval_s = min_wall_interval_s
-        self.series = {name: GaugeSeries(name) for name in names}
+        self.names = tuple(names)
+        self.series = {name: GaugeSeries(name) for name in self.names}
         self.errors = 0
         self._task: asyncio.Task[None] | None = None
 
@@ -218,11 +247,20 @@ class GaugeSampler:
         if text is None:
             self.errors += 1
             return
-        snapshot = MetricsSnapshot.parse(text, only=tuple(self.series))
-        for name, series in self.series.items():
-            value = snapshot.value(name)
-            if value is not None and not math.isnan(value):
-                series.samples.append((at, value))
+        snapshot = MetricsSnapshot.parse(text, only=self.names)
+        workers = snapshot.workers()
+        for name in self.names:
+            mine = [snapshot.value(name, **{WORKER_LABEL: worker}) for worker in workers]
+            for worker, value in zip(workers, mine, strict=True):  # a fleet: each worker's own series too
+                self._add(f"{name}@{worker}", at, value)
+            shown = [v for v in mine if v is not None]
+            # A fleet's fractions (KV usage) are averaged over its workers; counts and rates add up.
+            self._add(name, at, sum(shown) / len(shown) if name in FRACTION_GAUGES and shown
+                      else snapshot.value(name))
+
+    def _add(self, name: str, at: float, value: float | None) -> None:
+        if value is not None and not math.isnan(value):
+            self.series.setdefault(name, GaugeSeries(name)).samples.append((at, value))
 
 
 @functools.lru_cache(maxsize=8)

@@ -179,6 +179,13 @@ class GlmperfRun:
         for target in self.targets:
             if target.profile.is_simulated:
                 _check_simulated_flags(target.profile.name, target.profile.server_args)
+            for worker in target.profile.workers:  # a router's simulated workers
+                if not worker.startswith(("http://", "https://")):
+                    _check_simulated_flags(worker, self.registry.get(worker).server_args)
+            if target.profile.is_router:
+                from .fleet import router_executable
+
+                router_executable()
         self.check_selection(capacity_levels)
         self._check_report_dir()
         install_signal_handlers()
@@ -250,6 +257,11 @@ class GlmperfRun:
         if target.base_url:
             return ExternalServer(target.base_url, headers=self.auth_headers())
         log_path = self.report_dir / slug(target.key) / "server.log"
+        if target.profile.is_router:
+            from .fleet import start_fleet
+
+            return start_fleet(target.profile, self.registry.get, time_scale=run.time_scale,
+                               log_dir=log_path.parent, progress=self.progress)
         if target.profile.is_simulated:
             self.progress(f"starting simulator for {target.key} (time scale {run.time_scale:g})")
             return SimulatedServer(target.profile, time_scale=run.time_scale, log_path=log_path).start()
@@ -405,7 +417,8 @@ class GlmperfRun:
         for target in self.targets:
             state, run = self._states[target.key], self._states[target.key].settings
             server = self._servers.get(target.key)
-            scale = server.time_scale if server else (run.time_scale if target.profile.is_simulated else 1.0)
+            simulated = target.profile.is_simulated or target.profile.is_router
+            scale = server.time_scale if server else (run.time_scale if simulated else 1.0)
             if target.key in self.claims.capacity or any(key == target.key for key, *_ in self.claims.regression):
                 left = [c for c in run.levels if c not in state.levels]
                 total += len(left) * run.capacity.level_duration_s * run.repeats / scale

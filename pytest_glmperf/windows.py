@@ -14,7 +14,17 @@ from typing import Any
 
 from .attribution import attribute_stalls
 from .client import StreamingClient
-from .scrape import GaugeSampler, HistogramDelta, MetricsSnapshot, counter_deltas, host_used_after, sim_pacing
+from .records import RequestRecord
+from .scrape import (
+    ROUTER_SOURCE,
+    WORKER_LABEL,
+    GaugeSampler,
+    HistogramDelta,
+    MetricsSnapshot,
+    counter_deltas,
+    host_used_after,
+    sim_pacing,
+)
 from .selfcheck import ClientHealth, ClientMonitor
 from .stats import GaugeSeries
 from .workloads import Load
@@ -72,7 +82,71 @@ class Window:
 def server_counters(windows: Sequence[Window]) -> dict[str, float | None]:
     """The server's counter deltas summed over a level's windows (its repeats), and its host
     tier's use after the last: cache hits by tier, evictions, load-backs, retractions, tokens."""
-    per_window = [w.cache_deltas() for w in windows]
+    return _summed([w.cache_deltas() for w in windows])
+
+
+def worker_breakdown(windows: Sequence[Window]) -> dict[str, dict[str, Any]] | None:
+    """A fleet's figures per worker over a level's windows: counter deltas (requests, tokens,
+    cache hits by tier, evictions) and gauge summaries (running, queue, KV use). None for one server."""
+    names = dict.fromkeys(name for w in windows for snapshot in (w.before, w.after) if snapshot
+                          for name in snapshot.workers())
+    if not names:
+        return None
+    gauges = server_gauges(windows)
+    return {name: {"counters": _summed([counter_deltas(w.before, w.after, worker=name) for w in windows]),
+                   "gauges": {gauge.removesuffix(f"@{name}"): summary for gauge, summary in gauges.items()
+                              if gauge.endswith(f"@{name}")}}
+            for name in names}
+
+
+def routing_locality(records: Iterable[RequestRecord]) -> dict[str, float | int | None]:
+    """How often a return to a repository found it cached where it landed.
+
+    A follow-up is a successful request on a context already sent in this window (an agent's
+    next turn, a revisit); it counts as local when at least half its prompt was served from
+    cache (``usage`` cached tokens), which behind a router means it reached the worker holding
+    that repository. ``cached_share``: cached prompt tokens over all follow-ups' prompt tokens.
+    """
+    seen: set[int] = set()
+    follow_ups = local = cached = prompt = 0
+    for record in sorted(records, key=lambda r: r.send_ns):
+        if record.context_id is None or not record.ok:
+            continue
+        if record.context_id in seen and record.prompt_tokens:
+            follow_ups += 1
+            hit = record.cached_tokens or 0
+            local += hit >= LOCAL_CACHED_SHARE * record.prompt_tokens
+            cached, prompt = cached + hit, prompt + record.prompt_tokens
+        seen.add(record.context_id)
+    return {"follow_ups": follow_ups, "local": local, "locality": local / follow_ups if follow_ups else None,
+            "cached_share": cached / prompt if prompt else None}
+
+
+LOCAL_CACHED_SHARE = 0.5
+
+
+def router_counters(windows: Sequence[Window]) -> dict[str, Any] | None:
+    """What the router itself counted over a level's windows (sglang-router's smg_* metrics):
+    requests it routed, and each worker's outcomes by URL (its circuit breaker's success /
+    failure counts). None when no router exposition was scraped."""
+    def delta(window: Window, name: str, **labels: str) -> float | None:
+        labels = {**labels, WORKER_LABEL: ROUTER_SOURCE}
+        new = window.after.value(name, **labels) if window.after else None
+        old = (window.before.value(name, **labels) if window.before else None) or 0.0
+        return None if new is None else new - old
+
+    routed = [d for w in windows if (d := delta(w, "smg_router_requests_total")) is not None]
+    if not routed:
+        return None
+    urls = dict.fromkeys(labels["worker"] for w in windows if w.after
+                         for labels, _ in w.after.series.get("smg_worker_cb_outcomes_total", ()) if "worker" in labels)
+    outcomes = {url: {outcome: sum(delta(w, "smg_worker_cb_outcomes_total", worker=url, outcome=outcome) or 0.0
+                                   for w in windows) for outcome in ("success", "failure")} for url in urls}
+    return {"requests": sum(routed), "worker_outcomes": outcomes}
+
+
+def _summed(per_window: list[dict[str, float | None]]) -> dict[str, float | None]:
+    """Counter deltas of several windows added up; the host tier's use is the last window's."""
     keys = dict.fromkeys(k for deltas in per_window for k in deltas)
     summed: dict[str, float | None] = {}
     for key in keys:

@@ -1,12 +1,12 @@
 """``python -m pytest_glmperf.simulator``: serve the simulator with uvicorn.
 
 Binds first (``--port 0`` picks a free port), then prints exactly one JSON line to stdout,
-``{"event": "listening", "host": ..., "port": N, "pid": ...}``, once uvicorn accepts
-connections; the plugin reads that line to learn the port. Logs go to stderr. SIGTERM or
-SIGINT stops it cleanly (exit status 0); a bad flag exits with status 2. With
-``--sim-exit-with-parent``, EOF on stdin stops it the same way: the plugin holds the pipe's
-write end, which the kernel closes when the plugin dies, even by SIGKILL, so no orphan is
-left listening.
+``{"event": "listening", "host": ..., "port": N, "pid": ...}`` (a PD prefill worker adds
+``"bootstrap_port"``), once uvicorn accepts connections; the plugin reads that line to learn
+the port. Logs go to stderr. SIGTERM or SIGINT stops it cleanly (exit status 0); a bad flag
+exits with status 2. With ``--sim-exit-with-parent``, EOF on stdin stops it the same way:
+the plugin holds the pipe's write end, which the kernel closes when the plugin dies, even by
+SIGKILL, so no orphan is left listening.
 """
 
 from __future__ import annotations
@@ -93,19 +93,42 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: SimulatorApp) -> None:
-    """Serve *app* on its configured host and port until told to stop."""
+def bind_sockets(app: SimulatorApp) -> list[socket.socket]:
+    """The listening sockets: the API's, and a PD prefill worker's bootstrap server's
+    (``--disaggregation-bootstrap-port``, 0 picks a free one). Both serve the same app, which
+    routes by the local port. ValueError naming the flag when a port cannot be bound."""
     opts = app.options
     sock = bind(opts.host, opts.port)
+    app.config = replace(app.config, port=sock.getsockname()[1])
+    sockets = [sock]
+    if app.config.disaggregation_mode == "prefill":
+        wanted = app.config.disaggregation_bootstrap_port
+        try:
+            boot = bind(opts.host, wanted)
+        except OSError as exc:
+            sock.close()
+            raise ValueError(f"--disaggregation-bootstrap-port {wanted}: cannot bind the bootstrap "
+                             f"server on {opts.host}: {exc.strerror or exc}") from None
+        app.config = replace(app.config, disaggregation_bootstrap_port=boot.getsockname()[1])
+        sockets.append(boot)
+    return sockets
+
+
+def serve(app: SimulatorApp, sockets: list[socket.socket] | None = None) -> None:
+    """Serve *app* on its configured host and port until told to stop."""
+    opts = app.options
+    if sockets is None:
+        sockets = bind_sockets(app)
     config = uvicorn.Config(app, loop="asyncio", http="h11", lifespan="on", log_level="warning",
                             access_log=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     server = _Server(config)
     server.app = app
     server.exit_with_parent = opts.exit_with_parent
-    port = sock.getsockname()[1]
-    app.config = replace(app.config, port=port)
-    server.announce = {"event": "listening", "host": opts.host, "port": port, "pid": os.getpid()}
-    server.run(sockets=[sock])
+    server.announce = {"event": "listening", "host": opts.host, "port": app.config.port,
+                       "pid": os.getpid()}
+    if app.config.disaggregation_mode == "prefill":
+        server.announce["bootstrap_port"] = app.config.disaggregation_bootstrap_port
+    server.run(sockets=sockets)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = create_app(sys.argv[1:] if argv is None else argv)
+        sockets = bind_sockets(app)
     except ValueError as exc:
         print(f"glmperf-sim: error: {exc}", file=sys.stderr)
         return 2
-    serve(app)
+    serve(app, sockets)
     return 0
 
 

@@ -16,6 +16,9 @@ deprecated ``GET|POST /clear_hicache_storage_backend`` (400 without HiCache),
 ``GET /glmperf/sends/{rid}`` (the true send instant of every chunk of a request,
 ``perf_counter_ns`` taken right after the write).
 
+With ``--disaggregation-mode prefill`` the same app also answers on the PD bootstrap socket
+(routed by local port: ``disaggregation_http.py``).
+
 A request body may carry ``glmperf_script`` (an SGLang-style extension field) to bypass the
 engine and emit exactly the scripted stream; times are model seconds.
 
@@ -36,16 +39,21 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .asgi import HTTPError, Receive, Scope, Send, error_body, read_body, respond, respond_json
 from .completions import TextCompletions
 from .config import EngineConfig, server_args_dict
-from .driver import Driver, Pacer
-from .engine import Engine
+from .disaggregation import make_engine
+from .driver import Driver, Pacer, RequestStream
 from .faults import FaultBoard, FaultSpecError, ScriptSource, parse_faults
 from .metrics import MetricSources, RequestHistograms, SendLog, SimHealth, build_registry, render
 from .options import SimOptions, parse_args
+from .params import RequestParams
+from .types import SimRequest
+
+if TYPE_CHECKING:
+    from .disaggregation_http import DecodeWorker, PrefillWorker
 
 log = logging.getLogger("glmperf.sim")
 
@@ -64,8 +72,10 @@ class SimulatorApp(TextCompletions):
         self.options = options
         self.config = config
         if engine is None:
-            engine = Engine(config, seed=options.seed)
+            engine = make_engine(config, seed=options.seed)
         self.engine = engine
+        # --disaggregation-mode prefill|decode: the bootstrap side (disaggregation_http.py)
+        self.pd: PrefillWorker | DecodeWorker | None = _pd_worker(self)
         self.latency = RequestHistograms()
         self.health = SimHealth(time_scale=options.time_scale)
         self.pacer = Pacer(options.spin_ns)
@@ -80,6 +90,8 @@ class SimulatorApp(TextCompletions):
             counters=lambda: self.engine.counters, gauges=lambda: self.engine.gauges,
             latency=self.latency, health=self.health,
             storage_backend=config.hicache_storage_backend,
+            engine_type=config.disaggregation_mode if self.pd is not None else "unified",
+            pd=self.pd.stats if self.pd is not None else None,
         ))
         self.ready_at_s = 0.0
         self.stopping = False
@@ -125,7 +137,9 @@ class SimulatorApp(TextCompletions):
         path = scope["path"]
         handler = self._routes.get((scope["method"], path))
         try:
-            if handler is not None:
+            if self.pd is not None and self.pd.serves(scope):   # the PD bootstrap socket
+                await self.pd.bootstrap(scope, receive, send)
+            elif handler is not None:
                 await handler(scope, receive, send)
             elif scope["method"] == "GET" and path.startswith("/glmperf/sends/"):
                 await self.sends_get(send, path[len("/glmperf/sends/"):])
@@ -172,8 +186,16 @@ class SimulatorApp(TextCompletions):
     async def shutdown(self) -> None:
         """Stop the driver; open streams end."""
         self.stop_streams()
+        if self.pd is not None:
+            await self.pd.close()
         if self.driver is not None:
             await self.driver.stop()
+
+    async def _admit(self, params: RequestParams, request: SimRequest) -> RequestStream:
+        """A PD worker's side of the KV handshake comes first (disaggregation_http.py)."""
+        if self.pd is None:
+            return await super()._admit(params, request)
+        return await self.pd.admit(params, request)
 
     def stop_streams(self) -> None:
         """Server going down: every open stream ends now, without [DONE]."""
@@ -334,6 +356,15 @@ class SimulatorApp(TextCompletions):
         if record is None:
             raise HTTPError(404, f"no send record for request {rid!r}", "NotFoundError")
         await respond_json(send, record.as_json(rid))
+
+
+def _pd_worker(app: SimulatorApp) -> PrefillWorker | DecodeWorker | None:
+    """A PD worker's HTTP side; imported only then (its HTTP client costs ~0.1 s to load)."""
+    if not app.config.disaggregated:
+        return None
+    from .disaggregation_http import make_pd_worker
+
+    return make_pd_worker(app)
 
 
 def create_app(argv: list[str] | None = None) -> SimulatorApp:

@@ -18,8 +18,8 @@ from typing import Any
 
 from .asgi import HTTPError, Receive, Scope, Send, header, read_body, respond_json
 from .config import EngineConfig
-from .driver import Driver, EngineSource, Pacer, ReasoningSplit
-from .engine import QueueFullError
+from .driver import Driver, EngineSource, Pacer, ReasoningSplit, RequestStream
+from .engine import QueueFullError, RequestAborted
 from .faults import (
     Fault,
     FaultBoard,
@@ -186,12 +186,19 @@ class ChatCompletions:
         request = SimRequest(rid=params.rid, prompt_tokens=tok.num_tokens,
                              max_new_tokens=max_new, page_keys=tok.page_keys)
         try:
-            stream = driver.submit(request)
+            stream = await self._admit(params, request)
         except QueueFullError as exc:  # SGLang aborts it with 503, in-band under HTTP 200
             await self._rejected_in_band(params, fmt, faults, receive, send, str(exc))
             return
+        except RequestAborted as exc:   # in-band on a stream, an HTTP error otherwise
+            if not params.stream:
+                raise HTTPError(exc.code, str(exc), "BadRequestError" if exc.code == 400
+                                else "InternalServerError") from None
+            await self._rejected_in_band(params, fmt, faults, receive, send, str(exc), exc.code)
+            return
         except ValueError as exc:
             raise HTTPError(400, str(exc)) from None
+        max_new = request.max_new_tokens    # a PD prefill worker generates one token
         budget = int(max_new * self.options.reasoning_share) if (
             params.thinking and params.separate_reasoning) else 0
         split = ReasoningSplit(min(budget, max(0, max_new - 1)), params.stream_reasoning)
@@ -209,11 +216,17 @@ class ChatCompletions:
         finally:
             abort()
 
+    async def _admit(self, params: RequestParams, request: SimRequest) -> RequestStream:
+        """Hand the request to the pacing driver (a PD worker first does its part of the KV
+        handshake: ``disaggregation_http.py``)."""
+        assert self.driver is not None
+        return self.driver.submit(request)
+
     async def _rejected_in_band(self, params: RequestParams, fmt: WireFormat,
                                 faults: StreamFaults, receive: Receive, send: Send,
-                                message: str) -> None:
+                                message: str, code: int = 503) -> None:
         """A request the scheduler refuses at once: error payload as its first output."""
-        faults.pending.insert(0, Fault("mid_stream_error", after=0, code=503, message=message))
+        faults.pending.insert(0, Fault("mid_stream_error", after=0, code=code, message=message))
         source = ScriptSource({}, time.perf_counter_ns(), 1.0, self.pacer)
         ctx = StreamCtx(params, fmt, source, faults, params.max_new_tokens)
         await self._respond_stream(ctx, receive, send, abort=source.abort)
@@ -246,6 +259,10 @@ class ChatCompletions:
         while True:
             batch = await ctx.source.next()
             if batch is None or self.stopping:  # aborted: client gone, or shutting down
+                failure = None if self.stopping else _failure(ctx.source)
+                if failure is not None:   # the server aborted it: SGLang's in-band error
+                    await self._fire(ctx, w, events, [failure])
+                    return
                 await w.flush(events, more=False)
                 return
             parts, finished = batch
@@ -320,6 +337,9 @@ class ChatCompletions:
         while True:
             batch = await ctx.source.next()
             if batch is None:
+                failure = _failure(ctx.source)
+                if failure is not None:
+                    raise HTTPError(failure.code, failure.error_message(), str(failure.code))
                 return
             parts, finished = batch
             for reasoning, tokens in parts:
@@ -343,3 +363,11 @@ class ChatCompletions:
                     ctx.completion, ctx.reasoning))
                 return
 
+
+def _failure(source: Source) -> Fault | None:
+    """The error a server-side abort of the request answers (a failed PD transfer)."""
+    failure = source.failure if isinstance(source, EngineSource) else None
+    if failure is None:
+        return None
+    code, message = failure
+    return Fault("mid_stream_error", after=0, code=code, message=message)

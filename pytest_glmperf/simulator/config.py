@@ -81,6 +81,9 @@ DSA_KV_DEFAULTS = ("fp8_e4m3", "bfloat16", "sm")
 # draft's DSA indexer K stale (sglang#28895, fix in #28896). "restored" models an image
 # that carries the draft indexer too.
 DRAFT_INDEXER_RESTORE = ("stale", "restored")
+# PD disaggregation (server_args.py: disaggregation_mode, DISAGG_TRANSFER_BACKEND_CHOICES).
+DISAGGREGATION_MODES = ("null", "prefill", "decode")
+TRANSFER_BACKENDS = ("mooncake", "nixl", "ascend", "fake", "mori", "mooncake_tcp")
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,12 @@ class EngineConfig:
     port: int = 30000
     reasoning_parser: str | None = None
     tool_call_parser: str | None = None
+    # PD disaggregation (disaggregation.py models it; names and defaults as server_args.py)
+    disaggregation_mode: str = "null"
+    disaggregation_transfer_backend: str = "mooncake"
+    disaggregation_bootstrap_port: int = 8998
+    num_reserved_decode_tokens: int = 512
+    disaggregation_decode_polling_interval: int = 1
     # Simulator-only knobs (--sim-*).
     hardware: HardwareSpec = field(default_factory=lambda: get_hardware("h200x8"))
     model: ModelSpec = GLM51_FP8
@@ -141,6 +150,10 @@ class EngineConfig:
     decode_floor_us: float | None = None  # per-layer decode floor; None: costs.py's constant
     storage_read_gbps: float | None = None   # L3 file backend; None: the hardware's figure
     storage_write_gbps: float | None = None
+    # PD KV transfer (disaggregation.py): GB/s per TP rank, a 400 Gb/s NIC at an assumed
+    # 80 %; fixed latency per request, assumed (docs/simulator.md, "Prefill/decode").
+    kv_link_gbps: float = 40.0
+    kv_setup_ms: float = 1.0
     unmodelled_args: tuple[str, ...] = ()
 
     # ---- resolved values (what SGLang decides when a flag is left unset) ----
@@ -377,6 +390,16 @@ class EngineConfig:
         return gbps * 1e9 if gbps else self.hardware.storage_write_bandwidth
 
     @property
+    def disaggregated(self) -> bool:
+        """A prefill-only or decode-only server (``--disaggregation-mode prefill|decode``)."""
+        return self.disaggregation_mode != "null"
+
+    @property
+    def kv_link_bandwidth(self) -> float:
+        """PD KV transfer rate per TP rank in bytes/s (``--sim-kv-link-gbps``, GB/s)."""
+        return self.kv_link_gbps * 1e9
+
+    @property
     def prefetch_capacity_limit_tokens(self) -> int:
         """cache_controller.prefetch_capacity_limit: 80 % of (host - device) tokens."""
         return max(0, int(PREFETCH_CAPACITY_SHARE
@@ -468,6 +491,31 @@ def _choice(options: Sequence[str], *, upper: bool = False) -> Conv:
     return conv
 
 
+def _argparse_choice(flag: str, options: Sequence[str]) -> Conv:
+    """A choice refused in argparse's own words, as SGLang's parser refuses it."""
+    def conv(text: str) -> str:
+        if text not in options:
+            choices = ", ".join(repr(option) for option in options)
+            raise ValueError(f"argument {flag}: invalid choice: {text!r} (choose from {choices})")
+        return text
+    return conv
+
+
+def _port(text: str) -> int:
+    """A TCP port; 0 lets the kernel pick a free one (a simulator convenience, as --port 0)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a TCP port (0 to 65535)")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be zero or a positive integer")
+    return value
+
+
 def _spec_algorithm(text: str) -> str:
     value = _choice(SPEC_ALGORITHMS, upper=True)(text)
     return "EAGLE" if value == "NEXTN" else value  # NEXTN is an alias (speculative_hook.py)
@@ -516,6 +564,13 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--host": ("host", str),
     "--port": ("port", _pos_int),
     "--reasoning-parser": ("reasoning_parser", str),
+    "--disaggregation-mode": ("disaggregation_mode",
+                              _argparse_choice("--disaggregation-mode", DISAGGREGATION_MODES)),
+    "--disaggregation-transfer-backend": ("disaggregation_transfer_backend", _argparse_choice(
+        "--disaggregation-transfer-backend", TRANSFER_BACKENDS)),
+    "--disaggregation-bootstrap-port": ("disaggregation_bootstrap_port", _port),
+    "--num-reserved-decode-tokens": ("num_reserved_decode_tokens", _non_negative_int),
+    "--disaggregation-decode-polling-interval": ("disaggregation_decode_polling_interval", _pos_int),
     "--tool-call-parser": ("tool_call_parser", str),
     "--sim-hardware": ("hardware", _hardware),
     "--sim-seed": ("seed", _int),
@@ -527,6 +582,8 @@ _VALUE_FLAGS: dict[str, tuple[str, Conv]] = {
     "--sim-dsa-kv-default": ("dsa_kv_default", _choice(DSA_KV_DEFAULTS)),
     "--sim-storage-read-gbps": ("storage_read_gbps", _positive),
     "--sim-storage-write-gbps": ("storage_write_gbps", _positive),
+    "--sim-kv-link-gbps": ("kv_link_gbps", _positive),
+    "--sim-kv-setup-ms": ("kv_setup_ms", _non_negative),
 }
 _SWITCHES: dict[str, str] = {
     "--enable-metrics": "enable_metrics",
@@ -625,6 +682,17 @@ ACCEPTED_UNMODELLED: dict[str, Nargs] = {
     "--disable-shared-experts-fusion": 0,
     "--disable-chunked-prefix-cache": 0,
     "--enable-memory-saver": 0,
+    # PD disaggregation plumbing (disaggregation.py says what of PD is modelled)
+    "--disaggregation-ib-device": 1,
+    "--disaggregation-decode-tp": 1,
+    "--disaggregation-decode-dp": 1,
+    "--disaggregation-prefill-pp": 1,
+    "--disaggregation-decode-enable-radix-cache": 0,
+    "--disaggregation-decode-enable-offload-kvcache": 0,
+    "--disaggregation-decode-extra-slots": 1,
+    "--optimistic-prefill-retries": 1,
+    "--load-balance-method": 1,
+    "--prefill-round-robin-balance": 0,
 }
 ACCEPTED_UNMODELLED_HOME = "pytest_glmperf/simulator/config.py (ACCEPTED_UNMODELLED)"
 
@@ -690,7 +758,7 @@ def _convert(flag: str, conv: Conv, text: str) -> Any:
         return conv(text)
     except ValueError as exc:
         detail = str(exc)
-        if detail.startswith("--sim-hardware"):
+        if detail.startswith(("--sim-hardware", "argument ")):
             raise
         raise ValueError(f"{flag}: invalid value {text!r} ({detail})") from None
 
@@ -759,10 +827,34 @@ def _check(config: EngineConfig) -> EngineConfig:
                     config.profiled_pool_tokens)
     if config.context_length and config.context_length > 1 << 22:
         raise ValueError("--context-length: implausibly large")
+    if config.disaggregated or config.disaggregation_transfer_backend == "mooncake_tcp":
+        config = _check_disaggregation(config)
     if config.schedule_policy not in MODELLED_POLICIES:   # run as fcfs: say so
         config = replace(config, unmodelled_args=(
             *config.unmodelled_args, "--schedule-policy", config.schedule_policy))
     return config.validate()
+
+
+def _check_disaggregation(config: EngineConfig) -> EngineConfig:
+    """arg_groups/pd_disaggregation_hook.py (handle_pd_disaggregation): ``mooncake_tcp`` is
+    mooncake over TCP; a prefill server refuses the fake backend; a decode server's KV is a
+    chunk cache (no radix tree) unless --disaggregation-decode-enable-radix-cache, which the
+    simulator accepts but does not model (it keeps the chunk cache)."""
+    if config.disaggregation_transfer_backend == "mooncake_tcp":
+        log.info("disaggregation transfer backend 'mooncake_tcp' -> mooncake with MC_FORCE_TCP=1 "
+                 "(TCP transport, no RDMA); lower --sim-kv-link-gbps to model TCP's rate")
+        config = replace(config, disaggregation_transfer_backend="mooncake")
+    if config.disaggregation_mode == "prefill" and config.disaggregation_transfer_backend == "fake":
+        raise ValueError("--disaggregation-transfer-backend: Prefill server does not support 'fake' "
+                         "as the transfer backend")
+    if config.disaggregation_mode == "decode":
+        if config.enable_hierarchical_cache:
+            raise ValueError("--enable-hierarchical-cache: not modelled on a decode server (its KV "
+                             "is a chunk cache: decode-side HiCache offload is not modelled)")
+        if not config.disable_radix_cache:
+            log.warning("KV cache is forced as chunk cache for decode server")
+            config = replace(config, disable_radix_cache=True)
+    return config
 
 
 def with_overrides(config: EngineConfig, **changes: Any) -> EngineConfig:
@@ -772,7 +864,8 @@ def with_overrides(config: EngineConfig, **changes: Any) -> EngineConfig:
 
 _HIDDEN = {"hardware", "model", "seed", "spec_accept_prob", "decode_interleave",
            "dsa_kv_default", "unmodelled_args", "decode_floor_us", "hicache_draft_indexer",
-           "spec_stale_accept_prob", "storage_read_gbps", "storage_write_gbps"}
+           "spec_stale_accept_prob", "storage_read_gbps", "storage_write_gbps", "kv_link_gbps",
+           "kv_setup_ms"}
 
 
 def server_args_dict(config: EngineConfig) -> dict[str, Any]:
@@ -799,4 +892,6 @@ def server_args_dict(config: EngineConfig) -> dict[str, Any]:
         sim_seed=config.seed,
         sim_unmodelled_args=list(config.unmodelled_args),
     )
+    if config.disaggregated:
+        out.update(sim_kv_link_gbps=config.kv_link_gbps, sim_kv_setup_ms=config.kv_setup_ms)
     return out

@@ -97,8 +97,8 @@ class RequestStream:
     """The emissions of one engine request, waiting to be written by its HTTP handler."""
 
     __slots__ = (
-        "_waiter", "aborted", "arrival_s", "cached_tokens", "finished", "items", "last_s",
-        "prompt_tokens", "rid", "tokens",
+        "_waiter", "aborted", "arrival_s", "cached_tokens", "failure", "finished", "items",
+        "last_s", "prompt_tokens", "rid", "tokens",
     )
 
     def __init__(self, rid: str, arrival_s: float, prompt_tokens: int = 0) -> None:
@@ -111,6 +111,9 @@ class RequestStream:
         self.last_s: float | None = None
         self.finished = False
         self.aborted = False
+        # (HTTP status, message) when the server aborted it (a PD transfer failed): the
+        # handler answers that instead of just ending the stream.
+        self.failure: tuple[int, str] | None = None
         self._waiter: asyncio.Future[None] | None = None
 
     def push(self, emission: TokenEmission) -> None:
@@ -185,18 +188,27 @@ class Driver:
         return self.anchor_wall_ns + round((model_s - self.anchor_model_s) / self.scale * 1e9)
 
     # -- requests ---------------------------------------------------------------------------
-    def submit(self, request: SimRequest) -> RequestStream:
+    def submit(self, request: SimRequest, at_s: float | None = None,
+               arrived_s: float | None = None) -> RequestStream:
         """Hand a request to the engine now; it joins the engine's next step.
+
+        ``at_s``: the model instant the request became schedulable when that is already past
+        (a PD prefill worker admits a request when the decode worker's handshake was sent, not
+        when the HTTP message carrying it was read). ``arrived_s``: when it reached the server,
+        if earlier, for its TTFT and latency.
 
         Raises ValueError from the engine (e.g. prompt + max tokens beyond the context), which
         the HTTP layer turns into a 400 before the stream starts, as SGLang does.
         """
         now = self.model_now()
+        if at_s is not None:
+            now = min(now, at_s)
         if (self._parked or not self.engine.has_work()) and now > self.engine.now:
             self.engine.advance_to(now)
         request.arrival_s = min(now, self.engine.now)
         self.engine.add_request(request)
-        stream = RequestStream(request.rid, request.arrival_s, request.prompt_tokens)
+        arrival = request.arrival_s if arrived_s is None else min(arrived_s, request.arrival_s)
+        stream = RequestStream(request.rid, arrival, request.prompt_tokens)
         self.streams[request.rid] = stream
         self._wake()
         return stream
@@ -214,6 +226,19 @@ class Driver:
             return
         stream.close()
         self.engine.abort(rid)
+        self._wake()
+
+    def fail(self, rid: str, code: int, message: str) -> None:
+        """The server aborts a request (a PD handshake or transfer failed): its handler
+        answers ``code`` and ``message``; the engine frees its KV."""
+        stream = self.streams.get(rid)
+        if stream is not None:
+            stream.failure = (code, message)
+        self.abort(rid)
+
+    def notify(self) -> None:
+        """Something outside the engine changed what it can do (a PD transfer's arrival time
+        became known): a parked loop asks the engine again (``wake_at``)."""
         self._wake()
 
     def _wake(self) -> None:
@@ -367,6 +392,11 @@ class EngineSource:
         self._first = True
         self._generated = 0
         self._held = 0
+
+    @property
+    def failure(self) -> tuple[int, str] | None:
+        """(HTTP status, message) when the server aborted the request, else None."""
+        return self.stream.failure
 
     async def next(self) -> tuple[Parts, bool] | None:
         while True:

@@ -52,6 +52,15 @@ class QueueFullError(RuntimeError):
     """``--max-queued-requests`` exceeded: SGLang aborts the request with 503."""
 
 
+class RequestAborted(RuntimeError):
+    """The scheduler aborts a request before its first output (``prepare_abort``): the
+    HTTP layer answers it with ``code`` in-band on a stream, as an HTTP error otherwise."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
 @dataclass
 class _Req:
     """Engine-side state of one request."""
@@ -152,6 +161,17 @@ class Engine:
 
     def add_request(self, req: SimRequest) -> None:
         """Queue a request at ``self.now``; ValueError when it can never be served."""
+        self._check_new(req)
+        self._enqueue(_Req(sim=req, target=req.prompt_tokens, arrival=self.now))
+
+    def _enqueue(self, state: _Req) -> None:
+        """A checked new request joins the waiting queue (a PD decode engine overrides it)."""
+        self.waiting.append(state)
+        self._by_rid[state.rid] = state
+        self._maybe_prefetch(state)
+
+    def _check_new(self, req: SimRequest) -> None:
+        """Refuse a request SGLang would refuse at arrival (ValueError, QueueFullError)."""
         cfg = self.config
         if req.prompt_tokens < 1 or req.max_new_tokens < 1:
             raise ValueError("prompt_tokens and max_new_tokens must be at least 1")
@@ -170,10 +190,6 @@ class Engine:
             raise ValueError(f"duplicate request id {req.rid!r}")
         if cfg.max_queued_requests is not None and len(self.waiting) >= cfg.max_queued_requests:
             raise QueueFullError("The request queue is full.")
-        state = _Req(sim=req, target=req.prompt_tokens, arrival=self.now)
-        self.waiting.append(state)
-        self._by_rid[req.rid] = state
-        self._maybe_prefetch(state)
 
     def abort(self, rid: str) -> None:
         """The client went away: drop the request wherever it is and free its KV."""
@@ -535,7 +551,9 @@ class Engine:
         return StepResult(start_s=start, duration_s=duration,
                           kind="mixed" if decoding else "prefill",
                           prefill_tokens=prefill_tokens, decode_requests=len(decoding),
-                          emissions=emissions)
+                          emissions=emissions,
+                          prefill_progress=[(req.rid, min(req.done, req.sim.prompt_tokens))
+                                            for req, _ in batch])
 
     def _finish_chunk(self, req: _Req, n: int) -> TokenEmission | None:
         """Account a computed chunk; a completed prefill samples its next token."""

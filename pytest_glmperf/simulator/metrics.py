@@ -56,6 +56,11 @@ TOKEN_BUCKETS = (
     12500, 15000, 17500, 20000, 22500, 25000, 27500, 30000, 35000, 40000, 60000, 80000,
     100000, 200000, 300000, 400000, 600000, 800000, 1000000, 1100000,
 )
+# PD disaggregation histograms (observability/metrics_collector.py, SchedulerMetricsCollector).
+KV_TRANSFER_SPEED_BUCKETS = (0.1, 0.5, 1, 5, 10, 25, 50, 100, 200, 400)
+KV_TRANSFER_LATENCY_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
+KV_TRANSFER_BOOTSTRAP_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+KV_TRANSFER_TOTAL_MB_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 E2E_BUCKETS = (
     0.1, 0.2, 0.4, 0.6, 0.8, 1, 2, 4, 6, 8, 10, 20, 40, 60, 80, 100, 200, 400, 600, 1200,
     1800, 2400,
@@ -129,6 +134,31 @@ class RequestHistograms:
         self.e2e.observe(seconds)
 
 
+class PDStats:
+    """A PD worker's transfer metrics (SGLang observes them per request on the scheduler):
+    the prefill worker's KV transfer latency, speed and size when a room's transfer is done
+    (req_time_stats.compute_and_observe_kv_transfer_metrics), both workers' bootstrap time
+    (arrival to handshake), and the failed handshakes and transfers."""
+
+    def __init__(self) -> None:
+        self.transfer_latency_ms = Histogram(KV_TRANSFER_LATENCY_BUCKETS)
+        self.transfer_speed_gb_s = Histogram(KV_TRANSFER_SPEED_BUCKETS)
+        self.transfer_total_mb = Histogram(KV_TRANSFER_TOTAL_MB_BUCKETS)
+        self.bootstrap_ms = Histogram(KV_TRANSFER_BOOTSTRAP_BUCKETS)
+        self.bootstrap_failed = 0
+        self.transfer_failed = 0
+
+    def observe_transfer(self, latency_s: float, total_bytes: int) -> None:
+        """SGLang's figures: latency from the last chunk's send to success (it notes that this
+        "only capture[s] the last chunk time"), size in MiB, speed = size / latency, so a
+        chunked prompt's speed reads far above the link's rate, as it does in SGLang."""
+        total_mb = total_bytes / (1 << 20)
+        self.transfer_total_mb.observe(total_mb)
+        if latency_s > 0:
+            self.transfer_latency_ms.observe(latency_s * 1e3)
+            self.transfer_speed_gb_s.observe(total_mb / 1024 / latency_s)
+
+
 @dataclass
 class SimHealth:
     """The simulator's own timing health, exported so a lagging loop is never silent."""
@@ -153,6 +183,8 @@ class MetricSources:
     latency: RequestHistograms
     health: SimHealth
     storage_backend: str | None = None     # --hicache-storage-backend (L3), e.g. "file"
+    engine_type: str = "unified"           # "prefill" / "decode" on a PD worker
+    pd: PDStats | None = None              # a PD worker's transfer metrics
 
 
 _SCHED = ("engine_type", "model_name", "moe_ep_rank", "pp_rank", "tp_rank")
@@ -167,8 +199,10 @@ class SGLangCollector:
 
     def __init__(self, src: MetricSources) -> None:
         self.src = src
-        self._sched = ["unified", src.model_name, "0", "0", "0"]
-        self._tok = ["unified", src.model_name]
+        # engine_type: the disaggregation mode on a PD worker (scheduler gauges since
+        # sglang#18552, tokenizer metrics since #23978), "unified" otherwise.
+        self._sched = [src.engine_type, src.model_name, "0", "0", "0"]
+        self._tok = [src.engine_type, src.model_name]
         self._cache_type = "UnifiedRadixCache" if src.hierarchical else "RadixCache"
 
     def collect(self) -> Iterator[Metric]:
@@ -176,6 +210,8 @@ class SGLangCollector:
         yield from self._scheduler_gauges(self.src.gauges())
         yield from self._counters(self.src.counters())
         yield from self._histograms()
+        if self.src.pd is not None:
+            yield from self._pd_metrics(self.src.pd)
         yield from self._sim_health()
 
     def _gauge(self, name: str, doc: str, value: float, labels: tuple[str, ...] = _SCHED,
@@ -227,6 +263,21 @@ class SGLangCollector:
                 ("hicache_host_total_tokens",
                  "The total number of tokens in the HiCache host pool.",
                  g.hicache_host_total_tokens),
+            ]
+        if src.pd is not None:
+            gauges += [
+                ("num_prefill_bootstrap_queue_reqs",
+                 "The number of requests in the prefill bootstrap queue.",
+                 g.num_prefill_bootstrap_queue_reqs),
+                ("num_prefill_inflight_queue_reqs",
+                 "The number of requests in the prefill inflight queue.",
+                 g.num_prefill_inflight_queue_reqs),
+                ("num_decode_prealloc_queue_reqs",
+                 "The number of requests in the decode prealloc queue.",
+                 g.num_decode_prealloc_queue_reqs),
+                ("num_decode_transfer_queue_reqs",
+                 "The number of requests in the decode transfer queue.",
+                 g.num_decode_transfer_queue_reqs),
             ]
         for name, doc, value in gauges:
             yield self._gauge(f"sglang:{name}", doc, value)
@@ -326,6 +377,27 @@ class SGLangCollector:
                                       "Histogram of queueing time in seconds.", labels=list(_SCHED))
         queue.add_metric(self._sched, lat.queue.buckets(), lat.queue.total)
         yield queue
+
+    def _pd_metrics(self, pd: PDStats) -> Iterator[Metric]:
+        for name, doc, hist in (
+            ("sglang:kv_transfer_speed_gb_s", "Histogram of KV cache transfer speed in GB/s.",
+             pd.transfer_speed_gb_s),
+            ("sglang:kv_transfer_latency_ms", "Histogram of KV cache transfer latency in ms.",
+             pd.transfer_latency_ms),
+            ("sglang:kv_transfer_total_mb", "Histogram of KV cache transfer size in MB.",
+             pd.transfer_total_mb),
+            ("sglang:kv_transfer_bootstrap_ms", "Histogram of KV transfer bootstrap time in ms.",
+             pd.bootstrap_ms),
+        ):
+            fam = HistogramMetricFamily(name, doc, labels=list(_SCHED))
+            fam.add_metric(self._sched, hist.buckets(), hist.total)
+            yield fam
+        yield self._counter("sglang:num_bootstrap_failed_reqs",
+                            "The number of bootstrap failed requests.", pd.bootstrap_failed,
+                            labels=_SCHED, values=self._sched)
+        yield self._counter("sglang:num_transfer_failed_reqs",
+                            "The number of transfer failed requests.", pd.transfer_failed,
+                            labels=_SCHED, values=self._sched)
 
     def _sim_health(self) -> Iterator[Metric]:
         h = self.src.health

@@ -34,6 +34,10 @@ class RequestParams:
     stream_reasoning: bool
     script: dict[str, Any] | None
     prompt: str | list[int] | None = None   # raw prompt (completions, /generate)
+    # PD disaggregation: what SGLang's router adds (disaggregation_http.py)
+    bootstrap_host: str | None = None
+    bootstrap_port: int | None = None
+    bootstrap_room: int | None = None
 
 
 def _opt_int(body: dict[str, Any], key: str, minimum: int) -> int | None:
@@ -78,7 +82,7 @@ def parse_chat(body: Any, served_model: str, has_reasoning_parser: bool,
     max_new = _opt_int(body, "max_completion_tokens", 1)
     if max_new is None:
         max_new = _opt_int(body, "max_tokens", 1)
-    return RequestParams(
+    return _with_bootstrap(body, RequestParams(
         rid=_rid(body),
         model=str(body.get("model") or served_model),
         messages=messages,
@@ -91,7 +95,7 @@ def parse_chat(body: Any, served_model: str, has_reasoning_parser: bool,
         separate_reasoning=has_reasoning_parser and bool(body.get("separate_reasoning", True)),
         stream_reasoning=bool(body.get("stream_reasoning", True)),
         script=_script(body),
-    )
+    ))
 
 
 def _single_prompt(value: Any, key: str) -> str | list[int]:
@@ -139,14 +143,14 @@ def parse_completion(body: Any, served_model: str,
     prompt = _single_prompt(body.get("prompt"), "prompt")
     max_new = _opt_int(body, "max_tokens", 1)
     options = _stream_options(body)
-    return RequestParams(
+    return _with_bootstrap(body, RequestParams(
         rid=_rid(body), model=str(body.get("model") or served_model),
         messages=[], tools=None, stream=bool(body.get("stream", False)),
         include_usage=bool(options.get("include_usage", False)) or default_include_usage,
         continuous_usage=bool(options.get("continuous_usage_stats", False)),
         max_new_tokens=16 if max_new is None else max_new,   # CompletionRequest.max_tokens
         thinking=False, separate_reasoning=False, stream_reasoning=True,
-        script=_script(body), prompt=prompt)
+        script=_script(body), prompt=prompt))
 
 
 def parse_generate(body: Any, served_model: str) -> RequestParams:
@@ -166,9 +170,35 @@ def parse_generate(body: Any, served_model: str) -> RequestParams:
         raise HTTPError(400, "sampling_params must be an object (one request per call)",
                         "Bad Request")
     max_new = _opt_int(sampling, "max_new_tokens", 1)
-    return RequestParams(
+    return _with_bootstrap(body, RequestParams(
         rid=_rid(body), model=served_model, messages=[], tools=None,
         stream=bool(body.get("stream", False)), include_usage=False, continuous_usage=False,
         max_new_tokens=128 if max_new is None else max_new,   # SamplingParams.max_new_tokens
         thinking=False, separate_reasoning=False, stream_reasoning=True,
-        script=_script(body), prompt=prompt)
+        script=_script(body), prompt=prompt))
+
+
+def _with_bootstrap(body: dict[str, Any], params: RequestParams) -> RequestParams:
+    """The PD fields SGLang's router adds to every body (``bootstrap_host``, ``bootstrap_port``,
+    ``bootstrap_room``; io_struct.GenerateReqInput, protocol.py), each a value or a batch of
+    one. ``bootstrap_port`` may be null: the server's own --disaggregation-bootstrap-port."""
+    host = _one(body, "bootstrap_host")
+    port = _one(body, "bootstrap_port")
+    room = _one(body, "bootstrap_room")
+    if host is not None and not isinstance(host, str):
+        raise HTTPError(400, "bootstrap_host: input should be a valid string", "Bad Request")
+    for key, value in (("bootstrap_port", port), ("bootstrap_room", room)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise HTTPError(400, f"{key}: input should be a non-negative integer", "Bad Request")
+    params.bootstrap_host, params.bootstrap_port, params.bootstrap_room = host, port, room
+    return params
+
+
+def _one(body: dict[str, Any], key: str) -> Any:
+    value = body.get(key)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise HTTPError(400, f"{key}: the simulator serves one prompt per request, got a batch "
+                                 f"of {len(value)}", "Bad Request")
+        return value[0]
+    return value

@@ -48,6 +48,9 @@ class StepResult:
     # Requests in their first forward this step: model seconds each waited in the queue
     # (SGLang's queue_time_seconds, observed once per request, not again after a retraction).
     queue_times_s: list[float] = field(default_factory=list)
+    # (rid, prompt tokens with KV) of each request prefilled this step: a PD prefill worker
+    # sends the KV of each chunk as it completes (disaggregation.py).
+    prefill_progress: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def end_s(self) -> float:
@@ -102,3 +105,8 @@ class EngineGauges:
     max_total_num_tokens: int = 0
     new_token_ratio: float = 0.0
     num_retracted_reqs: int = 0         # retracted since the last refresh, as SGLang logs it
+    # PD disaggregation queues (a prefill or decode worker only; disaggregation.py)
+    num_prefill_bootstrap_queue_reqs: int = 0
+    num_prefill_inflight_queue_reqs: int = 0
+    num_decode_prealloc_queue_reqs: int = 0
+    num_decode_transfer_queue_reqs: int = 0

@@ -1,0 +1,210 @@
+"""A fleet as one target: SGLang workers behind SGLang's own router (``sglang-router``).
+
+The router is the real one (the SGLang Model Gateway, PyPI ``sglang-router``, installed by the
+optional extra ``pytest-glmperf[router]``): a Rust binary this module starts with the profile's
+``router_args``, on 127.0.0.1 and free ports, in front of the profile's ``workers`` (simulated
+profiles, each a local simulator process, or URLs of workers someone else runs). The client
+talks to the router only; the fleet is ready when the router's ``GET /workers`` lists every
+worker as healthy (docs/scale.md). ``stop()`` stops the router, then the workers it started,
+also from the SIGTERM/atexit teardown, so nothing is left listening after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .errors import ConfigError, ServerNotReady, ServerStartError
+from .profiles import ServerProfile
+from .provenance import fetch_server_info, redact, redact_url
+from .scrape import ROUTER_SOURCE
+from .server import LOG_TAIL_LINES, ExternalServer, ServerHandle, SimulatedServer
+from .teardown import _register, _unregister
+
+ROUTER_EXTRA = "pip install 'pytest-glmperf[router]' (PyPI sglang-router)"
+WORKERS_POLL_S = 0.5
+
+
+def router_executable() -> str:
+    """The ``sglang-router`` command, or a usage error naming the extra that installs it."""
+    found = shutil.which("sglang-router")
+    if not found:
+        raise ConfigError(f"a router profile needs SGLang's router, which is not installed: {ROUTER_EXTRA}")
+    return found
+
+
+def router_version() -> str | None:
+    with contextlib.suppress(ImportError, AttributeError):
+        from sglang_router import version
+
+        return str(version.__version__)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class RouterFleet:
+    """``sglang-router launch`` in front of N workers, with the ``ServerHandle`` surface.
+
+    ``info_url`` is the first worker's: the router answers ``/get_server_info`` about itself,
+    while the time scale and the model's flags are the workers'.
+    """
+
+    def __init__(self, profile: ServerProfile, workers: list[ServerHandle], *, log_dir: Path,
+                 startup_timeout_s: float = 120.0, progress: Callable[[str], None] = lambda _: None) -> None:
+        self.profile, self.workers, self.log_dir = profile, workers, log_dir
+        self.startup_timeout_s, self.progress = startup_timeout_s, progress
+        self.base_url = self.metrics_url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._command: list[str] = []
+        self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+
+    @property
+    def info_url(self) -> str:
+        return self.workers[0].base_url
+
+    @property
+    def metrics_sources(self) -> dict[str, str]:
+        """Where the fleet's metrics are: each worker's /metrics (named 1, 2, …) and the router's."""
+        sources = {str(n + 1): f"{w.base_url}/metrics" for n, w in enumerate(self.workers)}
+        return {**sources, ROUTER_SOURCE: self.metrics_url}
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / "router.log"
+
+    def command(self, port: int, prometheus_port: int) -> list[str]:
+        """The profile's router flags, then the workers and where to listen (always loopback)."""
+        return [router_executable(), "launch", *self.profile.router_args,
+                "--worker-urls", *(w.base_url for w in self.workers),
+                "--host", "127.0.0.1", "--port", str(port),
+                "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prometheus_port)]
+
+    def start(self) -> RouterFleet:
+        port, prometheus = free_port(), free_port()
+        self._command = self.command(port, prometheus)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=log,
+                                             stderr=subprocess.STDOUT, start_new_session=True)
+        _register(self)
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.metrics_url = f"http://127.0.0.1:{prometheus}/metrics"
+        try:
+            self.wait_for_workers()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_for_workers(self) -> float:
+        """Until the router lists every worker as healthy; seconds waited."""
+        began = time.monotonic()
+        wanted = {w.base_url for w in self.workers}
+        last = "no answer yet"
+        with httpx.Client(timeout=5.0) as http:
+            while time.monotonic() - began < self.startup_timeout_s:
+                if self._process is None or self._process.poll() is not None:
+                    raise ServerStartError("sglang-router exited during start-up; last log lines:\n"
+                                           + self.log_tail(30))
+                try:
+                    listed = http.get(f"{self.base_url}/workers").json().get("workers") or []
+                    healthy = {w.get("url") for w in listed if w.get("is_healthy")}
+                    if wanted <= healthy:
+                        return time.monotonic() - began
+                    last = f"{len(healthy & wanted)} of {len(wanted)} workers healthy"
+                except (httpx.HTTPError, ValueError, AttributeError):
+                    last = "/workers not answering"
+                time.sleep(WORKERS_POLL_S)
+        raise ServerNotReady(f"router of profile {self.profile.name!r} not ready after "
+                             f"{self.startup_timeout_s:g} s: {last}; last log lines:\n{self.log_tail(30)}")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+            return "\n".join(text[-lines:])
+        return ""
+
+    def provenance(self) -> dict[str, Any]:
+        """The router's version and flags, and each worker's own /server_info (secrets redacted)."""
+        workers = []
+        for worker in self.workers:
+            _, info = fetch_server_info(worker.base_url)
+            workers.append({**worker.provenance(), "base_url": redact_url(worker.base_url),
+                            "version": (info or {}).get("version"),
+                            "server_args": redact({k: v for k, v in (info or {}).items() if k != "internal_states"})})
+        return {"kind": "router", "router": {"version": router_version(), "command": self._command[1:],
+                                             "args": list(self.profile.router_args)},
+                "workers": workers}
+
+    def alive(self) -> bool:
+        """The router and every worker this fleet started still run."""
+        router = self._process is not None and self._process.poll() is None
+        return router and all(getattr(w, "alive", lambda: True)() for w in self.workers)
+
+    def exit_reason(self, lines: int = 40) -> str | None:
+        """None while the router and every worker run; else which one is gone (a worker by its
+        number and URL, as the report's worker table names it)."""
+        if self._process is None or self._process.poll() is not None:
+            return f"sglang-router exited; last log lines:\n{self.log_tail(lines)}"
+        for n, worker in enumerate(self.workers):
+            reason = getattr(worker, "exit_reason", lambda _lines: None)(lines)
+            if reason:
+                return f"worker {n + 1} ({worker.base_url}) is gone: {reason}"
+        return None
+
+    def stop(self) -> None:
+        """The router first (SIGTERM, SIGKILL after 10 s), then the workers this fleet started."""
+        _unregister(self)
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        for worker in self.workers:
+            worker.stop()
+
+
+def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile], *, time_scale: float,
+                log_dir: Path, progress: Callable[[str], None] = lambda _: None) -> RouterFleet:
+    """Start the profile's workers (simulated profiles; URLs are attached to), then the router.
+
+    Whatever started is stopped again when a later part fails to start."""
+    router_executable()  # say what to install before any worker starts
+    workers: list[ServerHandle] = []
+    try:
+        for n, name in enumerate(profile.workers):
+            if name.startswith(("http://", "https://")):
+                external = ExternalServer(name)
+                external.check_reachable()
+                workers.append(external)
+                continue
+            progress(f"starting worker {n + 1} of {len(profile.workers)} ({name}, time scale {time_scale:g})")
+            worker = SimulatedServer(resolve(name), time_scale=time_scale, log_path=log_dir / f"worker-{n + 1}.log")
+            workers.append(worker)
+            worker.start()
+        progress(f"starting sglang-router {' '.join(profile.router_args)} in front of {len(workers)} workers")
+        return RouterFleet(profile, workers, log_dir=log_dir, progress=progress).start()
+    except BaseException:
+        for worker in workers:
+            worker.stop()
+        raise

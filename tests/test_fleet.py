@@ -1,0 +1,163 @@
+"""A fleet behind SGLang's own router: the real ``sglang-router`` binary in front of real simulator
+processes on loopback, started, measured through and stopped by the plugin."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytest_glmperf.windows import routing_locality
+from tests.conftest import REGISTRY
+from tests.inner import CAPACITY_TEST, MIXED_TEST, run_folder, wait_for_records
+
+pytestmark = pytest.mark.skipif(not __import__("shutil").which("sglang-router"),
+                                reason="sglang-router is not installed (pip install 'pytest-glmperf[router]')")
+# The router runs in wall time: at time scale 5 its few milliseconds per request stay a small part
+# of a model second, where at 20 they would eat into the closed loops' achieved concurrency.
+TINY = ["--concurrency-levels", "1,2", "--level-duration", "12", "--contexts", "2", "--context-tokens", "2000",
+        "--max-output-tokens", "96", "--spike-interval", "4", "--mixed-duration", "16", "--mixed-contexts", "2",
+        "--mixed-max-output-tokens", "128", "--mixed-spike-interval", "4", "--revisit-interval", "5",
+        "--time-scale", "5", "--require-concurrency", "2", "--min-requests", "2", "-p", "no:cacheprovider"]
+
+
+def fleets(path: Path) -> Path:
+    """A project registry: the built-in sim-router's two workers under each routing policy."""
+    spec = {"kind": "router", "require_concurrency": 2, "workers": ["sim-hicache", "sim-hicache"]}
+    profiles = {f"fleet-{policy}": {**spec, "router_args": ["--policy", policy]}
+                for policy in ("cache_aware", "round_robin")}
+    target = path / "fleets.yaml"
+    target.write_text(yaml.safe_dump({"profiles": profiles}))
+    return target
+
+
+def run_inner(pytester: pytest.Pytester, profile: str, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess(f"--profiles-file={fleets(pytester.path)}", f"--profile={profile}",
+                                         f"--report-dir={pytester.path / 'out'}", *TINY, *args, timeout=300)
+
+
+def fleet_of(report: dict, key: str) -> dict:
+    return report["targets"][key]["provenance"]
+
+
+def test_a_two_worker_cache_aware_fleet_passes_and_its_workers_add_up(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
+    result = run_inner(pytester, "sim-router", f"--profiles-file={REGISTRY}")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*starting sglang-router --policy cache_aware in front of 2 workers*",
+                                 "glmperf PASS: sim-router max usable 2 (required 2)*"])
+    out = run_folder(pytester)
+    report = json.loads((out / "report.json").read_text())
+    provenance = fleet_of(report, "sim-router")
+    assert provenance["kind"] == "router" and provenance["router"]["version"]
+    assert provenance["router"]["args"] == ["--policy", "cache_aware"]
+    assert [w["server_args"]["sim_time_scale"] for w in provenance["workers"]] == [5.0, 5.0]
+    target = report["targets"]["sim-router"]
+    for window in [*target["capacity"]["levels"], target["mixed"]]:
+        per_worker = [w["counters"]["requests"] for w in window["workers"].values()]
+        sent = window["requests"] if "decode_streams" not in window else \
+            sum(kind["requests"] for kind in window["by_kind"].values())
+        # each worker's own count, the router's count and the client's agree
+        assert sum(per_worker) == window["router"]["requests"] == sent
+        assert sum(o["success"] for o in window["router"]["worker_outcomes"].values()) == sent
+        assert window["routing"]["follow_ups"] > 0
+    assert (out / "sim-router" / "router.log").stat().st_size > 0
+    assert (out / "sim-router" / "worker-2.log").read_text().count('"event": "listening"') == 1
+    assert "Workers behind the router" in (out / "report.md").read_text()
+
+
+def test_cache_aware_routing_keeps_repositories_hot_where_round_robin_does_not(pytester: pytest.Pytester):
+    pytester.makepyfile(test_mix=MIXED_TEST)
+    many = ["--mixed-contexts", "6", "--decode-workers", "3", "--mixed-duration", "20", "--revisit-interval", "3"]
+    locality = {}
+    for policy in ("cache_aware", "round_robin"):
+        result = run_inner(pytester, f"fleet-{policy}", *many)
+        assert result.ret == 0, result.stdout.str()
+        mixed = json.loads((run_folder(pytester) / "report.json").read_text())["targets"][f"fleet-{policy}"]["mixed"]
+        locality[policy] = mixed["routing"]
+        assert mixed["routing"]["follow_ups"] >= 6
+    assert locality["cache_aware"]["locality"] > locality["round_robin"]["locality"] + 0.2, locality
+    assert locality["cache_aware"]["cached_share"] > locality["round_robin"]["cached_share"], locality
+
+
+def listening(log: Path, timeout_s: float = 60) -> dict:
+    """A simulator's start-up event (its port and pid), from its log."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if '"event": "listening"' in line:
+                return json.loads(line)
+        time.sleep(0.1)
+    raise TimeoutError(f"{log} never said where it listens")
+
+
+def inner_process(pytester: pytest.Pytester, *args: str) -> subprocess.Popen[str]:
+    """An inner run in the background, so the test can act on its fleet while it measures."""
+    command = [sys.executable, "-m", "pytest", f"--profiles-file={REGISTRY}", "--profile=sim-router",
+               f"--report-dir={pytester.path / 'out'}", *TINY, *args]
+    return subprocess.Popen(command, cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_dir(pytester: pytest.Pytester) -> Path:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        runs = [p for p in (pytester.path / "out").glob("2*") if p.is_dir()]
+        if runs:
+            return runs[0]
+        time.sleep(0.1)
+    raise TimeoutError("the inner run made no run folder")
+
+
+def test_a_worker_killed_mid_level_is_named_in_the_failing_level(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    inner = inner_process(pytester, "--concurrency-levels=2", "--level-duration=30", "--max-failure-rate=0",
+                          "test_cap.py")
+    folder = run_dir(pytester)
+    worker = listening(folder / "sim-router" / "worker-2.log")
+    wait_for_records(folder / "records.jsonl", 4)
+    os.kill(worker["pid"], signal.SIGKILL)
+    output, _ = inner.communicate(timeout=300)
+    assert inner.returncode == pytest.ExitCode.TESTS_FAILED, output
+    assert f"server died during the level: worker 2 (http://127.0.0.1:{worker['port']}) is gone" in output
+    level = json.loads((folder / "report.json").read_text())["targets"]["sim-router"]["capacity"]["levels"][0]
+    assert level["status"] == "fail" and level["failures"] >= 1
+    assert "worker 2" in level["server_died"]
+
+
+def test_nothing_is_left_running_after_ctrl_c(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    inner = inner_process(pytester, "--concurrency-levels=2", "--level-duration=60", "test_cap.py")
+    folder = run_dir(pytester)
+    workers = [listening(folder / "sim-router" / f"worker-{n}.log") for n in (1, 2)]
+    wait_for_records(folder / "records.jsonl", 2)
+    provenance = json.loads((folder / "report.json").read_text())["targets"]["sim-router"]["provenance"]
+    command = provenance["router"]["command"]
+    router_port = int(command[command.index("--port") + 1])
+    inner.send_signal(signal.SIGINT)
+    output, _ = inner.communicate(timeout=120)
+    assert "interrupted" in output.lower(), output
+    for port in [router_port, *(w["port"] for w in workers)]:
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers after Ctrl-C"
+    for worker in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(worker["pid"], 0)
+
+
+def test_locality_counts_returns_found_in_cache():
+    from pytest_glmperf.records import RequestRecord
+
+    def turn(context: int, cached: int, at: int) -> RequestRecord:
+        return RequestRecord(request_id=f"r{at}", scenario="mixed", kind="decode", profile="p", context_id=context,
+                             send_ns=at, outcome="ok", prompt_tokens=1000, cached_tokens=cached)
+
+    found = routing_locality([turn(0, 0, 1), turn(1, 0, 2), turn(0, 990, 3), turn(1, 100, 4), turn(0, 600, 5)])
+    assert found == {"follow_ups": 3, "local": 2, "locality": 2 / 3, "cached_share": 1690 / 3000}
