@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,11 +90,38 @@ class RouterFleet:
         return self.log_dir / "router.log"
 
     def command(self, port: int, prometheus_port: int) -> list[str]:
-        """The profile's router flags, then the workers and where to listen (always loopback)."""
-        return [router_executable(), "launch", *self.profile.router_args,
-                "--worker-urls", *(w.base_url for w in self.workers),
+        """The profile's router flags, then the workers and where to listen (always loopback).
+
+        Workers in prefill/decode mode make it a disaggregated router: ``--pd-disaggregation
+        --prefill URL BOOTSTRAP_PORT ... --decode URL ...``, as sglang-router takes them."""
+        return [router_executable(), "launch", *self.profile.router_args, *self.worker_args(),
                 "--host", "127.0.0.1", "--port", str(port),
                 "--prometheus-host", "127.0.0.1", "--prometheus-port", str(prometheus_port)]
+
+    def env(self) -> dict[str, str]:
+        """The router's environment: it looks for the model's tokenizer on the Hugging Face hub
+        when it has none; offline, and with every worker on this host its traffic stays on
+        loopback (a proxy on the discard port refuses anything else)."""
+        loopback = "127.0.0.1,localhost"
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_PROXY": loopback, "no_proxy": loopback}
+        if all(w.base_url.startswith("http://127.0.0.1:") for w in self.workers):
+            env.update({name: "http://127.0.0.1:9" for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY",
+                                                                 "http_proxy", "https_proxy", "all_proxy")})
+        return env
+
+    def worker_args(self) -> list[str]:
+        roles = [worker_role(w) for w in self.workers]
+        if set(roles) == {"null"}:
+            return ["--worker-urls", *(w.base_url for w in self.workers)]
+        if "null" in roles or not {"prefill", "decode"} <= set(roles):
+            raise ConfigError(f"profile {self.profile.name!r}: a disaggregated fleet needs prefill and decode "
+                              "workers only (--disaggregation-mode prefill|decode on each worker profile)")
+        args = [] if "--pd-disaggregation" in self.profile.router_args else ["--pd-disaggregation"]
+        for worker, role in zip(self.workers, roles, strict=True):
+            port = getattr(worker, "bootstrap_port", None)
+            args += ["--prefill", worker.base_url, *([str(port)] if port else [])] if role == "prefill" \
+                else ["--decode", worker.base_url]
+        return args
 
     def start(self) -> RouterFleet:
         port, prometheus = free_port(), free_port()
@@ -101,7 +129,7 @@ class RouterFleet:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=log,
-                                             stderr=subprocess.STDOUT, start_new_session=True)
+                                             stderr=subprocess.STDOUT, start_new_session=True, env=self.env())
         _register(self)
         self.base_url = f"http://127.0.0.1:{port}"
         self.metrics_url = f"http://127.0.0.1:{prometheus}/metrics"
@@ -184,6 +212,23 @@ class RouterFleet:
             worker.stop()
 
 
+def disaggregation_mode(args: tuple[str, ...] | list[str]) -> str:
+    """``--disaggregation-mode`` as SGLang reads it (the last one given; ``null`` by default)."""
+    mode = "null"
+    for i, arg in enumerate(args):
+        if arg == "--disaggregation-mode" and i + 1 < len(args):
+            mode = args[i + 1]
+        elif arg.startswith("--disaggregation-mode="):
+            mode = arg.split("=", 1)[1]
+    return mode
+
+
+def worker_role(worker: ServerHandle) -> str:
+    """prefill, decode or null (a regular worker); a URL someone else runs is a regular worker."""
+    profile = getattr(worker, "profile", None)
+    return disaggregation_mode(profile.server_args) if isinstance(profile, ServerProfile) else "null"
+
+
 def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile], *, time_scale: float,
                 log_dir: Path, progress: Callable[[str], None] = lambda _: None) -> RouterFleet:
     """Start the profile's workers (simulated profiles; URLs are attached to), then the router.
@@ -199,7 +244,10 @@ def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile],
                 workers.append(external)
                 continue
             progress(f"starting worker {n + 1} of {len(profile.workers)} ({name}, time scale {time_scale:g})")
-            worker = SimulatedServer(resolve(name), time_scale=time_scale, log_path=log_dir / f"worker-{n + 1}.log")
+            spec = resolve(name)
+            if disaggregation_mode(spec.server_args) == "prefill":  # its KV bootstrap on a free port too
+                spec = replace(spec, server_args=(*spec.server_args, "--disaggregation-bootstrap-port", "0"))
+            worker = SimulatedServer(spec, time_scale=time_scale, log_path=log_dir / f"worker-{n + 1}.log")
             workers.append(worker)
             worker.start()
         progress(f"starting sglang-router {' '.join(profile.router_args)} in front of {len(workers)} workers")

@@ -91,6 +91,7 @@ class SimulatedServer:
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
         self.base_url = ""
+        self.bootstrap_port: int | None = None
         self.startup_s: float | None = None
         self._process: subprocess.Popen[str] | None = None
         self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
@@ -133,6 +134,8 @@ class SimulatedServer:
                 except json.JSONDecodeError:
                     event = None
                 if isinstance(event, dict) and event.get("event") == "listening":
+                    # a prefill worker (--disaggregation-mode prefill) also serves its KV bootstrap
+                    self.bootstrap_port = event.get("bootstrap_port")
                     return int(event["port"])
                 if time.monotonic() > deadline:
                     break
