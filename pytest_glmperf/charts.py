@@ -28,7 +28,7 @@ from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 from .checks import ERROR, FAIL, INCONCLUSIVE, PASS, SKIPPED, WARNING, Check
 from .records import RequestRecord
 
-__all__ = ["DEFAULT_GAUGES", "assign_lanes", "capacity_chart", "changes_chart", "timeline_chart"]
+__all__ = ["DEFAULT_GAUGES", "assign_lanes", "capacity_chart", "changes_chart", "scaling_chart", "timeline_chart"]
 
 DEFAULT_GAUGES = ("num_queue_reqs", "num_running_reqs", "gen_throughput")
 MAX_TICK_BINS = 1500          # chunk ticks kept per lane: about one per horizontal pixel
@@ -193,6 +193,32 @@ def _capacity_legend(ax: Axes, series: Sequence[tuple[str, Any]], colors: Sequen
 
 def _nan(value: Any) -> float:
     return math.nan if value is None else float(value)
+
+
+# -- scaling with workers ----------------------------------------------------------------------
+
+def scaling_chart(rows: Sequence[Any]) -> str:
+    """Max usable concurrency against worker count per fleet (``scaling.ScalingRow``), with the
+    perfect-scaling line (N x max usable at 1 worker) dotted beside each."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    fleets = list(dict.fromkeys(row.fleet for row in rows))
+    for n, fleet in enumerate(fleets):
+        mine = [row for row in rows if row.fleet == fleet]
+        xs = [row.workers for row in mine]
+        (line,) = ax.plot(xs, [_nan(row.max_usable) for row in mine], marker="o", color=f"C{n % 10}", label=fleet)
+        line.set_gid(f"scaling-{_ident(fleet)}")
+        one = next((row.max_usable for row in mine if row.workers == 1), None)
+        if one:
+            ax.plot(xs, [one * x for x in xs], linestyle=":", color=f"C{n % 10}", label=f"{fleet}: perfect scaling",
+                    gid=f"scaling-ideal-{_ident(fleet)}")
+    ax.set_xlabel("workers behind the router")
+    ax.set_ylabel("max usable concurrency (agents)")
+    ax.xaxis.set_major_locator(FixedLocator(sorted({row.workers for row in rows})))
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title("Scaling with workers", fontsize=10)
+    return _render(fig, "scaling")
 
 
 # -- changes against the reference -------------------------------------------------------------

@@ -17,9 +17,10 @@ from .baseline import slug
 from .checks import WARNING
 from .ci_summary import append_github_summary, github_summary
 from .records import RequestRecord, read_records
-from .render import changes_chart_name, level_timeline_name, render_markdown
+from .render import SCALING_CHART, changes_chart_name, level_timeline_name, render_markdown
 from .report import RunReport, TargetReport, atomic_write, write_json
 from .results import CAPACITY, LevelResult
+from .scaling import scaling_rows
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 
@@ -107,7 +108,7 @@ def write_charts(report_dir: Path, report: RunReport,
     run and per capacity level that was not usable. Returns the SVGs written and notes for the
     report (charts skipped, and why)."""
     try:
-        from .charts import capacity_chart, changes_chart, timeline_chart
+        from .charts import capacity_chart, changes_chart, scaling_chart, timeline_chart
     except ImportError as exc:  # matplotlib missing: the rest of the report stands
         return {}, [f"charts skipped: {exc}"]
     svgs: dict[str, str] = {}
@@ -116,6 +117,8 @@ def write_charts(report_dir: Path, report: RunReport,
     if any(t.levels for t in report.targets):
         svgs["capacity.svg"] = capacity_chart({t.key: t.as_dict() for t in report.targets}, thresholds,
                                               references=_references(report))
+    if rows := scaling_rows(report.targets):
+        svgs[SCALING_CHART] = scaling_chart(rows)
     for target in report.targets:
         if [c for c in target.checks if c.outcome != WARNING]:
             svgs[changes_chart_name(target.key)] = changes_chart(

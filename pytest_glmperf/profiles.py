@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ class ServerProfile:
     # kind router: sglang-router's flags, and its workers (simulated profile names or URLs)
     router_args: tuple[str, ...] = ()
     workers: tuple[str, ...] = ()
+    scales: str | None = None  # --workers: the router profile this one resizes
 
     @property
     def is_simulated(self) -> bool:
@@ -97,6 +98,23 @@ class ProfileRegistry:
 
     def select(self, names: Iterable[str]) -> list[ServerProfile]:
         return [self.get(name) for name in names]
+
+    def resized(self, profile: ServerProfile, workers: int) -> ServerProfile:
+        """``profile`` (a regular router profile) with ``workers`` copies of its first worker."""
+        from .fleet import disaggregation_mode
+        from .scaling import scaled_name
+
+        if not profile.is_router:
+            raise ConfigError(f"--workers resizes router profiles; {profile.name!r} is {profile.kind}")
+        first = profile.workers[0]
+        if not first.startswith(("http://", "https://")) and \
+                disaggregation_mode(self.get(first).server_args) != "null":
+            raise ConfigError(f"--workers resizes regular fleets; {profile.name!r} is disaggregated "
+                              "(declare each prefill/decode shape as its own profile)")
+        if first.startswith(("http://", "https://")) and workers > 1:
+            raise ConfigError(f"--workers starts copies of a simulated worker; {profile.name!r} has a URL")
+        return replace(profile, name=scaled_name(profile.name, workers), workers=(first,) * workers,
+                       scales=profile.name)
 
     def layered(self, over: ProfileRegistry) -> ProfileRegistry:
         """This registry with ``over``'s profiles added, replacing those of the same name."""

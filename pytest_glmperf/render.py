@@ -28,6 +28,7 @@ from .checks import (
 )
 from .ci_summary import MARKS
 from .report import RunReport, TargetReport
+from .scaling import scaling_rows
 
 if TYPE_CHECKING:
     from .results import LevelResult
@@ -247,7 +248,25 @@ def render_markdown(report: RunReport, charts: Collection[str] = ()) -> str:
         out += ["## Side by side", ""]
         for table in side_by_side(data["targets"]):
             out += [table, ""]
+    if table := scaling_table(report):
+        out += ["## Scaling with workers", "", table, "",
+                "efficiency = max usable at N / (N x max usable at 1); locality: the mixed run's follow-ups "
+                "that found their repository cached where the router sent them.", ""]
+        out += [f"![scaling]({SCALING_CHART})", ""] if SCALING_CHART in charts else []
     return "\n".join(out)
+
+
+SCALING_CHART = "scaling.svg"
+
+
+def scaling_table(report: RunReport, fmt: str = "github") -> str | None:
+    """Max usable, its aggregate tok/s, efficiency and locality per fleet and worker count."""
+    rows = [[row.fleet, row.workers, _fmt(row.max_usable, "{}"), _fmt(row.aggregate_tok_s, "{:.1f}"),
+             row.efficiency_text, _fmt(row.locality, "{:.0%}")] for row in scaling_rows(report.targets)]
+    if not rows:
+        return None
+    return tabulate(rows, headers=["fleet", "workers", "max usable", "agg tok/s", "efficiency", "locality"],
+                    tablefmt=fmt, disable_numparse=True)
 
 
 def bar_line(settings: dict[str, Any], levels: Sequence[LevelResult]) -> str:
@@ -475,3 +494,6 @@ def render_terminal(report: RunReport, write: Sink) -> None:
     if len(report.targets) > 1:
         for table in side_by_side(data["targets"], fmt="simple"):
             write(table)
+    if table := scaling_table(report, fmt="simple"):
+        write("glmperf scaling with workers (efficiency = max usable at N / (N x max usable at 1)):")
+        write(table)

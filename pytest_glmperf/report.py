@@ -22,6 +22,7 @@ from typing import Any
 from .provenance import image_id, image_reference, redact_command, server_version
 from .regression import Check
 from .results import CAPACITY, MIXED, LevelResult
+from .scaling import scaling_rows
 from .thresholds import Thresholds
 from .verdict import SessionVerdict
 
@@ -146,6 +147,7 @@ class RunReport:
             "python": platform.python_version(), "command": list(self.command), "status": self.status,
             "verdict": self.verdict.as_dict() if self.verdict else None, "notes": list(self.notes),
             "targets": {t.key: t.as_dict() for t in self.targets},
+            "scaling": [row.as_dict() for row in scaling_rows(self.targets)] or None,
         }
 
     @classmethod

@@ -110,6 +110,8 @@ class GlmperfRun:
             raise ConfigError("--image/--images apply to compose profiles only")
         if self.settings.base_urls:
             return self._external_targets(profiles)
+        if counts := self.settings.get("workers"):  # a scaling sweep: one target per worker count
+            profiles = [self.registry.resized(p, n) for p in profiles for n in counts]
         return [Target(p, image) for p in profiles for image in (images or (None,))]
 
     def _external_targets(self, profiles: list[ServerProfile]) -> list[Target]:
@@ -462,7 +464,8 @@ class GlmperfRun:
         only when an interruption ends the session)."""
         self.verdict = decide(self.snapshot().targets, self.claims, problems=self.problems,
                               failed_tests=self.failed_tests, interrupted=interrupted,
-                              inconclusive_fails=self.judging.inconclusive_fails)
+                              inconclusive_fails=self.judging.inconclusive_fails,
+                              min_scaling_efficiency=self.settings.get("min_scaling_efficiency"))
         self.write_report()
         return self.verdict
 

@@ -61,6 +61,16 @@ def _number(kind: type, minimum: float, strict: bool) -> Callable[[str, Any], An
     return parse
 
 
+def parse_fraction(key: str, value: Any) -> float:
+    """'0.8' or '80%' -> 0.8, within [0, 1]."""
+    text = str(value).strip()
+    number = _number(float, 0.0, False)(key, text[:-1] if text.endswith("%") else text)
+    number = number / 100 if text.endswith("%") else number
+    if number > 1:
+        raise ConfigError(f"{key} must be a fraction in [0, 1] (or a percentage), got {value!r}")
+    return number
+
+
 def _text(key: str, value: Any) -> str:
     return str(value)
 
@@ -147,7 +157,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("base_url", parse_base_urls, None, "test servers already running at URL, named from their /server_info (or NAME=URL); several (comma-separated or repeated) are compared with the first", metavar="[NAME=]URL", many=True),
     Option("concurrency_levels", parse_levels, (1, 2, 4, 8, 12), "capacity levels", quick=(1, 2, 4), metavar="N,N,..."),
     Option("level_duration", positive_float, 240.0, "seconds of load per capacity level", quick=90.0, metavar="S"),
-    Option("max_level_duration", positive_float, None, "a level whose agents finished fewer than --min-requests requests by --level-duration goes on (spikes too) until they have, up to S seconds (default 4x --level-duration; equal to it: never extend)", metavar="S"),
+    Option("max_level_duration", positive_float, None, "a level whose agents finished fewer than --min-requests requests by --level-duration goes on (spikes too) until they have, up to S seconds (default 4x --level-duration, with --field-mode equal to it; equal: never extend)", metavar="S"),
     Option("contexts", positive_int, 8, "repository contexts of the capacity workload", quick=4, metavar="N"),
     Option("context_tokens", positive_int, 100_000, "tokens per context (both workloads)", quick=20_000, metavar="N"),
     Option("max_output_tokens", positive_int, 1024, "output tokens per capacity request", quick=128, metavar="N"),
@@ -187,6 +197,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("inconclusive", _choice("pass", "fail"), "pass", "how an inconclusive verdict or regression check counts: pass (exit 0, the verdict still says INCONCLUSIVE) or fail", metavar="pass|fail"),
     Option("repeats", positive_int, 1, "run each capacity level N times; statistics and the gate pool them", metavar="N"),
     Option("images", _names, None, "run the suite on each image in turn (compose profiles)", metavar="REF[,REF...]"),
+    Option("workers", parse_levels, None, "router profiles: run the suite with N workers each (the profile's first worker, N times), one target per count named <profile>-x<N>, and report the scaling", metavar="N,N,..."),
+    Option("min_scaling_efficiency", parse_fraction, None, "with --workers: fail when max usable at N workers falls below this share of N x max usable at 1 (e.g. 0.8 or 80%)", metavar="F"),
     Option("startup_timeout", positive_float, 1800.0, "seconds to wait for GET /health_generate == 200", metavar="S"),
     Option("keep_running", _flag, False, "leave compose servers up at the end", flag=True),
     Option("reuse_running", _flag, False, "use an already healthy server of the profile", flag=True),
@@ -196,7 +208,8 @@ LEVEL_EXTENSION_X = 4.0       # default --max-level-duration, in multiples of --
 FIRST_TOKEN_TIMEOUT_X = 2.0   # default first-token timeout, in multiples of --max-ttft-p95
 STALL_TIMEOUT_X = 10.0        # default silence timeout, in multiples of --max-gap-p95
 MIN_DERIVED_TIMEOUT_S = 60.0  # a derived limit never cuts a request sooner (a bar set near 0 is a probe, not a limit)
-GLOBAL_KEYS = {"profile", "profiles_file", "base_url", "report_dir", "quick", "images",
+GLOBAL_KEYS = {"profile", "profiles_file", "base_url", "report_dir", "quick", "images", "workers",
+               "min_scaling_efficiency",
                "startup_timeout", "keep_running", "reuse_running", "save_baseline", "compare",
                "baseline_dir", "tolerances", "inconclusive", "min_requests"}
 
@@ -240,7 +253,15 @@ class RunSettings:
             "cache_start": self.cache_start,
             "capacity_search": self.capacity_search,
             "percentiles": list(self.percentiles),
+            **({"fleet": self.fleet} if self.profile.is_router else {}),
         }
+
+    @property
+    def fleet(self) -> dict[str, Any]:
+        """A router profile's shape: which profile it is (or was swept from), its worker count."""
+        profile = self.profile
+        return {"of": profile.scales or profile.name, "workers": len(profile.workers), "swept": bool(profile.scales),
+                "router_args": list(profile.router_args), "worker_profiles": list(profile.workers)}
 
     @property
     def cache_start(self) -> str:
@@ -315,7 +336,10 @@ class Settings:
                 level_duration_s=value("level_duration"), spike_interval_s=value("spike_interval"),
                 spike_output_tokens=value("spike_output_tokens"), spike_mode=value("spike_mode"),
                 min_agent_requests=self.get("min_requests"),
-                max_level_duration_s=value("max_level_duration") or LEVEL_EXTENSION_X * value("level_duration")),
+                # --field-mode keeps the field's fixed windows: an extension's spikes would be texts
+                # the server never saw, fresh prefills the field's runs never had.
+                max_level_duration_s=value("max_level_duration") or value("level_duration") * (
+                    1.0 if value("field_mode") else LEVEL_EXTENSION_X)),
             mixed=MixedSpec(
                 contexts=value("mixed_contexts"), context_tokens=value("context_tokens"),
                 decode_workers=value("decode_workers"),

@@ -92,9 +92,15 @@ class _Tally:
 
 def decide(targets: Sequence[TargetReport], claims: Claims, *, problems: Iterable[str] = (),
            failed_tests: Iterable[str] = (), interrupted: bool = False,
-           inconclusive_fails: bool = False) -> SessionVerdict:
-    """The one verdict of a session (see the module docstring)."""
+           inconclusive_fails: bool = False, min_scaling_efficiency: float | None = None) -> SessionVerdict:
+    """The one verdict of a session (see the module docstring); with ``min_scaling_efficiency``
+    every swept worker count above one must scale at least that well (scaling.py)."""
+    from .scaling import scaling_claims, scaling_rows
+
     tally = _Tally(failures=list(problems))
+    failures, unsure = scaling_claims(scaling_rows(targets), min_scaling_efficiency)
+    tally.failures += failures
+    tally.unsure += unsure
     for target in targets:
         if target.start_error:
             reason = target.start_error.splitlines()[0].split("; last log lines", 1)[0].rstrip(". ")

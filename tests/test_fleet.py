@@ -184,3 +184,30 @@ def test_disaggregation_keeps_the_agents_streaming_through_long_prefills(pyteste
     assert split["spike_requests"] > 0
     print(f"TTFT P50 {single['ttft_p50_s']:.2f} s on one server, {split['ttft_p50_s']:.2f} s disaggregated; "
           f"gap P95 {single['gap_p95_s']:.2f} -> {split['gap_p95_s']:.2f} s")
+
+
+def test_a_worker_sweep_runs_each_count_as_its_own_target_and_reports_the_scaling(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
+    result = run_inner(pytester, "sim-router", f"--profiles-file={REGISTRY}", "--workers=1,2", "-v",
+                       "--min-scaling-efficiency=40%")
+    result.stdout.fnmatch_lines(["*test_capacity[[]sim-router-x1-c2[]] PASSED*",
+                                 "*test_capacity[[]sim-router-x2-c2[]] PASSED*",
+                                 "glmperf scaling with workers*", "*sim-router*2*"])
+    assert result.ret == 0, result.stdout.str()
+    out = run_folder(pytester)
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["targets"]) == ["sim-router-x1", "sim-router-x2"]
+    assert [len(t["provenance"]["workers"]) for t in report["targets"].values()] == [1, 2]
+    rows = report["scaling"]
+    assert [(r["workers"], r["max_usable"], r["efficiency"], r["bound"]) for r in rows] == [
+        (1, 2, 1.0, "exact"), (2, 2, 0.5, "unknown")]  # both usable at the top level run: no more than a bound
+    assert rows[1]["locality"] is not None
+    assert "## Scaling with workers" in (out / "report.md").read_text()
+    assert 'id="scaling-sim-router"' in (out / "scaling.svg").read_text()
+
+
+def test_a_sweep_of_a_profile_that_is_no_fleet_is_a_usage_error(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    result = run_inner(pytester, "sim-hicache", f"--profiles-file={REGISTRY}", "--workers=1,2")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--workers resizes router profiles; 'sim-hicache' is simulated*"])
