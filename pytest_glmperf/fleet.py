@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from .errors import ConfigError, ServerNotReady, ServerStartError
+from .errors import ConfigError, GlmperfError, ServerNotReady, ServerStartError
 from .profiles import ServerProfile
 from .provenance import fetch_server_info, redact, redact_url
 from .scrape import ROUTER_SOURCE
@@ -230,10 +230,12 @@ def worker_role(worker: ServerHandle) -> str:
 
 
 def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile], *, time_scale: float,
-                log_dir: Path, progress: Callable[[str], None] = lambda _: None) -> RouterFleet:
+                log_dir: Path, startup_timeout_s: float = 1800.0,
+                progress: Callable[[str], None] = lambda _: None) -> RouterFleet:
     """Start the profile's workers (simulated profiles; URLs are attached to), then the router.
 
-    Whatever started is stopped again when a later part fails to start."""
+    A worker that does not become healthy within ``startup_timeout_s`` fails the start naming
+    it; whatever started is stopped again when a later part fails to start."""
     router_executable()  # say what to install before any worker starts
     workers: list[ServerHandle] = []
     try:
@@ -247,11 +249,17 @@ def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile],
             spec = resolve(name)
             if disaggregation_mode(spec.server_args) == "prefill":  # its KV bootstrap on a free port too
                 spec = replace(spec, server_args=(*spec.server_args, "--disaggregation-bootstrap-port", "0"))
-            worker = SimulatedServer(spec, time_scale=time_scale, log_path=log_dir / f"worker-{n + 1}.log")
+            worker = SimulatedServer(spec, time_scale=time_scale, log_path=log_dir / f"worker-{n + 1}.log",
+                                     startup_timeout_s=startup_timeout_s)
             workers.append(worker)
-            worker.start()
+            try:
+                worker.start()
+            except GlmperfError as exc:
+                raise type(exc)(f"worker {n + 1} of {profile.name!r} ({name}) did not become healthy: {exc}") from exc
+            progress(f"worker {n + 1} ({name}) healthy after {worker.startup_s:.1f} s")
         progress(f"starting sglang-router {' '.join(profile.router_args)} in front of {len(workers)} workers")
-        return RouterFleet(profile, workers, log_dir=log_dir, progress=progress).start()
+        return RouterFleet(profile, workers, log_dir=log_dir, startup_timeout_s=startup_timeout_s,
+                           progress=progress).start()
     except BaseException:
         for worker in workers:
             worker.stop()

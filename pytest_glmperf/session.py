@@ -263,7 +263,8 @@ class GlmperfRun:
             from .fleet import start_fleet
 
             return start_fleet(target.profile, self.registry.get, time_scale=run.time_scale,
-                               log_dir=log_path.parent, progress=self.progress)
+                               log_dir=log_path.parent, startup_timeout_s=self.settings.get("startup_timeout"),
+                               progress=self.progress)
         if target.profile.is_simulated:
             self.progress(f"starting simulator for {target.key} (time scale {run.time_scale:g})")
             return SimulatedServer(target.profile, time_scale=run.time_scale, log_path=log_path).start()

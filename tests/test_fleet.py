@@ -211,3 +211,33 @@ def test_a_sweep_of_a_profile_that_is_no_fleet_is_a_usage_error(pytester: pytest
     result = run_inner(pytester, "sim-hicache", f"--profiles-file={REGISTRY}", "--workers=1,2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--workers resizes router profiles; 'sim-hicache' is simulated*"])
+
+
+def slow_fleet(path: Path, slow_start_s: float) -> Path:
+    """A fleet whose second worker answers /health_generate 503 for its first ``slow_start_s``
+    model seconds (at time scale 5: a fifth of that in wall time)."""
+    profiles = {"slow-worker": {"extends": "sim-hicache", "extra_args": ["--sim-slow-start", str(slow_start_s)]},
+                "fleet-slow": {"kind": "router", "require_concurrency": 2, "router_args": ["--policy", "cache_aware"],
+                               "workers": ["sim-hicache", "slow-worker"]}}
+    target = path / "slow.yaml"
+    target.write_text(yaml.safe_dump({"profiles": profiles}))
+    return target
+
+
+def test_a_worker_slow_to_become_healthy_is_waited_for_or_named(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    waited = run_inner(pytester, "fleet-slow", f"--profiles-file={slow_fleet(pytester.path, 10)}", "test_cap.py")
+    waited.assert_outcomes(passed=3)
+    waited.stdout.fnmatch_lines(["*worker 2 (slow-worker) healthy after *"])
+    line = next(ln for ln in waited.stdout.lines if "worker 2 (slow-worker) healthy after" in ln)
+    assert float(line.rsplit("after ", 1)[1].split(" s")[0]) >= 2.0  # it waited the worker's 10 / 5 s out
+
+    late = run_inner(pytester, "fleet-slow", f"--profiles-file={slow_fleet(pytester.path, 600)}",
+                     "--startup-timeout=4", "test_cap.py")
+    assert late.ret == pytest.ExitCode.TESTS_FAILED
+    late.stdout.fnmatch_lines(["*worker 2 of 'fleet-slow' (slow-worker) did not become healthy: * not ready "
+                               "after 4 s: /health_generate answered 503*"])
+    log = run_folder(pytester) / "fleet-slow" / "worker-1.log"
+    first = listening(log)
+    with pytest.raises(ProcessLookupError):  # the healthy worker it had started is stopped again
+        os.kill(first["pid"], 0)
