@@ -83,7 +83,23 @@ class RouterFleet:
     def metrics_sources(self) -> dict[str, str]:
         """Where the fleet's metrics are: each worker's /metrics (named 1, 2, …) and the router's."""
         sources = {str(n + 1): f"{w.base_url}/metrics" for n, w in enumerate(self.workers)}
-        return {**sources, ROUTER_SOURCE: self.metrics_url}
+        return {**sources, **({ROUTER_SOURCE: self.metrics_url} if self.metrics_url else {})}
+
+    def attach(self, router_url: str, metrics_url: str | None) -> RouterFleet:
+        """A router someone else runs: its workers are the ones its /workers lists; nothing is
+        started here, and ``stop()`` stops nothing."""
+        self.base_url, self.metrics_url = router_url, metrics_url or ""
+        try:
+            with httpx.Client(timeout=10.0) as http:
+                listed = http.get(f"{router_url}/workers").json().get("workers") or []
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            raise ServerStartError(f"router {redact_url(router_url)} (router_url of {self.profile.name!r}) "
+                                   f"does not list its workers at /workers: {type(exc).__name__}") from None
+        self.workers = [ExternalServer(str(w["url"])) for w in listed if w.get("url")]
+        if not self.workers:
+            raise ServerStartError(f"router {redact_url(router_url)} lists no workers")
+        self.wait_for_workers()
+        return self
 
     @property
     def log_path(self) -> Path:
@@ -147,7 +163,7 @@ class RouterFleet:
         last = "no answer yet"
         with httpx.Client(timeout=5.0) as http:
             while time.monotonic() - began < self.startup_timeout_s:
-                if self._process is None or self._process.poll() is not None:
+                if self._command and (self._process is None or self._process.poll() is not None):
                     raise ServerStartError("sglang-router exited during start-up; last log lines:\n"
                                            + self.log_tail(30))
                 try:
@@ -176,19 +192,19 @@ class RouterFleet:
             workers.append({**worker.provenance(), "base_url": redact_url(worker.base_url),
                             "version": (info or {}).get("version"),
                             "server_args": redact({k: v for k, v in (info or {}).items() if k != "internal_states"})})
-        return {"kind": "router", "router": {"version": router_version(), "command": self._command[1:],
-                                             "args": list(self.profile.router_args)},
-                "workers": workers}
+        router = {"version": router_version(), "command": self._command[1:], "args": list(self.profile.router_args)} \
+            if self._command else {"url": redact_url(self.base_url), "started": False}
+        return {"kind": "router", "router": router, "workers": workers}
 
     def alive(self) -> bool:
         """The router and every worker this fleet started still run."""
-        router = self._process is not None and self._process.poll() is None
+        router = not self._command or (self._process is not None and self._process.poll() is None)
         return router and all(getattr(w, "alive", lambda: True)() for w in self.workers)
 
     def exit_reason(self, lines: int = 40) -> str | None:
         """None while the router and every worker run; else which one is gone (a worker by its
         number and URL, as the report's worker table names it)."""
-        if self._process is None or self._process.poll() is not None:
+        if self._command and (self._process is None or self._process.poll() is not None):
             return f"sglang-router exited; last log lines:\n{self.log_tail(lines)}"
         for n, worker in enumerate(self.workers):
             reason = getattr(worker, "exit_reason", lambda _lines: None)(lines)
@@ -236,6 +252,9 @@ def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile],
 
     A worker that does not become healthy within ``startup_timeout_s`` fails the start naming
     it; whatever started is stopped again when a later part fails to start."""
+    if profile.router_url:  # someone else's router: attach, start nothing
+        return RouterFleet(profile, [], log_dir=log_dir, startup_timeout_s=startup_timeout_s,
+                           progress=progress).attach(profile.router_url, profile.router_metrics_url)
     router_executable()  # say what to install before any worker starts
     workers: list[ServerHandle] = []
     try:

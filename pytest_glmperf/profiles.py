@@ -20,7 +20,7 @@ from .errors import ConfigError
 PROFILE_KINDS = ("simulated", "compose", "router")
 EXTERNAL = "external"  # a server someone else runs (--base-url); never declared in a registry
 PROFILE_KEYS = ("kind", "description", "require_concurrency", "server_args", "env", "compose_file", "options",
-                "extends", "extra_args", "router_args", "workers")
+                "extends", "extra_args", "router_args", "workers", "router_url", "router_metrics_url")
 Entries = dict[str, tuple[Path, dict[str, Any]]]  # name -> (the file that declares it, its raw spec)
 DEFAULT_REGISTRY = Path("compose") / "profiles.yaml"
 
@@ -53,6 +53,8 @@ class ServerProfile:
     router_args: tuple[str, ...] = ()
     workers: tuple[str, ...] = ()
     scales: str | None = None  # --workers: the router profile this one resizes
+    router_url: str | None = None          # a router someone else runs (its workers are asked for)
+    router_metrics_url: str | None = None  # that router's Prometheus endpoint, if it has one
 
     @property
     def is_simulated(self) -> bool:
@@ -65,6 +67,11 @@ class ServerProfile:
     @property
     def is_router(self) -> bool:
         return self.kind == "router"
+
+    @property
+    def is_someone_elses(self) -> bool:
+        """A server (or router) this session attaches to and does not run: never flushed unasked."""
+        return self.is_external or bool(self.router_url)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +113,8 @@ class ProfileRegistry:
 
         if not profile.is_router:
             raise ConfigError(f"--workers resizes router profiles; {profile.name!r} is {profile.kind}")
+        if not profile.workers:
+            raise ConfigError(f"--workers starts workers; {profile.name!r} attaches to a running router")
         first = profile.workers[0]
         if not first.startswith(("http://", "https://")) and \
                 disaggregation_mode(self.get(first).server_args) != "null":
@@ -226,9 +235,12 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
     compose_file = spec.get("compose_file")
     if kind == "compose" and not compose_file:
         raise ConfigError(f"{where}: a compose profile needs 'compose_file'")
-    if (kind == "router") != bool(spec.get("workers")):
-        raise ConfigError(f"{where}: " + ("a router profile needs 'workers'" if kind == "router"
-                                          else "'workers' belong to a router profile (kind: router)"))
+    if kind == "router" and bool(spec.get("workers")) == bool(spec.get("router_url")):
+        raise ConfigError(f"{where}: a router profile needs 'workers' (the session starts the router) or "
+                          "'router_url' (a router already running), not both")
+    if kind != "router" and any(spec.get(key) for key in ("workers", "router_args", "router_url")):
+        raise ConfigError(f"{where}: 'workers', 'router_args' and 'router_url' belong to a router profile "
+                          "(kind: router)")
     require = spec.get("require_concurrency")
     if require is not None and (not isinstance(require, int) or require < 1):
         raise ConfigError(f"{where}: require_concurrency must be a positive integer")
@@ -244,4 +256,6 @@ def _parse_profile(path: Path, name: str, spec: Any) -> ServerProfile:
         source=path,
         router_args=tuple(str(arg) for arg in spec.get("router_args", ())),
         workers=tuple(str(worker) for worker in spec.get("workers", ())),
+        router_url=str(spec["router_url"]).rstrip("/") if spec.get("router_url") else None,
+        router_metrics_url=str(spec["router_metrics_url"]) if spec.get("router_metrics_url") else None,
     )

@@ -184,7 +184,7 @@ class GlmperfRun:
             for worker in target.profile.workers:  # a router's simulated workers
                 if not worker.startswith(("http://", "https://")):
                     _check_simulated_flags(worker, self.registry.get(worker).server_args)
-            if target.profile.is_router:
+            if target.profile.is_router and not target.profile.router_url:
                 from .fleet import router_executable
 
                 router_executable()

@@ -355,7 +355,7 @@ class Settings:
             first_token_timeout_s=value("first_token_timeout") or _derived(FIRST_TOKEN_TIMEOUT_X * thresholds.max_ttft_p95),
             stall_timeout_s=value("stall_timeout") or _derived(STALL_TIMEOUT_X * thresholds.max_gap_p95),
             temperature=value("temperature"),
-            flush_cache=(value("flush_cache") if self._flush_asked(profile) else not profile.is_external)
+            flush_cache=(value("flush_cache") if self._flush_asked(profile) else not profile.is_someone_elses)
             and not value("field_mode"),
             warm_cache=value("warm_cache"),
             clear_storage=value("clear_storage"),

@@ -241,3 +241,38 @@ def test_a_worker_slow_to_become_healthy_is_waited_for_or_named(pytester: pytest
     first = listening(log)
     with pytest.raises(ProcessLookupError):  # the healthy worker it had started is stopped again
         os.kill(first["pid"], 0)
+
+
+def test_an_existing_router_is_measured_through_never_stopped_or_flushed(pytester: pytest.Pytester, tmp_path: Path):
+    import httpx
+
+    from pytest_glmperf.fleet import free_port
+    from tests.test_client import Simulator
+
+    workers = [Simulator("--time-scale", "5", "--enable-metrics", log=tmp_path / f"w{n}.log") for n in (1, 2)]
+    port, prometheus = free_port(), free_port()
+    router = subprocess.Popen(["sglang-router", "launch", "--worker-urls", *(w.base_url for w in workers),
+                               "--host", "127.0.0.1", "--port", str(port), "--prometheus-host", "127.0.0.1",
+                               "--prometheus-port", str(prometheus)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    try:
+        (pytester.path / "theirs.yaml").write_text(yaml.safe_dump({"profiles": {"theirs": {
+            "kind": "router", "require_concurrency": 2, "router_url": f"http://127.0.0.1:{port}",
+            "router_metrics_url": f"http://127.0.0.1:{prometheus}/metrics"}}}))
+        pytester.makepyfile(test_cap=CAPACITY_TEST)
+        result = run_inner(pytester, "theirs", "--profiles-file=theirs.yaml", "test_cap.py")
+        result.assert_outcomes(passed=3)
+        report = json.loads((run_folder(pytester) / "report.json").read_text())
+        target = report["targets"]["theirs"]
+        assert target["provenance"]["router"]["started"] is False
+        assert {w["base_url"] for w in target["provenance"]["workers"]} == {w.base_url for w in workers}
+        level = target["capacity"]["levels"][-1]
+        assert sum(w["counters"]["requests"] for w in level["workers"].values()) == level["router"]["requests"]
+        assert router.poll() is None  # still running: not ours to stop
+        metrics = httpx.get(f"http://127.0.0.1:{prometheus}/metrics").text
+        assert 'path="/flush_cache"' not in metrics  # someone else's cache is never flushed unasked
+    finally:
+        router.terminate()
+        router.wait()
+        for worker in workers:
+            worker.stop()
