@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -30,7 +29,7 @@ from .errors import ConfigError, GlmperfError, ServerNotReady, ServerStartError
 from .profiles import ServerProfile
 from .provenance import fetch_server_info, redact, redact_url
 from .scrape import ROUTER_SOURCE
-from .server import LOG_TAIL_LINES, ExternalServer, ServerHandle, SimulatedServer
+from .server import LOG_TAIL_LINES, ExternalServer, ServerHandle, SimulatedServer, terminate_group
 from .teardown import _register, _unregister
 
 ROUTER_EXTRA = "pip install 'pytest-glmperf[router]' (PyPI sglang-router)"
@@ -216,14 +215,8 @@ class RouterFleet:
         """The router first (SIGTERM, SIGKILL after 10 s), then the workers this fleet started."""
         _unregister(self)
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        if process is not None:
+            terminate_group(process)
         for worker in self.workers:
             worker.stop()
 

@@ -184,16 +184,25 @@ class SimulatedServer:
         if process is None:
             return
         try:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            terminate_group(process)
         finally:
             if process.stdin is not None:
                 process.stdin.close()  # nothing is ever written: closing cannot fail on a dead reader
+
+
+def terminate_group(process: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
+    """SIGTERM to the process's own session (started with ``start_new_session``), SIGKILL after
+    ``grace_s``; a process already gone is left alone."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 class ExternalServer:
