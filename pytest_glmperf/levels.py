@@ -339,11 +339,10 @@ class GlmperfServer:
             if level is None:  # the mixed run: its own texts, as the field's ran on seen ones
                 await self._prime(client, contexts, keys, context_tokens, label, level,
                                   f"showing the server {len(keys)} texts of the mixed workload (--field-mode)")
-            elif not self._field_primed:  # the capacity levels: the seen levels' texts, once
-                texts = list(dict.fromkeys(k for c in seen for k in capacity_prompts(self.settings.capacity, c)))
-                await self._prime(client, contexts, texts, context_tokens, label, level,
-                                  f"showing the server {len(texts)} texts of levels "
-                                  f"{','.join(map(str, seen))} (--field-mode)")
+            elif not self._field_primed:  # the capacity levels: what the server saw before, once
+                for texts, tokens, what in self._field_seen(seen):
+                    await self._prime(client, contexts, list(texts), tokens, label, level,
+                                      f"showing the server {len(texts)} texts of {what} (--field-mode)")
                 self._field_primed = True
             return self.settings.cache_start
         if self.settings.warm_cache:
@@ -355,6 +354,15 @@ class GlmperfServer:
         if self.settings.clear_storage and await _post(client, "/hicache/storage-backend/clear") != 200:
             self._say("cache", "/hicache/storage-backend/clear refused (no HiCache on this server); flushing only")
         return await self.flush_cache(client)
+
+    def _field_seen(self, seen: tuple[int, ...]) -> list[tuple[tuple[str, ...], int, str]]:
+        """(context keys, tokens, what they are) the server saw before the first level: an earlier
+        run's texts (--field-seen-run), else those of the seen levels at this run's sizes."""
+        if self.settings.field_seen_run is not None:
+            return [(texts, tokens, f"run {self.settings.field_seen_run}") for texts, tokens in
+                    self.settings.field_texts]
+        texts = tuple(dict.fromkeys(k for c in seen for k in capacity_prompts(self.settings.capacity, c)))
+        return [(texts, self.settings.capacity.context_tokens, f"levels {','.join(map(str, seen))}")]
 
     async def _prime(self, client: StreamingClient, contexts: ContextFactory, texts: list[str], context_tokens: int,
                      label: str, level: int | None, saying: str) -> None:

@@ -14,7 +14,7 @@ import contextlib
 import os
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from .settings import RunSettings, Settings
 from .teardown import install_signal_handlers
 from .thresholds import Thresholds
 from .verdict import Claims, SessionVerdict, decide
+from .workloads import texts_of_run
 
 MAX_USABLE = "max_usable"
 
@@ -88,6 +89,7 @@ class GlmperfRun:
         # Without a saved baseline, later targets of one profile (images) or of --base-url are
         # compared with the first: candidate against prod, in one session.
         self.references = {} if self.baseline else reference_targets(self.targets)
+        self._field_seen_texts()
         self.claims = Claims()
         self.problems: list[str] = []
         self.failed_tests: list[str] = []
@@ -131,6 +133,20 @@ class GlmperfRun:
         return [Target(external_profile(label or (name if counts[name] == 1 else url_name(url)),
                                         redact_url(url), like), base_url=url)
                 for label, url, name in found]
+
+    def _field_seen_texts(self) -> None:
+        """--field-seen-run: what that earlier run sent becomes what each target's server has
+        seen (its counterpart in that run, else its first target); an unknown run is a usage
+        error now, before any server starts."""
+        for key, run in self.run_settings.items():
+            if run.field_seen_run is None:
+                continue
+            earlier = load_baseline(run.field_seen_run, self.baseline_store).report
+            seen = earlier.target(key) or next(iter(earlier.targets), None)
+            if seen is None or not (seen.levels or seen.mixed):
+                raise ConfigError(f"--field-seen-run {run.field_seen_run}: that run measured nothing to have seen")
+            texts = texts_of_run(seen.settings, [lv.concurrency for lv in seen.levels], seen.mixed is not None)
+            self.run_settings[key] = replace(run, field_texts=texts)
 
     def _check_plan(self) -> None:
         """Refuse a plan that could only pass on less than it claims, before anything starts."""

@@ -187,6 +187,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("clear_storage", _flag, False, "with the flush, also POST /hicache/storage-backend/clear: an L3 disk tier keeps what earlier windows wrote (clears a shared backend for every server on it)", flag=True),
     Option("field_mode", _flag, False, "run as the field's scripts did: the server has already seen the repositories and spike texts of --field-seen-levels (sent once before the first level) and of the mixed workload (before it), and no window is flushed", flag=True),
     Option("field_seen_levels", parse_levels, (1, 2, 4), "--field-mode: the levels whose texts the server saw before (an earlier, shorter run)", metavar="N,N,..."),
+    Option("field_seen_run", _text, None, "--field-mode: the server saw what this earlier run sent (a saved baseline NAME or a report PATH: its levels' and mixed run's texts), instead of --field-seen-levels", metavar="NAME|PATH"),
     Option("warm_cache", _flag, False, "instead of flushing, send every context and spike text of a window once before it (a server that has seen these repositories)", flag=True),
     Option("capacity_search", _flag, False, "find the highest usable level by bisection, stopping failed levels early", flag=True),
     Option("quick", _flag, False, "small preset: levels 1,2,4, 90 s levels of 128-token answers (enough requests for --min-requests), 20k-token contexts (about a minute on the simulator)", flag=True),
@@ -234,6 +235,9 @@ class RunSettings:
     clear_storage: bool = False
     capacity_search: bool = False
     field_seen_levels: tuple[int, ...] | None = None  # --field-mode
+    field_seen_run: str | None = None                 # --field-seen-run: the earlier run named
+    # (context keys, tokens) the server saw before (--field-seen-run), filled in by the session
+    field_texts: tuple[tuple[tuple[str, ...], int], ...] = ()
     repeats: int = 1
     percentiles: tuple[float, ...] = (50.0, 90.0, 95.0, 99.0)
 
@@ -267,6 +271,8 @@ class RunSettings:
     def cache_start(self) -> str:
         """How each window finds the server's prefix cache: "warm" (primed), "cold" (flushed,
         L3 storage cleared), "flushed" or "as-is"."""
+        if self.field_seen_run is not None:
+            return f"field (run {self.field_seen_run} seen, no flush)"
         if self.field_seen_levels is not None:
             return f"field (levels {','.join(map(str, self.field_seen_levels))} seen, no flush)"
         if self.warm_cache:
@@ -361,6 +367,7 @@ class Settings:
             clear_storage=value("clear_storage"),
             capacity_search=value("capacity_search"),
             field_seen_levels=self._field(profile, value),
+            field_seen_run=value("field_seen_run") if value("field_mode") else None,
             repeats=value("repeats"),
             percentiles=value("percentiles"),
         )
@@ -376,6 +383,8 @@ class Settings:
         if clash:
             raise ConfigError(f"--field-mode never flushes and primes the seen levels itself: drop "
                               f"{', '.join(BY_KEY[k].cli for k in clash)}")
+        if value("field_seen_run") and "field_seen_levels" in self.given:
+            raise ConfigError("--field-seen-run and --field-seen-levels both say what the server saw: give one")
         return value("field_seen_levels")
 
 

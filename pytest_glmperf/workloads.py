@@ -27,8 +27,8 @@ import collections
 import itertools
 import math
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -236,6 +236,23 @@ def mixed_prompts(spec: MixedSpec) -> list[str]:
     """The context keys the mixed workload sends, in priming order: spikes, then repositories."""
     spikes = [f"mixed-spike-{n}" for n in _firings(spec.spike_interval_s, spec.duration_s)]
     return spikes + [f"mixed-repo-{c}" for c in range(spec.contexts)]
+
+
+def texts_of_run(settings: Mapping[str, Any], levels: Iterable[int], mixed: bool
+                 ) -> tuple[tuple[tuple[str, ...], int], ...]:
+    """What an earlier run sent, from its report's settings: (context keys, tokens) of its levels
+    and of its mixed run, in the order they went out (spikes within a level as its nominal
+    window fired them)."""
+    def spec(kind: type[Any], values: Mapping[str, Any]) -> Any:
+        return kind(**{k: v for k, v in values.items() if k in {f.name for f in fields(kind)}})
+
+    capacity = spec(CapacitySpec, settings.get("capacity") or {})
+    groups = [(tuple(dict.fromkeys(k for c in levels for k in capacity_prompts(capacity, c))),
+               capacity.context_tokens)]
+    if mixed:
+        spec_mixed = spec(MixedSpec, settings.get("mixed") or {})
+        groups.append((tuple(mixed_prompts(spec_mixed)), spec_mixed.context_tokens))
+    return tuple((keys, tokens) for keys, tokens in groups if keys)
 
 
 def revisit_target(last_used: dict[int, float]) -> int:

@@ -74,6 +74,25 @@ def test_unreachable_base_url_is_reported_before_tests(pytester: pytest.Pytester
     result.stdout.no_fnmatch_line("*test_capacity*")
 
 
+def test_field_mode_can_show_the_server_what_a_named_earlier_run_sent(pytester: pytest.Pytester):
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    run_inner(pytester, "--concurrency-levels=1", "--require-concurrency=1", "--save-baseline=earlier",
+              "--baseline-dir=store").assert_outcomes(passed=2)
+    result = run_inner(pytester, "--field-mode", "--field-seen-run=earlier", "--baseline-dir=store")
+    result.stdout.fnmatch_lines(["*showing the server * texts of run earlier (--field-mode)*"])
+    report = json.loads((run_folder(pytester) / "report.json").read_text())
+    target = report["targets"]["sim-hicache"]
+    assert target["settings"]["cache_start"] == "field (run earlier seen, no flush)"
+    records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
+    primed = [r for r in records if r["scenario"] == "prime"]
+    assert len(primed) >= 2  # the earlier run's repository and spikes, sent once each
+    first = next(r for r in records if r["scenario"] == "capacity" and r["level"] == 1)
+    assert first["cached_tokens"] > 1000  # what the earlier run sent at c=1 was there before it ran
+    unknown = run_inner(pytester, "--field-mode", "--field-seen-run=never-saved", "--baseline-dir=store")
+    assert unknown.ret == pytest.ExitCode.USAGE_ERROR
+    unknown.stderr.fnmatch_lines(["*baseline 'never-saved' not found*"])
+
+
 def test_field_mode_shows_the_seen_levels_once_and_never_flushes(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--field-mode", "--field-seen-levels=1")
