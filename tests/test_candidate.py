@@ -74,6 +74,14 @@ def test_a_slowed_candidate_that_clears_the_bar_fails_against_prod(pytester: pyt
     assert {(2, "failure_rate"), (None, "mixed_failure_rate"), (None, "max_usable")} <= set(by_name)
     assert report["verdict"]["status"] == "FAIL"
     assert result.ret == pytest.ExitCode.TESTS_FAILED
+    # The reviewer's report names the reference with its build and date, and has the changes chart.
+    reference = checks["reference"]
+    assert reference["target"] == "prod" and reference["server_version"] and reference["measured_at"]
+    markdown = (run_folder(pytester) / "report.md").read_text()
+    assert "### Compared with prod (this session's reference target)" in markdown
+    assert "![changes against the reference](changes-candidate.svg)" in markdown
+    capacity = (run_folder(pytester) / "capacity.svg").read_text()
+    assert 'id="capacity-tok_s-prod"' in capacity and 'id="reference-tok_s-' not in capacity  # drawn once
 
 
 def test_a_repeat_of_prod_passes_and_servers_are_named_from_themselves(pytester: pytest.Pytester, prod: str,
