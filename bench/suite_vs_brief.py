@@ -81,6 +81,17 @@ def run_suite(report_dir: Path, quick: bool, profiles: str = "sim-hicache,sim-mt
     return time.monotonic() - began
 
 
+def session_wall(report: dict) -> float | None:
+    """A finished report's session time (its start and finish stamps), for --no-run."""
+    from datetime import datetime
+
+    try:
+        stamps = [datetime.strptime(report[key], "%Y-%m-%dT%H:%M:%S%z") for key in ("started_at", "finished_at")]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (stamps[1] - stamps[0]).total_seconds()
+
+
 def fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:,.2f}"
 
@@ -94,7 +105,7 @@ def _delta(got: float | None, want: float) -> tuple[str, float | None]:
     return ("–" if off is None else f"{off:+.0%}"), off
 
 
-def mixed_table(report: dict, field: dict | None = None) -> str:
+def mixed_table(report: dict, field_run: dict | None = None) -> str:
     """The brief's mixed table beside the suite's (flushed) run and, if given, the field-mode run."""
     rows = []
     for profile, brief in BRIEF_MIXED.items():
@@ -102,29 +113,29 @@ def mixed_table(report: dict, field: dict | None = None) -> str:
             continue
         for key, want in brief.items():
             row = [profile, key, fmt(want)]
-            for run in (report, field) if field else (report,):
+            for run in (report, field_run) if field_run else (report,):
                 got = _mixed(run, profile).get(key)
                 text, off = _delta(got, want)
                 flag = "" if key not in TARGETED else ("ok" if off is not None and abs(off) <= 0.25 else "OFF")
                 row += [fmt(got), text, flag]
             rows.append(row)
     headers = ["profile", "metric", "brief", "flushed", "delta", "±25 %"]
-    if field:
+    if field_run:
         headers += ["field", "delta", "±25 %"]
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
-def cache_table(report: dict, field: dict | None = None) -> str:
+def cache_table(report: dict, field_run: dict | None = None) -> str:
     rows = []
     for profile, brief in BRIEF_CACHE.items():
         if profile not in report["targets"]:
             continue
-        runs = (report, field) if field else (report,)
+        runs = (report, field_run) if field_run else (report,)
         rows += [[profile, key, f"{want:,}"] + [fmt((_mixed(run, profile).get("cache") or {}).get(key)) for run in runs]
                  for key, want in brief.items()]
         rows.append([profile, "device_gain_tokens", BRIEF_DEVICE_GAIN[profile]]
                     + [fmt(device_gain(_mixed(run, profile).get("cache") or {})) for run in runs])
-    headers = ["profile", "counter delta", "brief", "flushed"] + (["field"] if field else [])
+    headers = ["profile", "counter delta", "brief", "flushed"] + (["field"] if field_run else [])
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
@@ -134,7 +145,7 @@ def device_gain(cache: dict) -> float | None:
 
     Whatever is prefilled, answered (cache_finished_req keeps it) or loaded back stays until
     evicted, so a run that starts on a flushed cache ends up near a full pool, and one that
-    starts field (pool already full) near zero.
+    starts warm (pool already full) near zero.
     """
     if cache.get("prompt_tokens") is None or cache.get("evicted_tokens") is None:
         return None
@@ -143,12 +154,12 @@ def device_gain(cache: dict) -> float | None:
     return computed + ((cache.get("load_back_tokens") or 0) - cache["evicted_tokens"]) / TP_SIZE
 
 
-def capacity_table(report: dict, field: dict | None = None, names: tuple[str, ...] = ("flushed", "field")) -> str:
+def capacity_table(report: dict, field_run: dict | None = None, names: tuple[str, ...] = ("flushed", "field")) -> str:
     """Per profile and run: the highest usable level, each level's verdict and aggregate tok/s,
     and the brief's aggregate tok/s where it gives one."""
     rows = []
     for profile, want in BRIEF_MAX_USABLE.items():
-        for name, run in zip(names, (report, field), strict=False):
+        for name, run in zip(names, (report, field_run), strict=False):
             if run is None or profile not in run["targets"]:
                 continue
             capacity = (run["targets"].get(profile) or {}).get("capacity") or {}
@@ -157,15 +168,15 @@ def capacity_table(report: dict, field: dict | None = None, names: tuple[str, ..
             verdicts = []
             for lv in capacity.get("levels", []):
                 text = f"c{lv['concurrency']}:{'usable' if lv['usable'] else 'no'} ({fmt(lv.get('aggregate_tok_s'))}"
-                field = BRIEF_LEVEL_TOK_S[profile].get(lv["concurrency"])
-                verdicts.append(text + (f" vs {field:g})" if field else ")"))
+                brief_tok_s = BRIEF_LEVEL_TOK_S[profile].get(lv["concurrency"])
+                verdicts.append(text + (f" vs {brief_tok_s:g})" if brief_tok_s else ")"))
             got = capacity.get("max_usable")
             rows.append([profile, name, want, got, "ok" if got == want else "OFF", ", ".join(verdicts)])
     return tabulate(rows, headers=["profile", "run", "brief max usable", "simulator", "", "levels (tok/s vs brief)"],
                     tablefmt="github")
 
 
-def little_table(report: dict, field: dict | None = None) -> str:
+def little_table(report: dict, field_run: dict | None = None) -> str:
     """Each mixed run read through Little's law (engine_replay.little_reading): how many
     answers decoded at a time and how fast, beside the gauge's num_running_reqs mean and
     the server's measured queue time (sglang:queue_time_seconds), which checks the
@@ -175,7 +186,7 @@ def little_table(report: dict, field: dict | None = None) -> str:
         if profile not in report["targets"]:
             continue
         runs = [("brief", brief["client_tok_s"], brief["queue_mean"], BRIEF_MIXED_RUN_S.get(profile), None, None)]
-        for name, run in (("flushed", report), ("field", field)):
+        for name, run in (("flushed", report), ("field", field_run)):
             mixed = _mixed(run, profile) if run else {}
             if mixed.get("client_tok_s") is not None:
                 runs.append((name, mixed["client_tok_s"], mixed["queue_mean"], mixed["duration_s"],
@@ -235,8 +246,10 @@ def main() -> None:
             field_wall = run_suite(field_dir, args.quick, args.profile, args.time_scale,
                                    ["--field-mode", *args.pytest_args])
     report = json.loads((args.report_dir / "latest" / "report.json").read_text())
+    wall = wall or session_wall(report)
     field_file = field_dir / "latest" / "report.json"
     field = json.loads(field_file.read_text()) if not args.no_field and field_file.exists() else None
+    field_wall = field_wall or (session_wall(field) if field else None)
     scale = next(iter(report["targets"].values()))["settings"]["time_scale"]
     timing = f" · wall {wall:.0f} s for both profiles" if wall else ""
     timing += f" + {field_wall:.0f} s in the field's mode" if field_wall else ""

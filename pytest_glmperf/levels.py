@@ -194,7 +194,8 @@ class GlmperfServer:
                                               else "")
                     async with window.observe(client, spec_interval_s=self.settings.mixed.gauge_interval_s):
                         await run_capacity_level(load, spec, concurrency, self._progress(label, where),
-                                                 settled if early_stop else None, settled=settled)
+                                                 settled if early_stop else None, settled=settled,
+                                                 spikes_seen=self._spikes_seen(concurrency))
                     if load.cut_reason:
                         break
 
@@ -354,6 +355,17 @@ class GlmperfServer:
         if self.settings.clear_storage and await _post(client, "/hicache/storage-backend/clear") != 200:
             self._say("cache", "/hicache/storage-backend/clear refused (no HiCache on this server); flushing only")
         return await self.flush_cache(client)
+
+    def _spikes_seen(self, concurrency: int) -> bool:
+        """Whether the server saw this level's spike texts before its window (so an extension
+        may send them again without making the window's condition easier or harder)."""
+        if self.settings.warm_cache:
+            return True
+        seen = self.settings.field_seen_levels
+        if seen is None:
+            return False
+        first = f"spike-c{concurrency}-1"
+        return any(first in texts for texts, *_ in self._field_seen(seen))
 
     def _field_seen(self, seen: tuple[int, ...]) -> list[tuple[tuple[str, ...], int, str]]:
         """(context keys, tokens, what they are) the server saw before the first level: an earlier

@@ -157,7 +157,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("base_url", parse_base_urls, None, "test servers already running at URL, named from their /server_info (or NAME=URL); several (comma-separated or repeated) are compared with the first", metavar="[NAME=]URL", many=True),
     Option("concurrency_levels", parse_levels, (1, 2, 4, 8, 12), "capacity levels", quick=(1, 2, 4), metavar="N,N,..."),
     Option("level_duration", positive_float, 240.0, "seconds of load per capacity level", quick=90.0, metavar="S"),
-    Option("max_level_duration", positive_float, None, "a level whose agents finished fewer than --min-requests requests by --level-duration goes on (spikes too) until they have, up to S seconds (default 4x --level-duration, with --field-mode equal to it; equal: never extend)", metavar="S"),
+    Option("max_level_duration", positive_float, None, "a level whose agents finished fewer than --min-requests requests by --level-duration goes on (spikes too) until they have, up to S seconds (default 4x --level-duration; equal to it: never extend)", metavar="S"),
     Option("contexts", positive_int, 8, "repository contexts of the capacity workload", quick=4, metavar="N"),
     Option("context_tokens", positive_int, 100_000, "tokens per context (both workloads)", quick=20_000, metavar="N"),
     Option("max_output_tokens", positive_int, 1024, "output tokens per capacity request", quick=128, metavar="N"),
@@ -342,10 +342,7 @@ class Settings:
                 level_duration_s=value("level_duration"), spike_interval_s=value("spike_interval"),
                 spike_output_tokens=value("spike_output_tokens"), spike_mode=value("spike_mode"),
                 min_agent_requests=self.get("min_requests"),
-                # --field-mode keeps the field's fixed windows: an extension's spikes would be texts
-                # the server never saw, fresh prefills the field's runs never had.
-                max_level_duration_s=value("max_level_duration") or value("level_duration") * (
-                    1.0 if value("field_mode") else LEVEL_EXTENSION_X)),
+                max_level_duration_s=value("max_level_duration") or LEVEL_EXTENSION_X * value("level_duration")),
             mixed=MixedSpec(
                 contexts=value("mixed_contexts"), context_tokens=value("context_tokens"),
                 decode_workers=value("decode_workers"),

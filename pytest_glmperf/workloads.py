@@ -286,20 +286,27 @@ async def prime(load: Load, keys: list[str], context_tokens: int) -> WorkloadRun
 async def run_capacity_level(load: Load, spec: CapacitySpec, concurrency: int,
                              progress: Progress | None = None,
                              stop_check: Callable[[], str | None] | None = None,
-                             settled: Callable[[], str | None] | None = None) -> WorkloadRun:
+                             settled: Callable[[], str | None] | None = None,
+                             spikes_seen: bool = False) -> WorkloadRun:
     """N closed-loop agents for one level window, plus periodic long-prefill spikes.
 
     The window lasts ``level_duration_s``, or longer while its agents are short of
     ``min_agent_requests`` finished requests (up to ``max_level_duration_s``) and ``settled``
     (the settled-failure reason, search.stop_check) gives none; once it ends it stays ended, so
     agents and spikes stop on the same decision. ``stop_check`` cuts the window at once.
+
+    An extension's spikes are new texts, fresh prefills like the window's own; where the server
+    has seen the window's spike texts before it (``spikes_seen``: --field-mode's seen levels,
+    --warm-cache), they go round those texts again, so the extension keeps the window's condition.
     """
     start = load.begin()
     window = LevelWindow(load, spec, start, settled)
     due: collections.deque[int] = collections.deque()  # spikes an agent sends next ("slot")
+    nominal = len(_firings(spec.spike_interval_s, spec.level_duration_s))
 
     def spike(n: int) -> Awaitable[RequestRecord]:
-        return load.send("spike", f"spike-c{concurrency}-{n}", spec.context_tokens, spec.spike_output_tokens)
+        text = (n - 1) % nominal + 1 if spikes_seen and nominal and n > nominal else n
+        return load.send("spike", f"spike-c{concurrency}-{text}", spec.context_tokens, spec.spike_output_tokens)
 
     async def agent(i: int) -> None:
         context = i % spec.contexts

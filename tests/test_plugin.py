@@ -93,6 +93,24 @@ def test_field_mode_can_show_the_server_what_a_named_earlier_run_sent(pytester: 
     unknown.stderr.fnmatch_lines(["*baseline 'never-saved' not found*"])
 
 
+def test_an_extended_level_keeps_its_condition_fresh_spikes_or_seen_ones(pytester: pytest.Pytester):
+    """A level short of requests runs on; its extra spikes are fresh prefills on a flushed
+    server, and texts the server already saw in the field's mode (docs/metrics.md)."""
+    pytester.makepyfile(test_cap=CAPACITY_TEST)
+    short = ["--concurrency-levels=1", "--require-concurrency=1", "--min-requests=12", "--max-level-duration=24"]
+    spikes = {}
+    for mode in ([], ["--field-mode", "--field-seen-levels=1"]):
+        run_inner(pytester, *short, *mode)
+        report = json.loads((run_folder(pytester) / "report.json").read_text())
+        level = report["targets"]["sim-hicache"]["capacity"]["levels"][0]
+        assert level["duration_s"] > 6  # it ran past its 6 s window
+        records = [json.loads(line) for line in (run_folder(pytester) / "records.jsonl").read_text().splitlines()]
+        spikes[bool(mode)] = [r["cached_tokens"] / r["prompt_tokens"] for r in records
+                              if r["scenario"] == "capacity" and r["kind"] == "spike" and r["outcome"] == "ok"]
+    assert len(spikes[False]) >= 3 and max(spikes[False]) < 0.5   # every extra spike a fresh text
+    assert len(spikes[True]) >= 3 and min(spikes[True]) > 0.9     # the one seen spike text, again
+
+
 def test_field_mode_shows_the_seen_levels_once_and_never_flushes(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     result = run_inner(pytester, "--field-mode", "--field-seen-levels=1")

@@ -159,12 +159,12 @@ def test_field_mode_never_flushes_and_refuses_the_options_it_replaces():
             resolve({"field_mode": True, **clash}, {}).for_profile(PROFILE)
 
 
-def test_levels_extend_to_four_times_their_duration_unless_in_the_fields_mode():
+def test_levels_extend_to_four_times_their_duration_by_default():
     default = resolve({}, {}).for_profile(PROFILE).capacity  # PROFILE sets 30 s levels
     assert (default.level_duration_s, default.max_level_duration_s, default.min_agent_requests) == (30, 120, 20)
-    field = resolve({"field_mode": True}, {}).for_profile(PROFILE).capacity
-    assert field.longest_s == 30           # the field's fixed windows
     chosen = resolve({"field_mode": True, "max_level_duration": "600"}, {}).for_profile(PROFILE).capacity
     assert chosen.longest_s == 600
+    fixed = resolve({"max_level_duration": "30"}, {}).for_profile(PROFILE).capacity
+    assert fixed.longest_s == 30
     with pytest.raises(ConfigError, match=r"max_level_duration \(10 s\) must be at least level_duration \(30 s\)"):
         resolve({"max_level_duration": "10"}, {}).for_profile(PROFILE)
