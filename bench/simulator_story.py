@@ -66,8 +66,7 @@ def main() -> None:
     for name, levels, best in rows:
         cells = [cell(levels[c]) if c in levels else "–" for c in concurrency]
         print(f"| {name} | " + " | ".join(cells) + f" | {best if best is not None else '–'} |")
-    print("\nCell: verdict (gap P95, bar 8 s); 'usable?' = held the bar on too few requests to settle it (the\n"
-          "field's mode keeps the field's fixed 240 s windows). "
+    print("\nCell: verdict (gap P95, bar 8 s); 'usable?' = held the bar on too few requests to settle it. "
           f"Time scale {args.time_scale:g}, {sum(walls):.0f} s wall.")
 
 

@@ -167,7 +167,8 @@ def capacity_table(report: dict, field_run: dict | None = None, names: tuple[str
                 continue
             verdicts = []
             for lv in capacity.get("levels", []):
-                text = f"c{lv['concurrency']}:{'usable' if lv['usable'] else 'no'} ({fmt(lv.get('aggregate_tok_s'))}"
+                verdict = "usable" if lv["usable"] else "usable?" if lv.get("status") == "inconclusive" else "no"
+                text = f"c{lv['concurrency']}:{verdict} ({fmt(lv.get('aggregate_tok_s'))}"
                 brief_tok_s = BRIEF_LEVEL_TOK_S[profile].get(lv["concurrency"])
                 verdicts.append(text + (f" vs {brief_tok_s:g})" if brief_tok_s else ")"))
             got = capacity.get("max_usable")
