@@ -48,18 +48,20 @@ def fleet_of(report: dict, key: str) -> dict:
     return report["targets"][key]["provenance"]
 
 
-def test_a_two_worker_cache_aware_fleet_passes_and_its_workers_add_up(pytester: pytest.Pytester):
+def test_a_two_worker_cache_aware_fleet_passes_the_quick_suite_and_its_workers_add_up(pytester: pytest.Pytester):
     pytester.makepyfile(test_cap=CAPACITY_TEST, test_mix=MIXED_TEST)
-    result = run_inner(pytester, "sim-router", f"--profiles-file={REGISTRY}")
-    result.assert_outcomes(passed=4)
+    result = pytester.runpytest_subprocess(f"--profiles-file={REGISTRY}", "--profile=sim-router", "--quick",
+                                           f"--report-dir={pytester.path / 'out'}", "-p", "no:cacheprovider",
+                                           timeout=300)
+    result.assert_outcomes(passed=5)
     result.stdout.fnmatch_lines(["*starting sglang-router --policy cache_aware in front of 2 workers*",
-                                 "glmperf PASS: sim-router max usable 2 (required 2)*"])
+                                 "glmperf PASS: sim-router max usable 4 (required 4)*"])
     out = run_folder(pytester)
     report = json.loads((out / "report.json").read_text())
     provenance = fleet_of(report, "sim-router")
     assert provenance["kind"] == "router" and provenance["router"]["version"]
     assert provenance["router"]["args"] == ["--policy", "cache_aware"]
-    assert [w["server_args"]["sim_time_scale"] for w in provenance["workers"]] == [5.0, 5.0]
+    assert [w["server_args"]["sim_time_scale"] for w in provenance["workers"]] == [15.0, 15.0]
     target = report["targets"]["sim-router"]
     for window in [*target["capacity"]["levels"], target["mixed"]]:
         per_worker = [w["counters"]["requests"] for w in window["workers"].values()]
