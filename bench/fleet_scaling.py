@@ -46,6 +46,11 @@ def suite(out: Path, *args: str) -> tuple[dict, float]:
     return json.loads((out / "latest" / "report.json").read_text()), time.monotonic() - began
 
 
+def verdict(level: dict) -> str:
+    """usable, usable? (held the bar on too few requests to settle it) or no."""
+    return "usable" if level["usable"] else "usable?" if level.get("status") == "inconclusive" else "no"
+
+
 def lateness(target: dict) -> str:
     merged = merge_pacing(pacing_windows(target)) or {}
     return f"{merged.get('late_steps', 0):.0f} late, worst {merged.get('lag_max_since_start_s', 0):.2f} s"
@@ -89,13 +94,13 @@ def disaggregation(tmp: Path, scale: str) -> str:
     rows = []
     for key in ("sim-hicache", "sim-pd"):
         target = report["targets"][key]
-        cells = [f"{'usable' if lv['usable'] else 'no'} (gap {lv['gap_p95_s'] or 0:.1f} s, TTFT "
-                 f"{lv['ttft_p50_s'] or 0:.1f} s)" for lv in target["capacity"]["levels"]]
+        cells = [f"{verdict(lv)} (gap {lv['gap_p95_s'] or 0:.1f} s, TTFT {lv['ttft_p50_s'] or 0:.1f} s)"
+                 for lv in target["capacity"]["levels"]]
         rows.append([key, *cells, target["capacity"]["max_usable"], lateness(target)])
     levels = [f"c={lv['concurrency']}" for lv in report["targets"]["sim-pd"]["capacity"]["levels"]]
     table = tabulate(rows, headers=["target", *levels, "max usable", "simulator lateness"], tablefmt="github")
     return (f"{table}\n\nDefault workload (100k-token contexts, fixed 240 s levels), time scale {scale}, "
-            f"{wall:.0f} s wall.")
+            f"{wall:.0f} s wall. Cell: verdict (gap P95, TTFT P50); usable? = held the bar on too few requests.")
 
 
 def main() -> None:

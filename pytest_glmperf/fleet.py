@@ -17,7 +17,6 @@ import shutil
 import socket
 import subprocess
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -66,13 +65,12 @@ class RouterFleet:
     """
 
     def __init__(self, profile: ServerProfile, workers: list[ServerHandle], *, log_dir: Path,
-                 startup_timeout_s: float = 120.0, progress: Callable[[str], None] = lambda _: None) -> None:
+                 startup_timeout_s: float = 120.0) -> None:
         self.profile, self.workers, self.log_dir = profile, workers, log_dir
-        self.startup_timeout_s, self.progress = startup_timeout_s, progress
+        self.startup_timeout_s = startup_timeout_s
         self.base_url = self.metrics_url = ""
         self._process: subprocess.Popen[bytes] | None = None
-        self._command: list[str] = []
-        self._tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+        self._command: list[str] = []  # empty for a router someone else runs
 
     @property
     def info_url(self) -> str:
@@ -246,8 +244,8 @@ def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile],
     A worker that does not become healthy within ``startup_timeout_s`` fails the start naming
     it; whatever started is stopped again when a later part fails to start."""
     if profile.router_url:  # someone else's router: attach, start nothing
-        return RouterFleet(profile, [], log_dir=log_dir, startup_timeout_s=startup_timeout_s,
-                           progress=progress).attach(profile.router_url, profile.router_metrics_url)
+        return RouterFleet(profile, [], log_dir=log_dir,
+                           startup_timeout_s=startup_timeout_s).attach(profile.router_url, profile.router_metrics_url)
     router_executable()  # say what to install before any worker starts
     workers: list[ServerHandle] = []
     try:
@@ -270,8 +268,7 @@ def start_fleet(profile: ServerProfile, resolve: Callable[[str], ServerProfile],
                 raise type(exc)(f"worker {n + 1} of {profile.name!r} ({name}) did not become healthy: {exc}") from exc
             progress(f"worker {n + 1} ({name}) healthy after {worker.startup_s:.1f} s")
         progress(f"starting sglang-router {' '.join(profile.router_args)} in front of {len(workers)} workers")
-        return RouterFleet(profile, workers, log_dir=log_dir, startup_timeout_s=startup_timeout_s,
-                           progress=progress).start()
+        return RouterFleet(profile, workers, log_dir=log_dir, startup_timeout_s=startup_timeout_s).start()
     except BaseException:
         for worker in workers:
             worker.stop()
