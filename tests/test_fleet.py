@@ -171,7 +171,8 @@ def test_disaggregation_keeps_the_agents_streaming_through_long_prefills(pyteste
     the spikes' prefills run on the prefill worker. The TTFT cost is measured beside it."""
     pytester.makepyfile(test_cap=CAPACITY_TEST)
     long_prefills = ["--concurrency-levels=2", "--level-duration=60", "--context-tokens=60000",
-                     "--max-output-tokens=200", "--spike-interval=6", "--max-gap-p95=2", "--time-scale=10", "test_cap.py"]
+                     "--max-output-tokens=200", "--spike-interval=6", "--max-gap-p95=2", "--time-scale=10",
+                     "test_cap.py"]
     levels = {}
     for profile in ("sim-hicache", "sim-pd"):
         run_inner(pytester, profile, f"--profiles-file={REGISTRY}", *long_prefills)
