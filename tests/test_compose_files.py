@@ -82,8 +82,12 @@ def test_a_twin_carries_exactly_its_compose_profiles_flags(twin: str, name: str)
 def test_a_what_if_is_its_twin_and_one_named_change() -> None:
     registry = load_registry(COMPOSE / "profiles.yaml")
     raw = yaml.safe_load((COMPOSE / "profiles.yaml").read_text())["profiles"]
-    what_ifs = {name: spec for name, spec in raw.items() if spec.get("extends")}
+    # A fleet's worker roles (sim-pd's prefill worker) extend a twin too, but stand for no server of their own.
+    roles = {worker for spec in raw.values() for worker in spec.get("workers") or ()}
+    what_ifs = {name: spec for name, spec in raw.items() if spec.get("extends") and name not in roles}
     assert set(what_ifs) == {"sim-hicache-mixed-chunk", "sim-hicache-mtp", "sim-hicache-400g", "sim-hicache-l3"}
+    prefill = registry.get("sim-pd-prefill")
+    assert list(prefill.server_args) == [*registry.get("sim-hicache").server_args, "--disaggregation-mode", "prefill"]
     for name, spec in what_ifs.items():
         twin = registry.get(spec["extends"])
         profile = registry.get(name)

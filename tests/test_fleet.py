@@ -61,7 +61,8 @@ def test_a_two_worker_cache_aware_fleet_passes_the_quick_suite_and_its_workers_a
     provenance = fleet_of(report, "sim-router")
     assert provenance["kind"] == "router" and provenance["router"]["version"]
     assert provenance["router"]["args"] == ["--policy", "cache_aware"]
-    assert [w["server_args"]["sim_time_scale"] for w in provenance["workers"]] == [15.0, 15.0]
+    scale = report["targets"]["sim-router"]["settings"]["time_scale"]
+    assert [w["server_args"]["sim_time_scale"] for w in provenance["workers"]] == [scale, scale]
     target = report["targets"]["sim-router"]
     for window in [*target["capacity"]["levels"], target["mixed"]]:
         per_worker = [w["counters"]["requests"] for w in window["workers"].values()]
